@@ -1,0 +1,175 @@
+"""The chunk controller: validation, splicing, safety filter, watchdog and e-stop latch.
+
+ROS-free and clock-agnostic: every call takes `now` (seconds on the ROS clock,
+so `use_sim_time` works) and the node supplies measurements and sends the
+returned command to the arm. Thread-safe: chunks arrive on an executor thread
+while `tick` runs on the control thread.
+
+Modes:
+  DISABLED  no commands are produced; `activate()` starts from the measured pose
+  RUNNING   chunks are accepted; every tick yields one limited command
+  FAULT     tracking error, driver or CAN trouble; nothing is commanded
+  ESTOP     latched emergency stop; nothing is commanded
+FAULT and ESTOP are left only through `reset_fault()`, which returns to DISABLED.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dream_vla_ros.control.config import SafetyConfig
+from dream_vla_ros.control.interpolation import HermiteTrajectory, splice
+from dream_vla_ros.control.safety import FilteredCommand, SafetyFilter, TrackingFault
+from dream_vla_ros.control.validation import ActionChunk, ChunkRejected, validate_chunk
+
+
+class Mode(enum.Enum):
+    DISABLED = "disabled"
+    RUNNING = "running"
+    FAULT = "fault"
+    ESTOP = "estop"
+
+
+@dataclass
+class ControllerStats:
+    chunks_accepted: int = 0
+    rejections: Counter = field(default_factory=Counter)
+    ticks: int = 0
+    limited_ticks: int = 0
+    watchdog_holds: int = 0
+
+
+class ChunkController:
+    def __init__(self, cfg: SafetyConfig, period_s: float) -> None:
+        self.cfg = cfg
+        self.period = period_s
+        self.filter = SafetyFilter(cfg, period_s)
+        self.mode = Mode.DISABLED
+        self.reason = ""
+        self.stats = ControllerStats()
+        self._trajectory: HermiteTrajectory | None = None
+        self._last_chunk_time = -np.inf
+        self._last_tick_time: float | None = None
+        self._holding = True
+        self._lock = threading.Lock()
+
+    # -- mode changes -----------------------------------------------------------------
+    def activate(self, measured_position: np.ndarray, now_s: float) -> None:
+        """DISABLED -> RUNNING, holding the measured pose until a chunk arrives."""
+        with self._lock:
+            if self.mode is not Mode.DISABLED:
+                raise RuntimeError(f"cannot activate from mode '{self.mode.value}'")
+            self.filter.reset(measured_position)
+            self._trajectory = None
+            self._last_chunk_time = -np.inf
+            self._last_tick_time = None
+            self._holding = True
+            self.mode = Mode.RUNNING
+            self.reason = ""
+
+    def deactivate(self) -> None:
+        with self._lock:
+            if self.mode is Mode.RUNNING:
+                self.mode = Mode.DISABLED
+                self._trajectory = None
+
+    def fault(self, reason: str) -> None:
+        """Enter FAULT (an e-stop stays an e-stop). Idempotent."""
+        with self._lock:
+            if self.mode is not Mode.ESTOP and self.mode is not Mode.FAULT:
+                self.mode = Mode.FAULT
+                self.reason = reason
+                self._trajectory = None
+
+    def estop(self, reason: str = "emergency stop requested") -> None:
+        with self._lock:
+            if self.mode is not Mode.ESTOP:
+                self.mode = Mode.ESTOP
+                self.reason = reason
+                self._trajectory = None
+
+    def reset_fault(self) -> bool:
+        """FAULT/ESTOP -> DISABLED. Returns False if there was nothing to reset."""
+        with self._lock:
+            if self.mode not in (Mode.FAULT, Mode.ESTOP):
+                return False
+            self.mode = Mode.DISABLED
+            self.reason = ""
+            return True
+
+    # -- chunks and ticks -------------------------------------------------------------
+    def submit(
+        self,
+        joint_names: Sequence[str],
+        stamp_s: float,
+        time_from_start_s: Sequence[float],
+        points: Sequence[Sequence[float]],
+        now_s: float,
+    ) -> ActionChunk:
+        """Validate a chunk and splice it onto the active motion, or raise ChunkRejected."""
+        with self._lock:
+            try:
+                if self.mode is not Mode.RUNNING:
+                    raise ChunkRejected("not_running", f"controller is {self.mode.value}")
+                chunk = validate_chunk(
+                    joint_names,
+                    stamp_s,
+                    time_from_start_s,
+                    points,
+                    now_s,
+                    self.cfg,
+                    reference=self.filter.position,
+                )
+            except ChunkRejected as exc:
+                self.stats.rejections[exc.reason] += 1
+                raise
+            t_splice = self._last_tick_time if self._last_tick_time is not None else now_s
+            self._trajectory = splice(
+                chunk, t_splice, self.filter.position, self.filter.velocity
+            )
+            self._last_chunk_time = now_s
+            self._holding = False
+            self.stats.chunks_accepted += 1
+            return chunk
+
+    def tick(self, now_s: float, measured_position: np.ndarray | None) -> FilteredCommand | None:
+        """One control step: the command to send now, or None when nothing may be sent."""
+        with self._lock:
+            if self.mode is not Mode.RUNNING:
+                return None
+            self.stats.ticks += 1
+            timed_out = now_s - self._last_chunk_time > self.cfg.chunk_timeout_s
+            if self._trajectory is None or timed_out:
+                if self._trajectory is not None:
+                    self.stats.watchdog_holds += 1
+                self._trajectory = None
+                self._holding = True
+                target, target_velocity = self.filter.position, None
+            else:
+                target, target_velocity = self._trajectory.sample(now_s)
+            try:
+                command = self.filter.step(target, target_velocity, measured_position)
+            except TrackingFault as exc:
+                self.mode = Mode.FAULT
+                self.reason = f"tracking fault: {exc}"
+                self._trajectory = None
+                return None
+            self._last_tick_time = now_s
+            if command.limited:
+                self.stats.limited_ticks += 1
+            return command
+
+    @property
+    def holding(self) -> bool:
+        """True while no chunk drives the arm (never received, or the watchdog fired)."""
+        return self._holding
+
+    @property
+    def last_command(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.filter.position.copy(), self.filter.velocity.copy()

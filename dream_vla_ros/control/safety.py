@@ -1,0 +1,114 @@
+"""The per-tick safety rules (DESIGN.md section 4.3), in one place.
+
+Every command that reaches the arm passes `SafetyFilter.step`, which applies,
+in this order:
+
+1. soft position limits (the target is clamped into the soft range);
+2. velocity and acceleration limits relative to the last command, at the
+   nominal control period. The velocity bound also shrinks near a soft limit
+   and near the target so the joint can always brake in time at the allowed
+   deceleration: a limited command never overshoots a limit or oscillates
+   around a target;
+3. maximum deviation from the measured position: a violation is a *fault*
+   (the caller stops the arm), never a clamp.
+
+Limits hold per command: if a tick comes late the arm simply moves less far
+in that period, which is the safe direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dream_vla_ros.control.config import SafetyConfig
+
+
+class TrackingFault(Exception):
+    """The commanded and measured positions disagree by more than the configured bound."""
+
+
+@dataclass(frozen=True)
+class FilteredCommand:
+    position: np.ndarray  # (J,) what is sent
+    velocity: np.ndarray  # (J,) (position - previous position) / period
+    limited: bool  # True when any rule changed the requested target
+
+
+def braking_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.ndarray:
+    """Largest speed from which a joint stops within `distance` at deceleration `amax`.
+
+    Discrete form of sqrt(2 a d): with per-tick speed decrements of a*T the
+    distance travelled while stopping from v is v^2/(2a) + v*T/2.
+    """
+    d = np.maximum(distance, 0.0)
+    half = 0.5 * amax * period
+    return -half + np.sqrt(half * half + 2.0 * amax * d)
+
+
+class SafetyFilter:
+    """Limits a stream of position targets; keeps the last command as its state."""
+
+    def __init__(self, cfg: SafetyConfig, period_s: float) -> None:
+        if not period_s > 0:
+            raise ValueError(f"control period must be > 0, got {period_s}")
+        self.period = period_s
+        self.lower = cfg.soft_lower
+        self.upper = cfg.soft_upper
+        self.vmax = cfg.vmax
+        self.amax = cfg.amax
+        self.tracking_mask = cfg.arm_joint_mask
+        self.max_tracking_error = cfg.max_tracking_error_rad
+        self.joint_names = cfg.joint_names
+        self.position = np.zeros(len(cfg.joint_names))
+        self.velocity = np.zeros(len(cfg.joint_names))
+
+    def reset(self, measured_position: np.ndarray) -> None:
+        """Start from rest at the measured position (clamped into the soft range)."""
+        self.position = np.clip(np.asarray(measured_position, dtype=np.float64), self.lower, self.upper)
+        self.velocity = np.zeros_like(self.position)
+
+    def step(
+        self,
+        target: np.ndarray,
+        target_velocity: np.ndarray | None = None,
+        measured: np.ndarray | None = None,
+    ) -> FilteredCommand:
+        """Limit `target` (J,) against the last command; raise TrackingFault on deviation.
+
+        `target_velocity` (J,) is the target's own rate of change (zero for a
+        fixed target); the filter follows a moving target exactly while it stays
+        inside the limits and approaches a distant one on a braking curve.
+        """
+        T = self.period
+        q, v_prev = self.position, self.velocity
+        # 1. soft position limits (a clamped target does not move)
+        goal = np.clip(target, self.lower, self.upper)
+        v_goal = np.zeros_like(q) if target_velocity is None else np.asarray(target_velocity)
+        v_goal = np.where(goal == target, v_goal, 0.0)
+        # 2. velocity: follow the goal's velocity plus a correction that can be
+        #    braked to zero before the error closes; bounded by vmax and by the
+        #    braking distance to the soft limits; then the acceleration limit.
+        error = goal - q - v_goal * T
+        correction = np.minimum(np.abs(error) / T, braking_speed(np.abs(error), self.amax, T))
+        v_want = v_goal + np.sign(error) * correction
+        v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, T))
+        v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, T))
+        v = np.clip(v_want, v_lo, v_hi)
+        dv = self.amax * T
+        v = np.clip(v, v_prev - dv, v_prev + dv)
+        new_q = np.clip(q + v * T, self.lower, self.upper)
+        v = (new_q - q) / T
+        # 3. deviation from the measured position is a fault
+        if measured is not None:
+            deviation = np.abs(new_q - measured) * self.tracking_mask
+            j = int(np.argmax(deviation))
+            if deviation[j] > self.max_tracking_error:
+                raise TrackingFault(
+                    f"{self.joint_names[j]} is {deviation[j]:.3f} rad from its command "
+                    f"(limit {self.max_tracking_error} rad)"
+                )
+        limited = bool(np.any(np.abs(new_q - target) > 1e-9))
+        self.position, self.velocity = new_q, v
+        return FilteredCommand(position=new_q, velocity=v, limited=limited)

@@ -1,0 +1,257 @@
+"""`PiperArm`: the PiPER over the vendor's piper_sdk (`C_PiperInterface_V2`).
+
+Converts SI units to the SDK's integers (0.001 degree, 0.001 mm) and back,
+performs the enable handshake with a timeout, decodes arm status, error bits
+and motor-driver status into readable faults, and treats stale CAN feedback or
+the SDK's `isOk() == False` as a fault. The same class drives the real arm
+(`bustype="socketcan"`) and the firmware simulator (`bustype="virtual"`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from dream_vla_ros.robot import piper_protocol as proto
+from dream_vla_ros.robot.arm import ArmError, ArmState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PiperSettings:
+    can_name: str = "can0"
+    bustype: str = "socketcan"  # "virtual" for the simulator
+    enable_timeout_s: float = 2.0
+    connect_timeout_s: float = 1.0
+    feedback_timeout_s: float = 0.05  # newest joint frame older than this -> fault
+    speed_rate_percent: int = 100  # 0x151 byte 2
+    gripper_effort_nm: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.can_name:
+            raise ValueError("can_name must not be empty")
+        if self.bustype not in ("socketcan", "virtual", "slcan", "pcan"):
+            raise ValueError(f"bustype '{self.bustype}' is not supported")
+        for key in ("enable_timeout_s", "connect_timeout_s", "feedback_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        if not 1 <= self.speed_rate_percent <= 100:
+            raise ValueError(f"speed_rate_percent must be in 1..100, got {self.speed_rate_percent}")
+        if not 0 <= self.gripper_effort_nm <= 5:
+            raise ValueError(f"gripper_effort_nm must be in 0..5 N*m, got {self.gripper_effort_nm}")
+
+
+def decode_status_faults(arm_status: int, err_code: int) -> list[str]:
+    """Words for a 0x2A1 arm status and its error bits (empty when healthy)."""
+    faults = []
+    if arm_status not in proto.ARM_STATUS_BENIGN:
+        text = proto.ARM_STATUS_TEXT.get(arm_status, "unknown status")
+        detail = ""
+        if arm_status == proto.ARM_STATUS_ANGLE_LIMIT:
+            joints = [
+                f"joint{j + 1}" for j in range(6) if err_code & (1 << (proto.ERR_LIMIT_SHIFT + j))
+            ]
+            if joints:
+                detail = f" ({', '.join(joints)})"
+        faults.append(f"arm_status {arm_status} ({text}){detail}")
+    comm = [f"joint{j + 1}" for j in range(6) if err_code & (1 << (proto.ERR_COMM_SHIFT + j))]
+    if comm:
+        faults.append(f"joint communication error on {', '.join(comm)}")
+    return faults
+
+
+def decode_driver_faults(motor: int, status_bits: int) -> list[str]:
+    return [
+        f"joint{motor} driver: {text}"
+        for bit, text in proto.DRIVER_BITS.items()
+        if status_bits & (1 << bit)
+    ]
+
+
+def _share_virtual_bus(sdk: object) -> None:
+    """On a virtual bus let the SDK receive and send through one bus object.
+
+    piper_sdk opens separate rx and tx buses on Linux. On socketcan with
+    local_loopback=False the tx socket's frames reach nobody in-process; on
+    python-can's virtual bus they would echo into the SDK's own rx queue and
+    the never-read tx queue would grow without bound. Sharing one bus (what
+    the SDK itself does on Windows and macOS) gives socketcan's behaviour.
+    """
+    wrapper = sdk.GetCanBus()  # type: ignore[attr-defined]
+    if wrapper.send_bus is not wrapper.recv_bus:
+        wrapper.send_bus.shutdown()
+        wrapper.send_bus = wrapper.recv_bus
+
+
+class PiperArm:
+    """The `robot.Arm` implementation for the AgileX PiPER."""
+
+    def __init__(self, settings: PiperSettings) -> None:
+        self.settings = settings
+        self._sdk = None
+        self._gripper_effort = int(round(settings.gripper_effort_nm * 1000))
+
+    # -- connection -------------------------------------------------------------------
+    def connect(self) -> None:
+        from piper_sdk import C_PiperInterface_V2  # deferred: the SDK logs on import
+
+        s = self.settings
+        try:
+            sdk = C_PiperInterface_V2(s.can_name, judge_flag=False, can_auto_init=False)
+            sdk.CreateCanBus(s.can_name, bustype=s.bustype, judge_flag=False)
+        except Exception as exc:  # the SDK raises bare ConnectionError with little context
+            raise ArmError(
+                f"cannot open CAN interface '{s.can_name}' ({s.bustype}): {exc}; "
+                "check that the interface exists and is up (e.g. `ip link set can0 up type can "
+                "bitrate 1000000`)"
+            ) from exc
+        if s.bustype == "virtual":
+            _share_virtual_bus(sdk)
+        sdk.ConnectPort()
+        self._sdk = sdk
+        deadline = time.monotonic() + s.connect_timeout_s
+        while time.monotonic() < deadline:
+            if sdk.GetArmJointMsgs().time_stamp > 0 and sdk.GetArmStatus().time_stamp > 0:
+                return
+            time.sleep(0.005)
+        raise ArmError(
+            f"no feedback from a PiPER on CAN '{s.can_name}' within {s.connect_timeout_s} s; "
+            "check power, the CAN cable and that the arm is in CAN mode"
+        )
+
+    def close(self) -> None:
+        if self._sdk is not None:
+            self._sdk.DisconnectPort()
+            self._sdk = None
+
+    @property
+    def sdk(self):  # noqa: ANN201 - the vendor object, for diagnostics and tests
+        if self._sdk is None:
+            raise ArmError("PiperArm is not connected; call connect() first")
+        return self._sdk
+
+    # -- enable / disable -------------------------------------------------------------
+    def enable(self) -> None:
+        sdk = self.sdk
+        s = self.settings
+        deadline = time.monotonic() + s.enable_timeout_s
+        while True:
+            sdk.EnableArm(proto.ALL_MOTORS)
+            sdk.GripperCtrl(0, self._gripper_effort, proto.GRIPPER_ENABLE, 0)
+            time.sleep(0.02)
+            status = sdk.GetArmEnableStatus()
+            if all(status):
+                break
+            if time.monotonic() > deadline:
+                off = [f"joint{j + 1}" for j, on in enumerate(status) if not on]
+                raise ArmError(
+                    f"PiPER did not enable {', '.join(off)} within {s.enable_timeout_s} s; "
+                    "check the emergency-stop button, power and driver faults"
+                )
+        # CAN command mode, joint moves, configured speed rate
+        sdk.MotionCtrl_2(proto.CTRL_MODE_CAN, proto.MOVE_J, s.speed_rate_percent, 0x00)
+
+    def disable(self) -> None:
+        sdk = self.sdk
+        sdk.DisableArm(proto.ALL_MOTORS)
+        sdk.GripperCtrl(0, self._gripper_effort, proto.GRIPPER_DISABLE, 0)
+
+    # -- state and commands -----------------------------------------------------------
+    def read_state(self) -> ArmState:
+        sdk = self.sdk
+        joints = sdk.GetArmJointMsgs()
+        js = joints.joint_state
+        gripper = sdk.GetArmGripperMsgs()
+        positions = np.array(
+            [
+                proto.millideg_to_rad(js.joint_1),
+                proto.millideg_to_rad(js.joint_2),
+                proto.millideg_to_rad(js.joint_3),
+                proto.millideg_to_rad(js.joint_4),
+                proto.millideg_to_rad(js.joint_5),
+                proto.millideg_to_rad(js.joint_6),
+                proto.micrometre_to_m(gripper.gripper_state.grippers_angle),
+            ]
+        )
+        high = sdk.GetArmHighSpdInfoMsgs()
+        velocities = np.zeros(7)
+        for j in range(6):
+            velocities[j] = getattr(high, f"motor_{j + 1}").motor_speed / proto.MILLIRAD
+        low = sdk.GetArmLowSpdInfoMsgs()
+        enabled = True
+        faults: list[str] = []
+        for j in range(6):
+            motor = getattr(low, f"motor_{j + 1}")
+            code = motor.foc_status_code
+            enabled = enabled and bool(code & (1 << proto.DRIVER_ENABLED_BIT))
+            faults.extend(decode_driver_faults(j + 1, code))
+        status = sdk.GetArmStatus().arm_status
+        faults.extend(decode_status_faults(int(status.arm_status), int(status.err_code)))
+        age = time.time() - joints.time_stamp
+        if joints.time_stamp <= 0 or age > self.settings.feedback_timeout_s:
+            faults.append(
+                f"no joint feedback on CAN '{self.settings.can_name}' for "
+                f"{age * 1000:.0f} ms (limit {self.settings.feedback_timeout_s * 1000:.0f} ms)"
+            )
+        if not sdk.isOk():
+            faults.append(f"piper_sdk reports the CAN link '{self.settings.can_name}' is down")
+        return ArmState(
+            positions=positions,
+            velocities=velocities,
+            stamp_s=joints.time_stamp,
+            enabled=enabled,
+            faults=tuple(faults),
+        )
+
+    def command(self, positions: np.ndarray) -> None:
+        if positions.shape != (7,) or not np.all(np.isfinite(positions)):
+            raise ArmError(f"refusing a command that is not 7 finite numbers: {positions!r}")
+        sdk = self.sdk
+        md = [proto.rad_to_millideg(float(p)) for p in positions[:6]]
+        sdk.JointCtrl(*md)
+        gripper = proto.m_to_micrometre(max(0.0, float(positions[6])))
+        sdk.GripperCtrl(gripper, self._gripper_effort, proto.GRIPPER_ENABLE, 0)
+
+    def emergency_stop(self) -> None:
+        self.sdk.MotionCtrl_1(proto.ESTOP_ENGAGE, 0x00, 0x00)
+
+    def resume(self) -> None:
+        self.sdk.MotionCtrl_1(proto.ESTOP_RESUME, 0x00, 0x00)
+
+    # -- information ------------------------------------------------------------------
+    def firmware_limits(self, timeout_s: float = 0.5) -> dict[str, tuple[float, float, float]]:
+        """{joint: (lower_rad, upper_rad, max_speed_rad_s)} as the arm reports them (0x473).
+
+        Queries one motor at a time: piper_sdk's GetAllMotorAngleLimitMaxSpd()
+        stores a reference to its reused parse buffer for every motor, so after
+        a burst of replies all six entries show the last motor's values.
+        """
+        sdk = self.sdk
+        out = {}
+        for motor in range(1, 7):
+            sent = time.time()
+            sdk.SearchMotorMaxAngleSpdAccLimit(motor, 0x01)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                reply = sdk.GetCurrentMotorAngleLimitMaxVel()
+                m = reply.current_motor_angle_limit_max_vel
+                if m.motor_num == motor and reply.time_stamp >= sent:
+                    break
+                if time.monotonic() > deadline:
+                    raise ArmError(f"PiPER did not answer the limit query for joint{motor}")
+                time.sleep(0.002)
+            out[f"joint{motor}"] = (
+                m.min_angle_limit / proto.DECIDEG_PER_RAD,
+                m.max_angle_limit / proto.DECIDEG_PER_RAD,
+                m.max_joint_spd / proto.MILLIRAD,
+            )
+        return out
+
+    def firmware_version(self) -> str | None:
+        version = self.sdk.GetPiperFirmwareVersion()
+        return version if isinstance(version, str) else None
+

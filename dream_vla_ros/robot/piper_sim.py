@@ -1,0 +1,295 @@
+"""A CAN-level PiPER firmware simulator on a python-can `virtual` bus.
+
+It speaks the arm's side of the protocol so the unmodified piper_sdk (and so
+`PiperArm`, the driver used on the real robot) talks to it unchanged:
+
+- streams status 0x2A1, joints 0x2A5-0x2A7, gripper 0x2A8 and motor info
+  0x251-0x256 / 0x261-0x266 (enable bit 6) at `feedback_rate_hz`;
+- obeys 0x471 enable/disable, 0x150 e-stop/resume, 0x151 control mode,
+  0x155-0x157 joint targets and 0x159 gripper;
+- answers 0x472 limit queries with 0x473 / 0x47C, and the 0x4AF version query;
+- moves each joint toward its target under the firmware's speed (scaled by the
+  0x151 speed rate) and acceleration limits;
+- refuses out-of-range targets as the firmware does: the joint keeps its old
+  target, the angle-limit bit of 0x2A1 is set and arm_status becomes 0x04.
+
+python-can's virtual bus only connects buses of one process, so the simulator
+runs in the process that owns the driver (the controller node), on its own
+thread. `feedback_enabled = False` silences it to simulate a lost CAN link.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import can
+import numpy as np
+
+from dream_vla_ros.control.config import SafetyConfig
+from dream_vla_ros.robot import piper_protocol as proto
+
+
+@dataclass(frozen=True)
+class FirmwareParams:
+    lower_rad: tuple[float, ...]  # 6 joint limits as the firmware stores them
+    upper_rad: tuple[float, ...]
+    max_speed_rad_s: float
+    max_acceleration_rad_s2: float
+    gripper_max_m: float
+    gripper_speed_m_s: float = 0.1
+    feedback_rate_hz: float = 200.0
+    version: str = "S-V1.6-3"
+
+    @classmethod
+    def from_safety_config(cls, cfg: SafetyConfig, **overrides: object) -> FirmwareParams:
+        values: dict[str, object] = {
+            "lower_rad": tuple(cfg.position_lower[:6]),
+            "upper_rad": tuple(cfg.position_upper[:6]),
+            "max_speed_rad_s": cfg.firmware_max_velocity_rad_s,
+            "max_acceleration_rad_s2": cfg.firmware_max_acceleration_rad_s2,
+            "gripper_max_m": cfg.position_upper[6],
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _limit_decideg(value_rad: float) -> int:
+    return int(round(value_rad * proto.DECIDEG_PER_RAD))
+
+
+class PiperFirmwareSim:
+    """The arm's side of the bus. Start it before the driver connects."""
+
+    def __init__(
+        self,
+        channel: str,
+        params: FirmwareParams,
+        initial_positions: Sequence[float] | None = None,
+    ) -> None:
+        self.channel = channel
+        self.params = params
+        # The firmware stores limits in 0.1 degree; judge targets against those values.
+        self._lower_md = np.array([_limit_decideg(v) * 100 for v in params.lower_rad])
+        self._upper_md = np.array([_limit_decideg(v) * 100 for v in params.upper_rad])
+        start = np.zeros(6) if initial_positions is None else np.asarray(initial_positions[:6])
+        start = np.clip(start, params.lower_rad, params.upper_rad)
+        self.position = start.astype(np.float64)  # (6,) rad
+        self.velocity = np.zeros(6)  # (6,) rad/s
+        self.target = self.position.copy()
+        self.gripper = 0.0 if initial_positions is None else float(initial_positions[6])
+        self.gripper_target = self.gripper
+        self.gripper_enabled = False
+        self.enabled = np.zeros(6, dtype=bool)
+        self.ctrl_mode = proto.CTRL_MODE_STANDBY
+        self.move_mode = proto.MOVE_J
+        self.speed_rate = 100
+        self.estop = False
+        self.limit_bits = 0
+        self.feedback_enabled = True
+        self.frames_received = 0
+        self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"piper-sim-{channel}", daemon=True)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> PiperFirmwareSim:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self._bus.shutdown()
+
+    def __enter__(self) -> PiperFirmwareSim:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def arm_status(self) -> int:
+        if self.estop:
+            return proto.ARM_STATUS_ESTOP
+        if self.limit_bits:
+            return proto.ARM_STATUS_ANGLE_LIMIT
+        return proto.ARM_STATUS_NORMAL
+
+    # -- main loop --------------------------------------------------------------------
+    def _run(self) -> None:
+        period = 1.0 / self.params.feedback_rate_hz
+        last = time.monotonic()
+        deadline = last + period
+        while not self._stop.is_set():
+            timeout = deadline - time.monotonic()
+            if timeout > 0:
+                try:
+                    frame = self._bus.recv(timeout)
+                except can.CanOperationError:
+                    return
+                if frame is not None:
+                    self._handle(frame)
+                continue
+            now = time.monotonic()
+            with self._lock:
+                self._step(min(now - last, 5 * period))
+                frames = self._feedback_frames() if self.feedback_enabled else []
+            last = now
+            for arbitration_id, data in frames:
+                self._send(arbitration_id, data)
+            deadline += period
+            if deadline < now:
+                deadline = now + period
+
+    def _send(self, arbitration_id: int, data: bytes) -> None:
+        try:
+            self._bus.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=False))
+        except can.CanOperationError:
+            pass  # the bus was shut down under us
+
+    # -- commands ---------------------------------------------------------------------
+    def _handle(self, frame: can.Message) -> None:
+        self.frames_received += 1
+        fid, data = frame.arbitration_id, bytes(frame.data).ljust(8, b"\0")
+        replies: list[tuple[int, bytes]] = []
+        with self._lock:
+            if fid == proto.MOTION_CTRL_1:
+                if data[0] == proto.ESTOP_ENGAGE:
+                    self.estop = True
+                    self.velocity[:] = 0.0
+                    self.target = self.position.copy()
+                elif data[0] == proto.ESTOP_RESUME:
+                    self.estop = False
+                    self.target = self.position.copy()
+                    self.limit_bits = 0
+            elif fid == proto.MOTION_CTRL_2:
+                self.ctrl_mode, self.move_mode = data[0], data[1]
+                self.speed_rate = min(max(int(data[2]), 0), 100)
+            elif fid in proto.JOINT_CTRL:
+                first = 2 * proto.JOINT_CTRL.index(fid)
+                self._joint_targets(first, struct.unpack(">ii", data))
+            elif fid == proto.GRIPPER_CTRL:
+                angle, _effort, code, _zero = struct.unpack(">ihBB", data)
+                if code in (proto.GRIPPER_ENABLE, proto.GRIPPER_ENABLE_CLEAR):
+                    self.gripper_enabled = True
+                elif code in (proto.GRIPPER_DISABLE, proto.GRIPPER_DISABLE_CLEAR):
+                    self.gripper_enabled = False
+                if self.gripper_enabled and not self.estop:
+                    target = proto.micrometre_to_m(angle)
+                    self.gripper_target = min(max(target, 0.0), self.params.gripper_max_m)
+            elif fid == proto.MOTOR_ENABLE:
+                motor, flag = data[0], data[1]
+                motors = range(6) if motor in (proto.ALL_MOTORS, 0xFF) else [motor - 1]
+                for m in motors:
+                    if 0 <= m < 6:
+                        self.enabled[m] = flag == proto.ENABLE_FLAG
+                if motor in (proto.ALL_MOTORS, 0xFF):
+                    self.gripper_enabled = flag == proto.ENABLE_FLAG
+                self.target = np.where(self.enabled, self.target, self.position)
+            elif fid == proto.QUERY_LIMITS:
+                replies.extend(self._limit_reply(data[0], data[1]))
+            elif fid == proto.FIRMWARE:
+                text = self.params.version.encode().ljust(8, b"\0")
+                replies.append((proto.FIRMWARE, text[:8]))
+        for arbitration_id, payload in replies:
+            self._send(arbitration_id, payload)
+
+    def _joint_targets(self, first: int, values: tuple[int, int]) -> None:
+        if self.estop or self.ctrl_mode != proto.CTRL_MODE_CAN:
+            return
+        for offset, millideg in enumerate(values):
+            j = first + offset
+            bit = 1 << (proto.ERR_LIMIT_SHIFT + j)
+            if not self._lower_md[j] <= millideg <= self._upper_md[j]:
+                self.limit_bits |= bit
+                continue
+            self.limit_bits &= ~bit
+            if self.enabled[j]:
+                self.target[j] = proto.millideg_to_rad(millideg)
+
+    def _limit_reply(self, motor: int, content: int) -> list[tuple[int, bytes]]:
+        if not 1 <= motor <= 6:
+            return []
+        j = motor - 1
+        if content == 0x01:
+            payload = struct.pack(
+                ">BhhHB",
+                motor,
+                _limit_decideg(self.params.upper_rad[j]),
+                _limit_decideg(self.params.lower_rad[j]),
+                int(round(self.params.max_speed_rad_s * proto.MILLIRAD)),
+                0,
+            )
+            return [(proto.LIMITS_REPLY, payload)]
+        if content == 0x02:
+            acc = int(round(self.params.max_acceleration_rad_s2 * proto.MILLIRAD))
+            return [(proto.ACC_LIMIT_REPLY, struct.pack(">BH5x", motor, acc))]
+        return []
+
+    # -- physics ----------------------------------------------------------------------
+    def _step(self, dt: float) -> None:
+        if dt <= 0:
+            return
+        moving = self.enabled & (not self.estop)
+        vmax = self.params.max_speed_rad_s * self.speed_rate / 100.0
+        amax = self.params.max_acceleration_rad_s2
+        error = self.target - self.position
+        # speed that still lets the joint stop at the target
+        v_des = np.sign(error) * np.minimum(vmax, np.sqrt(2.0 * amax * np.abs(error)))
+        v_des = np.where(np.abs(error) < 1e-6, 0.0, v_des)
+        dv = np.clip(v_des - self.velocity, -amax * dt, amax * dt)
+        velocity = np.where(moving, self.velocity + dv, 0.0)
+        step = velocity * dt
+        # never step past the target (discrete-time overshoot)
+        step = np.where(np.abs(step) > np.abs(error), error, step)
+        self.position = np.where(moving, self.position + step, self.position)
+        self.velocity = np.where(moving, step / dt, 0.0)
+        if self.gripper_enabled and not self.estop:
+            g_err = self.gripper_target - self.gripper
+            g_step = self.params.gripper_speed_m_s * dt
+            self.gripper += float(np.clip(g_err, -g_step, g_step))
+
+    def _feedback_frames(self) -> list[tuple[int, bytes]]:
+        md = [proto.rad_to_millideg(p) for p in self.position]
+        at_target = bool(np.all(np.abs(self.target - self.position) < 1e-4))
+        status = struct.pack(
+            ">BBBBBBH",
+            self.ctrl_mode,
+            self.arm_status,
+            self.move_mode,
+            0,
+            0 if at_target else 1,
+            0,
+            self.limit_bits,
+        )
+        enabled_bit = 1 << proto.DRIVER_ENABLED_BIT
+        frames = [
+            (proto.STATUS, status),
+            (proto.JOINT_FEEDBACK[0], struct.pack(">ii", md[0], md[1])),
+            (proto.JOINT_FEEDBACK[1], struct.pack(">ii", md[2], md[3])),
+            (proto.JOINT_FEEDBACK[2], struct.pack(">ii", md[4], md[5])),
+            (
+                proto.GRIPPER_FEEDBACK,
+                struct.pack(
+                    ">ihBB",
+                    proto.m_to_micrometre(self.gripper),
+                    0,
+                    enabled_bit if self.gripper_enabled else 0,
+                    0,
+                ),
+            ),
+        ]
+        for j in range(6):
+            speed = int(np.clip(round(self.velocity[j] * proto.MILLIRAD), -32768, 32767))
+            position = int(round(self.position[j] * proto.MILLIRAD))
+            frames.append((proto.HIGH_SPEED_INFO[j], struct.pack(">hhi", speed, 0, position)))
+        for j in range(6):
+            bits = enabled_bit if self.enabled[j] else 0
+            frames.append((proto.LOW_SPEED_INFO[j], struct.pack(">HhbBH", 240, 30, 30, bits, 0)))
+        return frames
