@@ -37,14 +37,15 @@ class FilteredCommand:
 
 
 def braking_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.ndarray:
-    """Largest speed from which a joint stops within `distance` at deceleration `amax`.
+    """Largest per-tick speed from which a joint surely stops within `distance`.
 
-    Discrete form of sqrt(2 a d): with per-tick speed decrements of a*T the
-    distance travelled while stopping from v is v^2/(2a) + v*T/2.
+    With speed decrements of a*T per tick the distance covered while stopping
+    from v (this tick included) is at most (v + a*T)^2 / (2a), so
+    v <= sqrt(2 a d) - a*T keeps the stop inside `distance` exactly, in
+    discrete time, and is reachable from the previous tick's bound.
     """
     d = np.maximum(distance, 0.0)
-    half = 0.5 * amax * period
-    return -half + np.sqrt(half * half + 2.0 * amax * d)
+    return np.maximum(np.sqrt(2.0 * amax * d) - amax * period, 0.0)
 
 
 class SafetyFilter:

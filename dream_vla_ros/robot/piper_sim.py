@@ -80,6 +80,10 @@ class PiperFirmwareSim:
         self.position = start.astype(np.float64)  # (6,) rad
         self.velocity = np.zeros(6)  # (6,) rad/s
         self.target = self.position.copy()
+        # Rate of change of the streamed targets: the servo feeds it forward so a
+        # smoothly streamed trajectory is followed without a speed-dependent lag.
+        self.target_velocity = np.zeros(6)
+        self._target_time = np.full(6, -np.inf)
         self.gripper = 0.0 if initial_positions is None else float(initial_positions[6])
         self.gripper_target = self.gripper
         self.gripper_enabled = False
@@ -211,7 +215,14 @@ class PiperFirmwareSim:
                 continue
             self.limit_bits &= ~bit
             if self.enabled[j]:
-                self.target[j] = proto.millideg_to_rad(millideg)
+                now = time.monotonic()
+                new = proto.millideg_to_rad(millideg)
+                elapsed = now - self._target_time[j]
+                rate = (new - self.target[j]) / elapsed if elapsed < 0.05 else 0.0
+                vmax = self.params.max_speed_rad_s
+                self.target_velocity[j] = min(max(rate, -vmax), vmax)
+                self._target_time[j] = now
+                self.target[j] = new
 
     def _limit_reply(self, motor: int, content: int) -> list[tuple[int, bytes]]:
         if not 1 <= motor <= 6:
@@ -239,17 +250,16 @@ class PiperFirmwareSim:
         moving = self.enabled & (not self.estop)
         vmax = self.params.max_speed_rad_s * self.speed_rate / 100.0
         amax = self.params.max_acceleration_rad_s2
-        error = self.target - self.position
-        # speed that still lets the joint stop at the target
-        v_des = np.sign(error) * np.minimum(vmax, np.sqrt(2.0 * amax * np.abs(error)))
-        v_des = np.where(np.abs(error) < 1e-6, 0.0, v_des)
+        stale = time.monotonic() - self._target_time > 0.05
+        v_ff = np.where(stale, 0.0, self.target_velocity)
+        error = self.target + v_ff * dt - self.position
+        # feed-forward plus a correction that can still stop at the target
+        correction = np.minimum(np.abs(error) / dt, np.sqrt(2.0 * amax * np.abs(error)))
+        v_des = np.clip(v_ff + np.sign(error) * correction, -vmax, vmax)
         dv = np.clip(v_des - self.velocity, -amax * dt, amax * dt)
         velocity = np.where(moving, self.velocity + dv, 0.0)
-        step = velocity * dt
-        # never step past the target (discrete-time overshoot)
-        step = np.where(np.abs(step) > np.abs(error), error, step)
-        self.position = np.where(moving, self.position + step, self.position)
-        self.velocity = np.where(moving, step / dt, 0.0)
+        self.position = np.where(moving, self.position + velocity * dt, self.position)
+        self.velocity = velocity
         if self.gripper_enabled and not self.estop:
             g_err = self.gripper_target - self.gripper
             g_step = self.params.gripper_speed_m_s * dt

@@ -1,0 +1,1 @@
+"""Thin rclpy nodes and message conversions: the only place rclpy is imported."""

@@ -1,0 +1,67 @@
+"""Message <-> numpy conversions shared by the nodes and tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+
+def time_to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_time(seconds: float) -> Time:
+    nanos = int(round(seconds * 1e9))
+    return Time(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+
+
+def duration_to_sec(duration: Duration) -> float:
+    return duration.sec + duration.nanosec * 1e-9
+
+
+def sec_to_duration(seconds: float) -> Duration:
+    nanos = int(round(seconds * 1e9))
+    return Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+
+
+def joint_state(
+    stamp_s: float,
+    names: Sequence[str],
+    positions: np.ndarray,
+    velocities: np.ndarray | None = None,
+) -> JointState:
+    msg = JointState()
+    msg.header.stamp = sec_to_time(stamp_s)
+    msg.name = list(names)
+    msg.position = positions.tolist()
+    if velocities is not None:
+        msg.velocity = velocities.tolist()
+    return msg
+
+
+def chunk_message(
+    stamp_s: float, names: Sequence[str], positions: np.ndarray, dt_s: float
+) -> JointTrajectory:
+    """A chunk (H, J) as DESIGN.md section 3 defines it: point k at (k+1)*dt."""
+    msg = JointTrajectory()
+    msg.header.stamp = sec_to_time(stamp_s)
+    msg.joint_names = list(names)
+    for k, row in enumerate(np.asarray(positions, dtype=np.float64)):
+        msg.points.append(
+            JointTrajectoryPoint(positions=row.tolist(), time_from_start=sec_to_duration((k + 1) * dt_s))
+        )
+    return msg
+
+
+def chunk_fields(msg: JointTrajectory) -> tuple[list[str], float, list[float], list[list[float]]]:
+    """(joint_names, stamp_s, time_from_start_s, points) of a JointTrajectory, unvalidated."""
+    return (
+        list(msg.joint_names),
+        time_to_sec(msg.header.stamp),
+        [duration_to_sec(p.time_from_start) for p in msg.points],
+        [list(p.positions) for p in msg.points],
+    )

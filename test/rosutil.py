@@ -1,0 +1,107 @@
+"""Helpers for tests that start real nodes in real processes over local DDS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NodeProcess:
+    """`python -m MODULE --ros-args ...` in its own process group, with its output kept."""
+
+    def __init__(self, module: str, params: dict[str, object], name: str = "proc") -> None:
+        args = [sys.executable, "-u", "-m", module, "--ros-args"]
+        for key, value in params.items():
+            if isinstance(value, bool):
+                value = str(value).lower()
+            elif isinstance(value, list | tuple):
+                value = "[" + ",".join(repr(float(v)) for v in value) + "]"
+            args += ["-p", f"{key}:={value}"]
+        self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"{name}-{os.getpid()}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+class TestNode:
+    __test__ = False  # a helper, not a test class
+
+    """An rclpy node in the test process, spun on a background thread."""
+
+    def __init__(self, name: str = "test_client") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # context shut down while spinning
+            pass
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):  # noqa: ANN001
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} not available")
+        future = client.call_async(request or srv_type.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {name} did not answer")
+            time.sleep(0.01)
+        self.node.destroy_client(client)
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(2)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
