@@ -92,7 +92,9 @@ class SafetyFilter:
         #    braked to zero before the error closes; bounded by vmax and by the
         #    braking distance to the soft limits; then the acceleration limit.
         error = goal - q - v_goal * T
-        correction = np.minimum(np.abs(error) / T, braking_speed(np.abs(error), self.amax, T))
+        # (an error below a*T^2 closes in one step that the next tick can brake from)
+        reachable = np.maximum(braking_speed(np.abs(error), self.amax, T), self.amax * T)
+        correction = np.minimum(np.abs(error) / T, reachable)
         v_want = v_goal + np.sign(error) * correction
         v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, T))
         v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, T))

@@ -1,0 +1,244 @@
+"""The ROS-free control core: validation, splicing, safety filter, watchdog, latches, config."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dream_vla_ros.control import (
+    JOINT_NAMES,
+    ChunkController,
+    ChunkRejected,
+    ConfigError,
+    Mode,
+    SafetyFilter,
+    TrackingFault,
+    load_safety_config,
+    validate_chunk,
+)
+from dream_vla_ros.control.interpolation import splice
+from dream_vla_ros.paths import config_path
+
+CFG = load_safety_config()
+T = 0.005
+Q0 = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02])
+NAMES = list(JOINT_NAMES)
+
+
+def chunk(now=100.0, h=10, dt=0.05, step=0.01, names=NAMES, base=Q0):  # noqa: ANN001, ANN201
+    pts = [list(base + np.r_[[step * (k + 1)] * 6, 0.0]) for k in range(h)]
+    return names, now, [dt * (k + 1) for k in range(h)], pts
+
+
+def rejected(*args, reference=None):  # noqa: ANN001, ANN002, ANN201
+    with pytest.raises(ChunkRejected) as info:
+        validate_chunk(*args, CFG, reference=reference)
+    return info.value.reason
+
+
+def test_validation_accepts_and_reorders_jumbled_names():
+    names, stamp, tfs, pts = chunk()
+    order = [6, 2, 0, 1, 5, 4, 3]
+    c = validate_chunk([names[i] for i in order], stamp, tfs, [[p[i] for i in order] for p in pts],
+                       100.0, CFG)
+    assert np.allclose(c.positions, np.array(pts))
+    assert np.allclose(c.times_s, 100.0 + np.array(tfs))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda n, s, t, p: (n, s, t, []), "empty"),
+        (lambda n, s, t, p: (n, s, [0.0] * 300, [p[0]] * 300), "too_long"),
+        (lambda n, s, t, p: ([*n[:-1], "joint1"], s, t, p), "duplicate_joint"),
+        (lambda n, s, t, p: ([*n[:-1], "claw"], s, t, p), "unknown_joint"),
+        (lambda n, s, t, p: (n[:-1], s, t, [q[:-1] for q in p]), "missing_joint"),
+        (lambda n, s, t, p: (n, s, t[:-1], p), "size_mismatch"),
+        (lambda n, s, t, p: (n, s, t, [p[0][:3], *p[1:]]), "size_mismatch"),
+        (lambda n, s, t, p: (n, 0.0, t, p), "bad_stamp"),
+        (lambda n, s, t, p: (n, math.nan, t, p), "bad_stamp"),
+        (lambda n, s, t, p: (n, s - 1.5, t, p), "stale"),
+        (lambda n, s, t, p: (n, s + 0.2, t, p), "future"),
+        (lambda n, s, t, p: (n, s, t, [[math.nan] * 7, *p[1:]]), "non_finite"),
+        (lambda n, s, t, p: (n, s, t, [[math.inf] + p[0][1:], *p[1:]]), "non_finite"),
+        (lambda n, s, t, p: (n, s, [math.nan, *t[1:]], p), "non_finite"),
+        (lambda n, s, t, p: (n, s, [t[1], t[0], *t[2:]], p), "bad_timing"),
+        (lambda n, s, t, p: (n, s, [0.0, *t[1:]], p), "bad_timing"),
+        (lambda n, s, t, p: (n, s, [x * 100 for x in t], p), "bad_timing"),
+        (lambda n, s, t, p: (n, s, t, [[3.0] + q[1:] for q in p]), "out_of_range"),
+        (lambda n, s, t, p: (n, s, t, [q[:6] + [0.2] for q in p]), "out_of_range"),
+        (lambda n, s, t, p: (n, s - 0.9, t, p), "expired"),
+    ],
+)
+def test_validation_rejects_with_reason(mutate, reason):
+    assert rejected(*mutate(*chunk()), 100.0) == reason
+
+
+def test_validation_rejects_large_start_jump_but_not_small_one():
+    names, stamp, tfs, pts = chunk()
+    far = Q0 + np.r_[0.0, 0.0, 0.0, 0.7, 0.0, 0.0, 0.0]
+    assert rejected(names, stamp, tfs, pts, 100.0, reference=far) == "jump"
+    validate_chunk(names, stamp, tfs, pts, 100.0, CFG, reference=Q0)
+
+
+def test_small_excursions_beyond_limits_are_clamped_not_rejected():
+    names, stamp, tfs, _ = chunk()
+    pts = [list(Q0 + np.r_[0, 0, 0.6 - 0.01, 0, 0, 0, 0])] * len(tfs)  # joint3 at +0.01 > 0
+    c = validate_chunk(names, stamp, tfs, pts, 100.0, CFG)
+    f = SafetyFilter(CFG, T)
+    f.reset(Q0)
+    for _ in range(2000):
+        cmd = f.step(c.positions[0])
+    # it brakes onto the soft limit and stops within a*T^2 of it, never beyond
+    assert CFG.soft_upper[2] - CFG.amax[2] * T**2 <= cmd.position[2] <= CFG.soft_upper[2]
+
+
+def test_splice_is_continuous_in_position_and_velocity():
+    c = validate_chunk(*chunk(), 100.0, CFG)
+    q, v = Q0 + 0.003, np.r_[[0.4] * 6, 0.0]
+    traj = splice(c, 100.012, q, v)
+    q_at, v_at = traj.sample(100.012)
+    assert np.allclose(q_at, q) and np.allclose(v_at, v)
+    q_eps, _ = traj.sample(100.012 + 1e-6)
+    assert np.abs(q_eps - q).max() < 1e-5  # no jump just after the splice
+
+
+def test_past_points_are_dropped_latency_compensation():
+    # observation at t=100.0, chunk arrives 0.12 s later: points at 100.05 and 100.10 are past
+    c = validate_chunk(*chunk(), 100.12, CFG)
+    traj = splice(c, 100.12, Q0, np.zeros(7))
+    assert traj.times[1] == pytest.approx(100.15)
+    # the trajectory reaches the time-aligned targets, not the first (stale) ones
+    q_at, _ = traj.sample(100.25)
+    assert np.allclose(q_at, c.positions[4])
+
+
+def random_targets(rng, n, filt):  # noqa: ANN001, ANN201
+    for k in range(n):
+        if k % 15 == 0:
+            target = np.clip(filt.position + rng.normal(0, 0.4, 7) * np.r_[np.ones(6), 0.05],
+                             CFG.lower - 0.1, CFG.upper + 0.1)
+            velocity = rng.normal(0, 2, 7) if rng.random() < 0.5 else None
+        yield target, velocity
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filter_never_violates_limits(seed):
+    rng = np.random.default_rng(seed)
+    f = SafetyFilter(CFG, T)
+    f.reset(Q0)
+    prev_q, prev_v = f.position.copy(), f.velocity.copy()
+    for target, velocity in random_targets(rng, 20000, f):
+        cmd = f.step(target, velocity)
+        assert np.all(cmd.position >= CFG.soft_lower - 1e-12)
+        assert np.all(cmd.position <= CFG.soft_upper + 1e-12)
+        assert np.all(np.abs(cmd.velocity) <= CFG.vmax + 1e-9)
+        assert np.all(np.abs(cmd.velocity - prev_v) <= CFG.amax * T + 1e-9)
+        assert np.allclose((cmd.position - prev_q) / T, cmd.velocity)
+        prev_q, prev_v = cmd.position.copy(), cmd.velocity.copy()
+
+
+def test_filter_reaches_a_far_target_without_overshoot():
+    f = SafetyFilter(CFG, T)
+    f.reset(Q0)
+    goal = Q0 + np.r_[1.0, 0.5, -0.5, 0.8, 0.6, -1.0, 0.03]
+    trace = np.array([f.step(goal).position for _ in range(1500)])
+    assert np.allclose(trace[-1], goal, atol=1e-9)
+    direction = np.sign(goal - Q0)
+    assert np.all((trace - goal) * direction <= 1e-12), "overshoot"
+
+
+def test_filter_follows_a_feasible_moving_target_exactly():
+    f = SafetyFilter(CFG, T)
+    f.reset(Q0)
+    speed = np.r_[0.3, 0.3, -0.3, 0.3, 0.3, 0.3, 0.01]
+    # accelerate first, then the command must equal the target every tick
+    for k in range(1, 300):
+        cmd = f.step(Q0 + speed * k * T, speed)
+    assert np.allclose(cmd.position, Q0 + speed * 299 * T, atol=1e-9)
+    assert not cmd.limited
+
+
+def test_tracking_error_is_a_fault_not_a_clamp():
+    f = SafetyFilter(CFG, T)
+    f.reset(Q0)
+    measured = Q0.copy()
+    measured[1] += CFG.max_tracking_error_rad + 0.01
+    with pytest.raises(TrackingFault, match="joint2"):
+        f.step(Q0, None, measured)
+    gripper_stalled = Q0.copy()
+    gripper_stalled[6] += 0.05  # the gripper is exempt
+    f.step(Q0, None, gripper_stalled)
+
+
+def test_controller_watchdog_decelerates_and_holds():
+    c = ChunkController(CFG, T)
+    c.activate(Q0, 100.0)
+    speed = np.r_[0.5, 0.3, -0.5, 0.5, 0.3, 0.5, 0.0]
+    t = 100.0
+    for k in range(200):  # 1 s of chunks, resent every 0.05 s
+        if k % 10 == 0:
+            pts = [list(Q0 + speed * (t + 0.05 * (i + 1) - 100.0)) for i in range(40)]
+            c.submit(NAMES, t, [0.05 * (i + 1) for i in range(40)], pts, t)
+            last_submit = t
+        t += T
+        c.tick(t, None)
+    assert np.abs(c.last_command[1][:6]).max() == pytest.approx(0.5)
+    t_loop_end = t
+    speeds = []
+    for _ in range(400):  # 2 s without chunks
+        t += T
+        cmd = c.tick(t, None)
+        speeds.append(np.abs(cmd.velocity).max())
+    assert c.holding and c.stats.watchdog_holds == 1
+    first_hold = int(np.argmax(np.array(speeds) < 0.5 - 1e-9))
+    expected = last_submit + CFG.chunk_timeout_s - t_loop_end
+    assert first_hold * T == pytest.approx(expected, abs=2 * T)
+    assert np.all(np.diff(speeds[first_hold - 1 :]) <= 1e-12)
+    assert speeds[-1] == 0.0
+
+
+def test_controller_estop_latches_and_rejects_chunks():
+    c = ChunkController(CFG, T)
+    c.activate(Q0, 100.0)
+    c.estop()
+    assert c.tick(100.01, Q0) is None
+    with pytest.raises(ChunkRejected, match="not_running"):
+        c.submit(*chunk(now=100.0), 100.0)
+    c.fault("later fault")  # does not replace the e-stop
+    assert c.mode is Mode.ESTOP
+    with pytest.raises(RuntimeError):
+        c.activate(Q0, 100.0)
+    assert c.reset_fault() and c.mode is Mode.DISABLED
+    c.activate(Q0, 100.1)
+    assert c.tick(100.105, Q0) is not None
+
+
+def test_controller_tracking_fault_stops_commands():
+    c = ChunkController(CFG, T)
+    c.activate(Q0, 100.0)
+    far = Q0 + np.r_[0.0, 0.5, 0, 0, 0, 0, 0]
+    assert c.tick(100.005, far) is None
+    assert c.mode is Mode.FAULT and "joint2" in c.reason
+    assert c.tick(100.010, Q0) is None
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    good = config_path("piper.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.replace("joint4: 2.0", "joint4: 9.0"))
+    with pytest.raises(ConfigError, match=r"max_velocity of joint4 \(9.0 rad/s\) exceeds"):
+        load_safety_config(bad)
+    bad.write_text(good.replace("joint2: [0.0, 3.14]", "joint2: [1.0, 0.5]"))
+    with pytest.raises(ConfigError, match="position limit of joint2 is empty"):
+        load_safety_config(bad)
+    bad.write_text(good.replace("    gripper: 0.1\n", ""))
+    with pytest.raises(ConfigError, match=r"'max_velocity' must list exactly.*missing \['gripper'\]"):
+        load_safety_config(bad)
+    bad.write_text("arm: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_safety_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_safety_config(tmp_path / "nope.yaml")

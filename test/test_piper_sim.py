@@ -1,0 +1,216 @@
+"""Simulator conformance through the unmodified piper_sdk, and the PiperArm driver on top."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from piper_sdk import C_PiperInterface_V2
+
+from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
+from dream_vla_ros.robot.piper import decode_driver_faults, decode_status_faults
+
+CFG = load_safety_config()
+START = [0.1, 0.5, -0.5, 0.2, -0.3, 0.4, 0.01]
+_names = itertools.count()
+
+
+def wait_until(predicate, timeout=2.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture
+def sim_and_sdk():
+    name = f"sdk-{next(_names)}"
+    sim = PiperFirmwareSim(name, FirmwareParams.from_safety_config(CFG), START).start()
+    sdk = C_PiperInterface_V2(name, judge_flag=False, can_auto_init=False)
+    sdk.CreateCanBus(name, bustype="virtual", judge_flag=False)
+    sdk.ConnectPort()
+    assert wait_until(lambda: sdk.GetArmJointMsgs().time_stamp > 0)
+    yield sim, sdk
+    sdk.DisconnectPort()
+    sim.stop()
+
+
+@pytest.fixture
+def arm():
+    name = f"arm-{next(_names)}"
+    sim = PiperFirmwareSim(name, FirmwareParams.from_safety_config(CFG), START).start()
+    driver = PiperArm(PiperSettings(can_name=name, bustype="virtual"))
+    driver.connect()
+    yield sim, driver
+    driver.close()
+    sim.stop()
+
+
+def test_sdk_reads_joints_in_millidegrees(sim_and_sdk):
+    _, sdk = sim_and_sdk
+    js = sdk.GetArmJointMsgs().joint_state
+    got = [js.joint_1, js.joint_2, js.joint_3, js.joint_4, js.joint_5, js.joint_6]
+    assert got == [round(np.degrees(v) * 1000) for v in START[:6]]
+    assert sdk.GetArmGripperMsgs().gripper_state.grippers_angle == 10_000  # 0.01 m in 0.001 mm
+
+
+def test_sdk_enable_status_follows_0x471(sim_and_sdk):
+    _, sdk = sim_and_sdk
+    assert wait_until(lambda: sdk.GetArmLowSpdInfoMsgs().time_stamp > 0)
+    assert sdk.GetArmEnableStatus() == [False] * 6
+    sdk.EnableArm(7)
+    assert wait_until(lambda: all(sdk.GetArmEnableStatus()))
+    sdk.DisableArm(3)
+    assert wait_until(lambda: sdk.GetArmEnableStatus() == [True, True, False, True, True, True])
+
+
+def test_sdk_joint_control_moves_under_firmware_limits(sim_and_sdk):
+    sim, sdk = sim_and_sdk
+    sdk.EnableArm(7)
+    sdk.MotionCtrl_2(0x01, 0x01, 100, 0x00)
+    assert wait_until(lambda: sdk.GetArmStatus().arm_status.ctrl_mode == 0x01)
+    target = [20_000, 40_000, -20_000, 0, 10_000, -5_000]  # 0.001 degree
+    speeds = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        sdk.JointCtrl(*target)
+        speeds.append(np.abs(sim.velocity).max())
+        js = sdk.GetArmJointMsgs().joint_state
+        if max(abs(a - b) for a, b in zip([js.joint_1, js.joint_2, js.joint_3, js.joint_4,
+                                            js.joint_5, js.joint_6], target)) <= 2:
+            break
+        time.sleep(0.005)
+    else:
+        pytest.fail("the simulated arm did not reach the target")
+    assert max(speeds) <= CFG.firmware_max_velocity_rad_s + 1e-9
+    assert max(speeds) > 0.5  # it really moved fast, not by teleporting
+
+
+def test_sdk_gripper_command_and_feedback(sim_and_sdk):
+    _, sdk = sim_and_sdk
+    sdk.GripperCtrl(50_000, 1000, 0x01, 0)  # 50 mm
+    assert wait_until(lambda: sdk.GetArmGripperMsgs().gripper_state.grippers_angle == 50_000)
+    assert sdk.GetArmGripperMsgs().gripper_state.status_code & (1 << 6)  # enabled bit
+
+
+def test_sdk_sees_angle_limit_status_and_estop(sim_and_sdk):
+    _, sdk = sim_and_sdk
+    sdk.EnableArm(7)
+    sdk.MotionCtrl_2(0x01, 0x01, 100, 0x00)
+    sdk.JointCtrl(0, 0, -200_000, 0, 0, 0)  # joint3 limit is -170 degrees
+    assert wait_until(lambda: sdk.GetArmStatus().arm_status.arm_status == 0x04)
+    status = sdk.GetArmStatus().arm_status
+    assert status.err_status.joint_3_angle_limit
+    assert not status.err_status.joint_1_angle_limit
+    sdk.JointCtrl(0, 30_000, -30_000, 0, 0, 0)
+    assert wait_until(lambda: sdk.GetArmStatus().arm_status.arm_status == 0x00)
+    sdk.EmergencyStop(0x01)
+    assert wait_until(lambda: sdk.GetArmStatus().arm_status.arm_status == 0x01)
+    sdk.EmergencyStop(0x02)
+    assert wait_until(lambda: sdk.GetArmStatus().arm_status.arm_status == 0x00)
+
+
+def test_sdk_limit_query_and_firmware_version(sim_and_sdk):
+    _, sdk = sim_and_sdk
+    # ConnectPort() already sent the 0x472 queries; the SDK keeps the last reply per slot
+    assert wait_until(
+        lambda: sdk.GetAllMotorAngleLimitMaxSpd().all_motor_angle_limit_max_spd.motor[6].motor_num
+        == 6
+    )
+    m6 = sdk.GetAllMotorAngleLimitMaxSpd().all_motor_angle_limit_max_spd.motor[6]
+    assert (m6.max_angle_limit, m6.min_angle_limit, m6.max_joint_spd) == (1200, -1200, 3000)
+    assert wait_until(lambda: sdk.GetPiperFirmwareVersion() == "S-V1.6-3")
+    sdk.SearchMotorMaxAngleSpdAccLimit(2, 0x02)
+    assert wait_until(
+        lambda: sdk.GetCurrentMotorMaxAccLimit().current_motor_max_acc_limit.max_joint_acc == 5000
+    )
+
+
+def test_driver_si_units_limits_and_commands(arm):
+    sim, driver = arm
+    state = driver.read_state()
+    assert np.allclose(state.positions, START, atol=1e-5)
+    assert state.ok and not state.enabled
+    limits = driver.firmware_limits()
+    for j, name in enumerate(("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")):
+        lo, hi, vmax = limits[name]
+        assert lo == pytest.approx(CFG.position_lower[j], abs=1e-3)
+        assert hi == pytest.approx(CFG.position_upper[j], abs=1e-3)
+        assert vmax == pytest.approx(3.0)
+    assert driver.firmware_version() == "S-V1.6-3"
+    driver.enable()
+    assert driver.read_state().enabled
+    target = np.array([0.0, 0.6, -0.6, 0.0, 0.0, 0.0, 0.05])
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        driver.command(target)
+        if np.abs(driver.read_state().positions - target).max() < 1e-4:
+            break
+        time.sleep(0.005)
+    assert np.allclose(driver.read_state().positions, target, atol=1e-4)
+    assert np.allclose(sim.position, target[:6], atol=1e-4)
+    with pytest.raises(ArmError, match="7 finite numbers"):
+        driver.command(np.array([np.nan] * 7))
+
+
+def test_driver_decodes_faults_and_feedback_loss(arm):
+    sim, driver = arm
+    driver.enable()
+    driver.command(np.array([0.0, 0.5, -3.2, 0.0, 0.0, 0.0, 0.0]))  # joint3 out of range
+    assert wait_until(lambda: not driver.read_state().ok)
+    assert driver.read_state().faults == ("arm_status 4 (target angle exceeds limit) (joint3)",)
+    driver.emergency_stop()
+    assert wait_until(lambda: "emergency stop" in " ".join(driver.read_state().faults))
+    driver.resume()
+    assert wait_until(lambda: driver.read_state().ok)
+    sim.feedback_enabled = False
+    assert wait_until(lambda: any("no joint feedback" in f for f in driver.read_state().faults))
+    sim.feedback_enabled = True
+    assert wait_until(lambda: driver.read_state().ok)
+
+
+def test_driver_enable_timeout_and_missing_arm():
+    name = f"absent-{next(_names)}"
+    driver = PiperArm(PiperSettings(can_name=name, bustype="virtual", connect_timeout_s=0.2))
+    with pytest.raises(ArmError, match="no feedback from a PiPER"):
+        driver.connect()
+    driver.close()
+
+
+def test_driver_enable_times_out_when_a_motor_refuses(arm):
+    sim, _ = arm
+    name = f"stuck-{next(_names)}"
+    stuck = PiperFirmwareSim(name, FirmwareParams.from_safety_config(CFG), START).start()
+    original = stuck._handle
+
+    def ignore_enable(frame):  # noqa: ANN001, ANN202 - a drive that never enables joint 4
+        original(frame)
+        stuck.enabled[3] = False
+
+    stuck._handle = ignore_enable
+    driver = PiperArm(PiperSettings(can_name=name, bustype="virtual", enable_timeout_s=0.3))
+    try:
+        driver.connect()
+        with pytest.raises(ArmError, match="did not enable joint4"):
+            driver.enable()
+    finally:
+        driver.close()
+        stuck.stop()
+
+
+def test_fault_decoders():
+    assert decode_status_faults(0, 0) == []
+    assert decode_status_faults(4, (1 << 8) | (1 << 13)) == [
+        "arm_status 4 (target angle exceeds limit) (joint1, joint6)"
+    ]
+    assert decode_status_faults(0, 0b10) == ["joint communication error on joint2"]
+    assert decode_driver_faults(2, 0b1000_0100) == [
+        "joint2 driver: driver over-current",
+        "joint2 driver: stall protection triggered",
+    ]
+    assert decode_driver_faults(1, 1 << 6) == []  # the enable bit is not a fault
