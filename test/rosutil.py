@@ -79,7 +79,7 @@ class TestNode:
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
-    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):  # noqa: ANN001
+    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
         client = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"service {name} not available")

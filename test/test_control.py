@@ -27,12 +27,12 @@ Q0 = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02])
 NAMES = list(JOINT_NAMES)
 
 
-def chunk(now=100.0, h=10, dt=0.05, step=0.01, names=NAMES, base=Q0):  # noqa: ANN001, ANN201
+def chunk(now=100.0, h=10, dt=0.05, step=0.01, names=NAMES, base=Q0):
     pts = [list(base + np.r_[[step * (k + 1)] * 6, 0.0]) for k in range(h)]
     return names, now, [dt * (k + 1) for k in range(h)], pts
 
 
-def rejected(*args, reference=None):  # noqa: ANN001, ANN002, ANN201
+def rejected(*args, reference=None):
     with pytest.raises(ChunkRejected) as info:
         validate_chunk(*args, CFG, reference=reference)
     return info.value.reason
@@ -41,8 +41,9 @@ def rejected(*args, reference=None):  # noqa: ANN001, ANN002, ANN201
 def test_validation_accepts_and_reorders_jumbled_names():
     names, stamp, tfs, pts = chunk()
     order = [6, 2, 0, 1, 5, 4, 3]
-    c = validate_chunk([names[i] for i in order], stamp, tfs, [[p[i] for i in order] for p in pts],
-                       100.0, CFG)
+    c = validate_chunk(
+        [names[i] for i in order], stamp, tfs, [[p[i] for i in order] for p in pts], 100.0, CFG
+    )
     assert np.allclose(c.positions, np.array(pts))
     assert np.allclose(c.times_s, 100.0 + np.array(tfs))
 
@@ -115,11 +116,14 @@ def test_past_points_are_dropped_latency_compensation():
     assert np.allclose(q_at, c.positions[4])
 
 
-def random_targets(rng, n, filt):  # noqa: ANN001, ANN201
+def random_targets(rng, n, filt):
     for k in range(n):
         if k % 15 == 0:
-            target = np.clip(filt.position + rng.normal(0, 0.4, 7) * np.r_[np.ones(6), 0.05],
-                             CFG.lower - 0.1, CFG.upper + 0.1)
+            target = np.clip(
+                filt.position + rng.normal(0, 0.4, 7) * np.r_[np.ones(6), 0.05],
+                CFG.lower - 0.1,
+                CFG.upper + 0.1,
+            )
             velocity = rng.normal(0, 2, 7) if rng.random() < 0.5 else None
         yield target, velocity
 
@@ -235,7 +239,9 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="position limit of joint2 is empty"):
         load_safety_config(bad)
     bad.write_text(good.replace("    gripper: 0.1\n", ""))
-    with pytest.raises(ConfigError, match=r"'max_velocity' must list exactly.*missing \['gripper'\]"):
+    with pytest.raises(
+        ConfigError, match=r"'max_velocity' must list exactly.*missing \['gripper'\]"
+    ):
         load_safety_config(bad)
     bad.write_text("arm: [")
     with pytest.raises(ConfigError, match="not valid YAML"):

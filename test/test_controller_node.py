@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosutil import NodeProcess, TestNode, wait_for
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES, load_safety_config
 from dream_vla_ros.ros.conversions import chunk_message, time_to_sec
-from rosutil import NodeProcess, TestNode, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -102,7 +102,9 @@ def controller(tmp_path, request):
         assert code in (0, -2), f"controller exited with {code}"
 
 
-def publish_profile(client: TestNode, profile, duration: float, horizon: int = 20, dt: float = 0.05):
+def publish_profile(
+    client: TestNode, profile, duration: float, horizon: int = 20, dt: float = 0.05
+):
     """Publish chunks of `profile(t)` at 10 Hz for `duration` s; return the last chunk's stamp."""
     pub = client.node.create_publisher(JointTrajectory, "/dream_vla/action_chunk", 10)
     t_end = time.monotonic() + duration
@@ -130,7 +132,10 @@ def check_limits(commands: list[tuple[float, np.ndarray, np.ndarray]]) -> dict[s
     assert np.allclose(dq / PERIOD, v[1:][consecutive], atol=1e-6), "velocity field != dq/T"
     dv = np.abs(np.diff(v, axis=0))[consecutive]
     assert np.all(dv <= CFG.amax * PERIOD + 1e-6), "a command exceeded the acceleration limit"
-    return {"pairs_checked": int(consecutive.sum()), "max_dv_ratio": float(np.max(dv / (CFG.amax * PERIOD)))}
+    return {
+        "pairs_checked": int(consecutive.sum()),
+        "max_dv_ratio": float(np.max(dv / (CFG.amax * PERIOD))),
+    }
 
 
 def test_chunks_from_another_process_are_followed(controller):
@@ -163,8 +168,20 @@ def test_adversarial_chunks_never_break_limits(controller):
     pub = client.node.create_publisher(JointTrajectory, "/dream_vla/action_chunk", 100)
     names = list(JOINT_NAMES)
     kinds = [
-        "valid", "nan", "inf", "out_of_range", "unknown_name", "missing_name", "wrong_size",
-        "stale", "future", "empty", "jump", "jumbled", "zero_stamp", "bad_timing",
+        "valid",
+        "nan",
+        "inf",
+        "out_of_range",
+        "unknown_name",
+        "missing_name",
+        "wrong_size",
+        "stale",
+        "future",
+        "empty",
+        "jump",
+        "jumbled",
+        "zero_stamp",
+        "bad_timing",
     ]
     sent = {k: 0 for k in kinds}
     n_messages = 3000
@@ -195,7 +212,9 @@ def test_adversarial_chunks_never_break_limits(controller):
         elif kind == "future":
             stamp = now + 2.0
         elif kind == "jump":
-            pts = np.clip(base + np.r_[np.full(6, 1.2), 0.0], CFG.lower, CFG.upper)[None].repeat(h, 0)
+            pts = np.clip(base + np.r_[np.full(6, 1.2), 0.0], CFG.lower, CFG.upper)[None].repeat(
+                h, 0
+            )
         elif kind == "jumbled":
             order = rng.permutation(7)
             msg_names = [names[j] for j in order]
@@ -219,10 +238,21 @@ def test_adversarial_chunks_never_break_limits(controller):
     assert proc.alive(), proc.output()
     diag = rec.latest_diag()
     accepted = int(diag["chunks_accepted"])
-    rejected = {k[len("rejected."):]: int(v) for k, v in diag.items() if k.startswith("rejected.")}
+    rejected = {k[len("rejected.") :]: int(v) for k, v in diag.items() if k.startswith("rejected.")}
     print("sent", sent, "accepted", accepted, "rejected", rejected)
-    for reason in ("non_finite", "out_of_range", "unknown_joint", "missing_joint",
-                   "size_mismatch", "stale", "future", "empty", "jump", "bad_stamp", "bad_timing"):
+    for reason in (
+        "non_finite",
+        "out_of_range",
+        "unknown_joint",
+        "missing_joint",
+        "size_mismatch",
+        "stale",
+        "future",
+        "empty",
+        "jump",
+        "bad_stamp",
+        "bad_timing",
+    ):
         assert rejected.get(reason, 0) > 0, f"no chunk was rejected as {reason}"
     # Bursts overflow the subscription queue (depth 10) by design: the newest chunk
     # wins. Enough valid chunks must still get through.

@@ -18,7 +18,7 @@ START = [0.1, 0.5, -0.5, 0.2, -0.3, 0.4, 0.01]
 _names = itertools.count()
 
 
-def wait_until(predicate, timeout=2.0):  # noqa: ANN001, ANN201
+def wait_until(predicate, timeout=2.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -81,8 +81,15 @@ def test_sdk_joint_control_moves_under_firmware_limits(sim_and_sdk):
         sdk.JointCtrl(*target)
         speeds.append(np.abs(sim.velocity).max())
         js = sdk.GetArmJointMsgs().joint_state
-        if max(abs(a - b) for a, b in zip([js.joint_1, js.joint_2, js.joint_3, js.joint_4,
-                                            js.joint_5, js.joint_6], target)) <= 2:
+        if (
+            max(
+                abs(a - b)
+                for a, b in zip(
+                    [js.joint_1, js.joint_2, js.joint_3, js.joint_4, js.joint_5, js.joint_6], target
+                )
+            )
+            <= 2
+        ):
             break
         time.sleep(0.005)
     else:
@@ -119,8 +126,9 @@ def test_sdk_limit_query_and_firmware_version(sim_and_sdk):
     _, sdk = sim_and_sdk
     # ConnectPort() already sent the 0x472 queries; the SDK keeps the last reply per slot
     assert wait_until(
-        lambda: sdk.GetAllMotorAngleLimitMaxSpd().all_motor_angle_limit_max_spd.motor[6].motor_num
-        == 6
+        lambda: (
+            sdk.GetAllMotorAngleLimitMaxSpd().all_motor_angle_limit_max_spd.motor[6].motor_num == 6
+        )
     )
     m6 = sdk.GetAllMotorAngleLimitMaxSpd().all_motor_angle_limit_max_spd.motor[6]
     assert (m6.max_angle_limit, m6.min_angle_limit, m6.max_joint_spd) == (1200, -1200, 3000)
@@ -182,13 +190,12 @@ def test_driver_enable_timeout_and_missing_arm():
     driver.close()
 
 
-def test_driver_enable_times_out_when_a_motor_refuses(arm):
-    sim, _ = arm
+def test_driver_enable_times_out_when_a_motor_refuses():
     name = f"stuck-{next(_names)}"
     stuck = PiperFirmwareSim(name, FirmwareParams.from_safety_config(CFG), START).start()
     original = stuck._handle
 
-    def ignore_enable(frame):  # noqa: ANN001, ANN202 - a drive that never enables joint 4
+    def ignore_enable(frame):
         original(frame)
         stuck.enabled[3] = False
 

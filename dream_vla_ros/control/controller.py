@@ -130,9 +130,7 @@ class ChunkController:
                 self.stats.rejections[exc.reason] += 1
                 raise
             t_splice = self._last_tick_time if self._last_tick_time is not None else now_s
-            self._trajectory = splice(
-                chunk, t_splice, self.filter.position, self.filter.velocity
-            )
+            self._trajectory = splice(chunk, t_splice, self.filter.position, self.filter.velocity)
             self._last_chunk_time = now_s
             self._holding = False
             self.stats.chunks_accepted += 1

@@ -67,7 +67,9 @@ class SafetyFilter:
 
     def reset(self, measured_position: np.ndarray) -> None:
         """Start from rest at the measured position (clamped into the soft range)."""
-        self.position = np.clip(np.asarray(measured_position, dtype=np.float64), self.lower, self.upper)
+        self.position = np.clip(
+            np.asarray(measured_position, dtype=np.float64), self.lower, self.upper
+        )
         self.velocity = np.zeros_like(self.position)
 
     def step(

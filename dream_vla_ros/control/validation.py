@@ -79,9 +79,7 @@ def validate_chunk(
         raise ChunkRejected("bad_stamp", f"header stamp {stamp_s} is zero or not finite")
     age = now_s - stamp_s
     if age > cfg.chunk_max_age_s:
-        raise ChunkRejected(
-            "stale", f"stamp is {age:.3f} s old (maximum {cfg.chunk_max_age_s} s)"
-        )
+        raise ChunkRejected("stale", f"stamp is {age:.3f} s old (maximum {cfg.chunk_max_age_s} s)")
     if -age > cfg.chunk_max_future_s:
         raise ChunkRejected(
             "future", f"stamp is {-age:.3f} s in the future (tolerance {cfg.chunk_max_future_s} s)"

@@ -129,7 +129,7 @@ class PiperArm:
             self._sdk = None
 
     @property
-    def sdk(self):  # noqa: ANN201 - the vendor object, for diagnostics and tests
+    def sdk(self):
         if self._sdk is None:
             raise ArmError("PiperArm is not connected; call connect() first")
         return self._sdk
@@ -254,4 +254,3 @@ class PiperArm:
     def firmware_version(self) -> str | None:
         version = self.sdk.GetPiperFirmwareVersion()
         return version if isinstance(version, str) else None
-

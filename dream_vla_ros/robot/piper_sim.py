@@ -20,6 +20,7 @@ thread. `feedback_enabled = False` silences it to simulate a lost CAN link.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 import time
@@ -152,10 +153,9 @@ class PiperFirmwareSim:
                 deadline = now + period
 
     def _send(self, arbitration_id: int, data: bytes) -> None:
-        try:
-            self._bus.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=False))
-        except can.CanOperationError:
-            pass  # the bus was shut down under us
+        frame = can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=False)
+        with contextlib.suppress(can.CanOperationError):  # the bus was shut down under us
+            self._bus.send(frame)
 
     # -- commands ---------------------------------------------------------------------
     def _handle(self, frame: can.Message) -> None:

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
@@ -133,39 +132,72 @@ class ControllerNode(Node):
     def _declare_parameters(self) -> None:
         self._param_names: list[str] = []
 
-        def declare(name: str, default, description: str, **ranges) -> None:  # noqa: ANN001
+        def declare(name: str, default, description: str, **ranges) -> None:
             self._param_names.append(name)
             self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, read_only=True, **ranges)
+                name,
+                default,
+                ParameterDescriptor(description=description, read_only=True, **ranges),
             )
 
         declare("arm.backend", "sim", "Arm backend: 'piper' (real arm on socketcan) or 'sim'")
         declare("arm.can_name", "can0", "CAN interface (socketcan) or virtual channel (sim)")
-        declare("arm.enable_timeout_s", 2.0, "Enable handshake timeout [s]",
-                floating_point_range=_float_range(0.1, 30.0))
-        declare("arm.feedback_timeout_s", 0.05, "Joint feedback older than this is a fault [s]",
-                floating_point_range=_float_range(0.01, 1.0))
-        declare("arm.speed_rate_percent", 100, "Firmware speed rate (0x151 byte 2) [%]",
-                integer_range=_int_range(1, 100))
-        declare("arm.gripper_effort_nm", 1.0, "Gripper effort [N*m]",
-                floating_point_range=_float_range(0.0, 5.0))
+        declare(
+            "arm.enable_timeout_s",
+            2.0,
+            "Enable handshake timeout [s]",
+            floating_point_range=_float_range(0.1, 30.0),
+        )
+        declare(
+            "arm.feedback_timeout_s",
+            0.05,
+            "Joint feedback older than this is a fault [s]",
+            floating_point_range=_float_range(0.01, 1.0),
+        )
+        declare(
+            "arm.speed_rate_percent",
+            100,
+            "Firmware speed rate (0x151 byte 2) [%]",
+            integer_range=_int_range(1, 100),
+        )
+        declare(
+            "arm.gripper_effort_nm",
+            1.0,
+            "Gripper effort [N*m]",
+            floating_point_range=_float_range(0.0, 5.0),
+        )
         declare("limits_file", "", "Safety limits YAML; empty: the package's config/piper.yaml")
-        declare("control_rate_hz", 200.0, "Control loop rate [Hz]",
-                floating_point_range=_float_range(10.0, 1000.0))
-        declare("joint_state_rate_hz", 200.0, "Rate of /joint_states [Hz]",
-                floating_point_range=_float_range(1.0, 1000.0))
+        declare(
+            "control_rate_hz",
+            200.0,
+            "Control loop rate [Hz]",
+            floating_point_range=_float_range(10.0, 1000.0),
+        )
+        declare(
+            "joint_state_rate_hz",
+            200.0,
+            "Rate of /joint_states [Hz]",
+            floating_point_range=_float_range(1.0, 1000.0),
+        )
         declare("auto_enable", False, "Enable the arm and start holding at startup")
         declare("chunk_topic", "/dream_vla/action_chunk", "Action chunks (JointTrajectory)")
         declare("joint_state_topic", "/joint_states", "Measured joint states")
-        declare("diagnostics_period_s", 1.0, "Period of /diagnostics [s]",
-                floating_point_range=_float_range(0.05, 60.0))
-        declare("sim.initial_positions", [0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02],
-                "Simulator start pose (6 joints rad + gripper m)")
+        declare(
+            "diagnostics_period_s",
+            1.0,
+            "Period of /diagnostics [s]",
+            floating_point_range=_float_range(0.05, 60.0),
+        )
+        declare(
+            "sim.initial_positions",
+            [0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02],
+            "Simulator start pose (6 joints rad + gripper m)",
+        )
 
     def _params(self) -> dict:
         return {name: self.get_parameter(name).value for name in self._param_names}
 
-    def _validate_parameters(self, params) -> SetParametersResult:  # noqa: ANN001
+    def _validate_parameters(self, params) -> SetParametersResult:
         for param in params:
             if param.name == "arm.backend" and param.value not in BACKENDS:
                 return SetParametersResult(
@@ -218,14 +250,19 @@ class ControllerNode(Node):
             self.get_logger().warning(f"rejected action chunk: {exc}", throttle_duration_sec=1.0)
         except Exception as exc:  # a malformed message must never take the node down
             self.core.stats.rejections["malformed"] += 1
-            self.get_logger().warning(f"rejected malformed chunk: {exc!r}", throttle_duration_sec=1.0)
+            self.get_logger().warning(
+                f"rejected malformed chunk: {exc!r}", throttle_duration_sec=1.0
+            )
 
     # -- services ---------------------------------------------------------------------
     def _enable(self) -> tuple[bool, str]:
         if self.core.mode is Mode.RUNNING:
             return True, "already running"
         if self.core.mode is not Mode.DISABLED:
-            return False, f"controller is in {self.core.mode.value} ({self.core.reason}); call reset_fault"
+            return (
+                False,
+                f"controller is in {self.core.mode.value} ({self.core.reason}); call reset_fault",
+            )
         try:
             with self._arm_lock:
                 self.arm.enable()
@@ -238,18 +275,18 @@ class ControllerNode(Node):
             return False, str(exc)
         return True, "enabled; holding the current pose until a chunk arrives"
 
-    def _srv_enable(self, _request, response):  # noqa: ANN001, ANN202
+    def _srv_enable(self, _request, response):
         response.success, response.message = self._enable()
         return response
 
-    def _srv_disable(self, _request, response):  # noqa: ANN001, ANN202
+    def _srv_disable(self, _request, response):
         self.core.deactivate()
         with self._arm_lock:
             self.arm.disable()
         response.success, response.message = True, "controller stopped and motors disabled"
         return response
 
-    def _srv_estop(self, _request, response):  # noqa: ANN001, ANN202
+    def _srv_estop(self, _request, response):
         self.core.estop("emergency stop requested on ~/estop")
         self._stop_sent = True
         with self._arm_lock:
@@ -257,9 +294,12 @@ class ControllerNode(Node):
         response.success, response.message = True, "emergency stop latched; call ~/reset_fault"
         return response
 
-    def _srv_reset_fault(self, _request, response):  # noqa: ANN001, ANN202
+    def _srv_reset_fault(self, _request, response):
         if self.core.mode not in (Mode.FAULT, Mode.ESTOP):
-            response.success, response.message = False, f"no fault to reset (mode {self.core.mode.value})"
+            response.success, response.message = (
+                False,
+                f"no fault to reset (mode {self.core.mode.value})",
+            )
             return response
         with self._arm_lock:
             self.arm.resume()
@@ -277,7 +317,7 @@ class ControllerNode(Node):
         response.success, response.message = True, "fault cleared; call ~/enable to resume"
         return response
 
-    def _srv_sim_feedback(self, request, response):  # noqa: ANN001, ANN202
+    def _srv_sim_feedback(self, request, response):
         assert self.sim is not None
         self.sim.feedback_enabled = bool(request.data)
         response.success = True

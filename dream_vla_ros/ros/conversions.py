@@ -52,7 +52,9 @@ def chunk_message(
     msg.joint_names = list(names)
     for k, row in enumerate(np.asarray(positions, dtype=np.float64)):
         msg.points.append(
-            JointTrajectoryPoint(positions=row.tolist(), time_from_start=sec_to_duration((k + 1) * dt_s))
+            JointTrajectoryPoint(
+                positions=row.tolist(), time_from_start=sec_to_duration((k + 1) * dt_s)
+            )
         )
     return msg
 

