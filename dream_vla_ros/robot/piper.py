@@ -27,7 +27,7 @@ class PiperSettings:
     bustype: str = "socketcan"  # "virtual" for the simulator
     enable_timeout_s: float = 2.0
     connect_timeout_s: float = 1.0
-    feedback_timeout_s: float = 0.05  # newest joint frame older than this -> fault
+    feedback_timeout_s: float = 0.1  # newest joint frame older than this -> fault (20 frames)
     speed_rate_percent: int = 100  # 0x151 byte 2
     gripper_effort_nm: float = 1.0
 

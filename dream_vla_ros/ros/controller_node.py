@@ -150,7 +150,7 @@ class ControllerNode(Node):
         )
         declare(
             "arm.feedback_timeout_s",
-            0.05,
+            0.1,
             "Joint feedback older than this is a fault [s]",
             floating_point_range=_float_range(0.01, 1.0),
         )
