@@ -153,6 +153,8 @@ def test_driver_si_units_limits_and_commands(arm):
     assert driver.firmware_version() == "S-V1.6-3"
     driver.enable()
     assert driver.read_state().enabled
+    time.sleep(0.05)
+    assert sim.gripper == pytest.approx(START[6])  # enabling did not move the gripper
     target = np.array([0.0, 0.6, -0.6, 0.0, 0.0, 0.0, 0.05])
     deadline = time.monotonic() + 3.0
     while time.monotonic() < deadline:

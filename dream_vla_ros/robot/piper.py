@@ -139,9 +139,11 @@ class PiperArm:
         sdk = self.sdk
         s = self.settings
         deadline = time.monotonic() + s.enable_timeout_s
+        # enable the gripper where it is: a target of 0 would close it unfiltered
+        opening = max(0, sdk.GetArmGripperMsgs().gripper_state.grippers_angle)
         while True:
             sdk.EnableArm(proto.ALL_MOTORS)
-            sdk.GripperCtrl(0, self._gripper_effort, proto.GRIPPER_ENABLE, 0)
+            sdk.GripperCtrl(opening, self._gripper_effort, proto.GRIPPER_ENABLE, 0)
             time.sleep(0.02)
             status = sdk.GetArmEnableStatus()
             if all(status):
