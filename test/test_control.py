@@ -144,6 +144,24 @@ def test_filter_never_violates_limits(seed):
         prev_q, prev_v = cmd.position.copy(), cmd.velocity.copy()
 
 
+def test_start_outside_soft_range_enters_it_within_limits():
+    home = np.array(
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    )  # PiPER home: joint2/joint3 on the hard limits
+    f = SafetyFilter(CFG, T)
+    f.reset(home)
+    prev_q, prev_v = home.copy(), np.zeros(7)
+    for _ in range(400):
+        cmd = f.step(home)
+        assert np.all(np.abs(cmd.velocity) <= CFG.vmax + 1e-9)
+        assert np.all(np.abs(cmd.velocity - prev_v) <= CFG.amax * T + 1e-9)
+        assert np.all(np.abs(cmd.position - prev_q) <= CFG.vmax * T + 1e-9)
+        prev_q, prev_v = cmd.position.copy(), cmd.velocity.copy()
+    assert np.all(cmd.position >= CFG.soft_lower - 1e-12)
+    assert np.all(cmd.position <= CFG.soft_upper + 1e-12)
+    assert cmd.position[1] > home[1] and cmd.position[2] < home[2]
+
+
 def test_filter_reaches_a_far_target_without_overshoot():
     f = SafetyFilter(CFG, T)
     f.reset(Q0)

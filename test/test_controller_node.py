@@ -294,12 +294,15 @@ def test_publisher_stop_decelerates_and_holds(controller):
     assert np.abs(measured[:, :6] - final[:6]).max() < 0.01, "the arm did not hold still"
 
 
+def slow_ramp(t0: float):
+    """A constant-speed motion from START, well inside the limits."""
+    speed = np.r_[0.3, 0.2, -0.2, 0.3, 0.2, 0.3, 0.0]
+    return lambda t: START + speed * max(0.0, t - t0)
+
+
 def test_estop_latches_until_reset(controller):
     client, rec, _ = controller
-    t0 = client.now()
-
-    def ramp(t: float) -> np.ndarray:
-        return START + np.r_[0.3, 0.2, -0.2, 0.3, 0.2, 0.3, 0.0] * max(0.0, t - t0)
+    ramp = slow_ramp(client.now())
 
     publish_profile(client, ramp, duration=0.5)
     reply = client.call(Trigger, "/controller/estop")
@@ -324,10 +327,7 @@ def test_estop_latches_until_reset(controller):
 
 def test_can_feedback_loss_faults_and_stops(controller):
     client, rec, _ = controller
-    t0 = client.now()
-
-    def ramp(t: float) -> np.ndarray:
-        return START + np.r_[0.3, 0.2, -0.2, 0.3, 0.2, 0.3, 0.0] * max(0.0, t - t0)
+    ramp = slow_ramp(client.now())
 
     publish_profile(client, ramp, duration=0.5)
     request = SetBool.Request(data=False)

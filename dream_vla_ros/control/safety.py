@@ -66,10 +66,13 @@ class SafetyFilter:
         self.velocity = np.zeros(len(cfg.joint_names))
 
     def reset(self, measured_position: np.ndarray) -> None:
-        """Start from rest at the measured position (clamped into the soft range)."""
-        self.position = np.clip(
-            np.asarray(measured_position, dtype=np.float64), self.lower, self.upper
-        )
+        """Start from rest at the measured position.
+
+        Not clamped: an arm parked outside the soft range (the PiPER's home pose
+        has joint2 = joint3 = 0, on the hard limits) is brought inside under the
+        velocity and acceleration limits instead of by a one-tick jump.
+        """
+        self.position = np.asarray(measured_position, dtype=np.float64).copy()
         self.velocity = np.zeros_like(self.position)
 
     def step(
@@ -103,7 +106,8 @@ class SafetyFilter:
         v = np.clip(v_want, v_lo, v_hi)
         dv = self.amax * T
         v = np.clip(v, v_prev - dv, v_prev + dv)
-        new_q = np.clip(q + v * T, self.lower, self.upper)
+        # inside the soft range stay inside; outside it, only move towards it
+        new_q = np.clip(q + v * T, np.minimum(self.lower, q), np.maximum(self.upper, q))
         v = (new_q - q) / T
         # 3. deviation from the measured position is a fault
         if measured is not None:
