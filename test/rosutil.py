@@ -66,6 +66,7 @@ class TestNode:
         self.node = Node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._publishers: dict[tuple, object] = {}
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
@@ -78,6 +79,18 @@ class TestNode:
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def publisher(self, msg_type, topic: str, depth: int = 10, timeout: float = 10.0):
+        """A publisher that is already matched to a subscriber.
+
+        Messages published before DDS discovery completes are dropped, so tests
+        that time their first message wait for the match first."""
+        key = (msg_type, topic, depth)
+        if key not in self._publishers:
+            pub = self.node.create_publisher(msg_type, topic, depth)
+            wait_for(lambda: pub.get_subscription_count() > 0, timeout, f"a subscriber of {topic}")
+            self._publishers[key] = pub
+        return self._publishers[key]
 
     def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
         client = self.node.create_client(srv_type, name)

@@ -3,8 +3,11 @@
 It speaks the arm's side of the protocol so the unmodified piper_sdk (and so
 `PiperArm`, the driver used on the real robot) talks to it unchanged:
 
-- streams status 0x2A1, joints 0x2A5-0x2A7, gripper 0x2A8 and motor info
-  0x251-0x256 / 0x261-0x266 (enable bit 6) at `feedback_rate_hz`;
+- streams status 0x2A1, joints 0x2A5-0x2A7, gripper 0x2A8 and high-speed
+  motor info 0x251-0x256 at `feedback_rate_hz`, and the low-speed driver info
+  0x261-0x266 (enable bit 6) at `low_speed_rate_hz` (voltage, temperature and
+  driver state change slowly; streaming them at the full rate only costs the
+  SDK's reader thread CPU);
 - obeys 0x471 enable/disable, 0x150 e-stop/resume, 0x151 control mode,
   0x155-0x157 joint targets and 0x159 gripper;
 - answers 0x472 limit queries with 0x473 / 0x47C, and the 0x4AF version query;
@@ -43,6 +46,7 @@ class FirmwareParams:
     gripper_max_m: float
     gripper_speed_m_s: float = 0.1
     feedback_rate_hz: float = 200.0
+    low_speed_rate_hz: float = 50.0
     version: str = "S-V1.6-3"
 
     @classmethod
@@ -56,6 +60,9 @@ class FirmwareParams:
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+_RATE_FILTER_TAU_S = 0.01  # smoothing of the streamed targets' rate (feed-forward)
 
 
 def _limit_decideg(value_rad: float) -> int:
@@ -129,6 +136,9 @@ class PiperFirmwareSim:
     # -- main loop --------------------------------------------------------------------
     def _run(self) -> None:
         period = 1.0 / self.params.feedback_rate_hz
+        rates = self.params.feedback_rate_hz / self.params.low_speed_rate_hz
+        low_speed_every = max(1, round(rates))
+        cycle = 0
         last = time.monotonic()
         deadline = last + period
         while not self._stop.is_set():
@@ -143,9 +153,18 @@ class PiperFirmwareSim:
                 continue
             now = time.monotonic()
             with self._lock:
-                self._step(min(now - last, 5 * period))
-                frames = self._feedback_frames() if self.feedback_enabled else []
+                # The arm keeps moving while this thread is starved of CPU: catch
+                # up in steps of at most one period (bounded to 1 s of catch-up).
+                elapsed = min(now - last, 1.0)
+                while elapsed > 1e-9:
+                    dt = min(elapsed, period)
+                    self._step(dt)
+                    elapsed -= dt
+                frames = []
+                if self.feedback_enabled:
+                    frames = self._feedback_frames(low_speed=cycle % low_speed_every == 0)
             last = now
+            cycle += 1
             for arbitration_id, data in frames:
                 self._send(arbitration_id, data)
             deadline += period
@@ -218,9 +237,17 @@ class PiperFirmwareSim:
                 now = time.monotonic()
                 new = proto.millideg_to_rad(millideg)
                 elapsed = now - self._target_time[j]
-                rate = (new - self.target[j]) / elapsed if elapsed < 0.05 else 0.0
+                if elapsed < 0.05:
+                    # First-order filter on the target's rate. Its gain per frame
+                    # is elapsed / (tau + elapsed), so two frames that arrive back
+                    # to back after a stall (elapsed ~0) cannot spike the estimate.
+                    rate = (new - self.target[j]) / max(elapsed, 1e-6)
+                    gain = elapsed / (_RATE_FILTER_TAU_S + elapsed)
+                    estimate = self.target_velocity[j] + gain * (rate - self.target_velocity[j])
+                else:
+                    estimate = 0.0
                 vmax = self.params.max_speed_rad_s
-                self.target_velocity[j] = min(max(rate, -vmax), vmax)
+                self.target_velocity[j] = min(max(estimate, -vmax), vmax)
                 self._target_time[j] = now
                 self.target[j] = new
 
@@ -265,7 +292,7 @@ class PiperFirmwareSim:
             g_step = self.params.gripper_speed_m_s * dt
             self.gripper += float(np.clip(g_err, -g_step, g_step))
 
-    def _feedback_frames(self) -> list[tuple[int, bytes]]:
+    def _feedback_frames(self, low_speed: bool = True) -> list[tuple[int, bytes]]:
         md = [proto.rad_to_millideg(p) for p in self.position]
         at_target = bool(np.all(np.abs(self.target - self.position) < 1e-4))
         status = struct.pack(
@@ -299,7 +326,7 @@ class PiperFirmwareSim:
             speed = int(np.clip(round(self.velocity[j] * proto.MILLIRAD), -32768, 32767))
             position = int(round(self.position[j] * proto.MILLIRAD))
             frames.append((proto.HIGH_SPEED_INFO[j], struct.pack(">hhi", speed, 0, position)))
-        for j in range(6):
+        for j in range(6 if low_speed else 0):
             bits = enabled_bit if self.enabled[j] else 0
             frames.append((proto.LOW_SPEED_INFO[j], struct.pack(">HhbBH", 240, 30, 30, bits, 0)))
         return frames
