@@ -36,6 +36,11 @@ class FilteredCommand:
     limited: bool  # True when any rule changed the requested target
 
 
+def _clip(x: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+    # np.clip's dispatch costs ~5 us per call on 7-vectors; the ufuncs ~1 us
+    return np.minimum(np.maximum(x, lo), hi)
+
+
 def braking_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.ndarray:
     """Largest per-tick speed from which a joint surely stops within `distance`.
 
@@ -90,7 +95,7 @@ class SafetyFilter:
         T = self.period
         q, v_prev = self.position, self.velocity
         # 1. soft position limits (a clamped target does not move)
-        goal = np.clip(target, self.lower, self.upper)
+        goal = _clip(target, self.lower, self.upper)
         v_goal = np.zeros_like(q) if target_velocity is None else np.asarray(target_velocity)
         v_goal = np.where(goal == target, v_goal, 0.0)
         # 2. velocity: follow the goal's velocity plus a correction that can be
@@ -103,11 +108,11 @@ class SafetyFilter:
         v_want = v_goal + np.sign(error) * correction
         v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, T))
         v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, T))
-        v = np.clip(v_want, v_lo, v_hi)
+        v = _clip(v_want, v_lo, v_hi)
         dv = self.amax * T
-        v = np.clip(v, v_prev - dv, v_prev + dv)
+        v = _clip(v, v_prev - dv, v_prev + dv)
         # inside the soft range stay inside; outside it, only move towards it
-        new_q = np.clip(q + v * T, np.minimum(self.lower, q), np.maximum(self.upper, q))
+        new_q = _clip(q + v * T, np.minimum(self.lower, q), np.maximum(self.upper, q))
         v = (new_q - q) / T
         # 3. deviation from the measured position is a fault
         if measured is not None:
