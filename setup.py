@@ -37,6 +37,10 @@ setup(
         "pyyaml>=6",
         "python-can>=4.3",
         "piper_sdk>=0.6.2",
+        "torch>=2.4",
+        "transformers>=5.0",
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
     ],
     zip_safe=False,
     entry_points={

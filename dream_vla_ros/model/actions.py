@@ -1,0 +1,239 @@
+"""Action tokens and action decoding for Dream-VLA.
+
+Discrete actions: `n_bins` uniform bin edges over [-1, 1] (255 centres for 256
+edges), one token per bin appended after the text vocabulary. As in the official
+code, a normalised value a maps to token `vocab_size - digitize(a, edges)` and a
+token back to centre `vocab_size - token - 1` (clipped), so higher bins get lower
+ids. Decoding only considers the action tokens at action positions: a text
+token there could not be turned into a motion (the official decoder clips it to
+an extreme bin, which we refuse to send to an arm).
+
+Masked-diffusion unmasking (Dream's `_sample`): all A action positions start as
+[MASK]; at step i of `steps` (noise levels t = linspace(1, eps, steps + 1)) the
+model sees the whole sequence and its logits, shifted by one position, propose a
+token for every masked position; `origin` reveals each with probability
+1 - s/t, the confidence algorithms reveal the int(n_masked * (1 - s/t)) most
+confident ones (all on the last step): `maskgit_plus` (top-1 probability),
+`topk_margin` (top-1 minus top-2), `entropy` (negative entropy). One step
+reveals every token in parallel. `left_to_right` (A steps, one token each) is
+autoregressive order with the same weights, used as the benchmark baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dream_vla_ros.model.config import DreamVLAConfig
+from dream_vla_ros.model.heads import euler_integrate
+from dream_vla_ros.model.modeling import DreamVLA
+
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy", "left_to_right")
+
+
+class ActionTokenizer:
+    def __init__(self, cfg: DreamVLAConfig) -> None:
+        self.vocab_size = cfg.vocab_size
+        self.n_bins = cfg.action.n_bins
+        self.edges = np.linspace(-1.0, 1.0, self.n_bins)
+        self.centres = (self.edges[:-1] + self.edges[1:]) / 2.0
+        self.first_token = self.vocab_size - self.n_bins  # == cfg.base_vocab_size
+
+    def encode(self, normalised: np.ndarray) -> np.ndarray:
+        """Normalised actions in [-1, 1] (any shape) -> token ids (same shape)."""
+        digitized = np.digitize(np.clip(normalised, -1.0, 1.0), self.edges)  # 1..n_bins
+        return self.vocab_size - digitized
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """Token ids -> bin centres in [-1, 1]."""
+        index = np.clip(self.vocab_size - np.asarray(tokens) - 1, 0, self.centres.shape[0] - 1)
+        return self.centres[index]
+
+    def decode_torch(self, tokens: torch.Tensor) -> torch.Tensor:
+        centres = torch.as_tensor(self.centres, dtype=torch.float32, device=tokens.device)
+        index = (self.vocab_size - tokens - 1).clamp(0, centres.shape[0] - 1)
+        return centres[index]
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    steps: int = 1
+    algorithm: str = "maskgit_plus"
+    temperature: float = 0.0
+    top_p: float | None = None
+    eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown decoding algorithm '{self.algorithm}'; one of {ALGORITHMS}")
+        if self.steps < 1:
+            raise ValueError(f"decoding needs >= 1 step, got {self.steps}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+    drop = cumulative > top_p
+    drop[..., 1:] = drop[..., :-1].clone()  # keep the token that crosses the threshold
+    drop[..., 0] = False
+    mask = torch.zeros_like(drop).scatter(-1, order, drop)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def sample_tokens(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float | None,
+    confidence: str,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) logits -> (confidence (N,), token index (N,))."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        conf = probs.gather(-1, choice[:, None]).squeeze(-1)
+    else:
+        conf, choice = probs.max(dim=-1)
+    if confidence == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    elif confidence == "entropy":
+        conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+    return conf, choice
+
+
+class ActionDecoder:
+    """Turns a prompt into a normalised action chunk with the model's action head."""
+
+    def __init__(self, model: DreamVLA) -> None:
+        self.model = model
+        self.cfg = model.cfg
+        self.tokens = ActionTokenizer(self.cfg)
+        self.n_actions = self.cfg.action_tokens
+
+    def _suffix(self, batch: int) -> torch.Tensor:
+        ids = torch.tensor(
+            [self.cfg.im_end_token_id, self.cfg.newline_token_id], device=self.model.device
+        )
+        return self.model.model.embed_tokens(ids)[None].expand(batch, -1, -1)
+
+    def _action_hidden(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        action_embeds: torch.Tensor,
+        proprio: torch.Tensor | None,
+        time_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states that describe the A action positions (one position earlier)."""
+        b, length, _ = prompt.shape
+        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self._suffix(b)], dim=1)
+        full_mask = None
+        if mask is not None:
+            full_mask = torch.cat([mask, mask.new_ones(b, self.n_actions + 2)], dim=1)
+        out = self.model.forward_embeds(seq, full_mask, proprio, time_token)
+        return out.hidden[:, length - 1 : length - 1 + self.n_actions]
+
+    @torch.no_grad()
+    def discrete(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        proprio: torch.Tensor | None,
+        settings: DecodeSettings,
+        generator: torch.Generator | None = None,
+        history: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Masked-diffusion unmasking -> normalised actions (B, chunk, action_dim)."""
+        b, A = prompt.shape[0], self.n_actions
+        mask_id = self.cfg.mask_token_id
+        x = torch.full((b, A), mask_id, dtype=torch.long, device=prompt.device)
+        first = self.tokens.first_token
+        head_w = self.model.lm_head.weight[first : first + self.cfg.action.n_bins]
+        steps = A if settings.algorithm == "left_to_right" else settings.steps
+        levels = torch.linspace(1.0, settings.eps, steps + 1).tolist()
+        for i in range(steps):
+            hidden = self._action_hidden(
+                prompt, mask, self.model.model.embed_tokens(x), proprio
+            )
+            logits = F.linear(hidden, head_w)  # (B, A, n_bins): action tokens only
+            masked = x == mask_id
+            last = i == steps - 1
+            ratio = 1.0 - levels[i + 1] / levels[i]
+            for row in range(b):
+                idx = masked[row].nonzero().squeeze(-1)
+                if idx.numel() == 0:
+                    continue
+                conf, choice = sample_tokens(
+                    logits[row, idx],
+                    settings.temperature,
+                    settings.top_p,
+                    settings.algorithm,
+                    generator,
+                )
+                if settings.algorithm == "left_to_right":
+                    reveal = torch.zeros_like(idx, dtype=torch.bool)
+                    reveal[0] = True
+                elif settings.algorithm == "origin":
+                    reveal = (
+                        torch.ones_like(idx, dtype=torch.bool)
+                        if last
+                        else torch.rand(idx.shape, generator=generator, device=idx.device) < ratio
+                    )
+                else:
+                    n = idx.numel() if last else int(idx.numel() * ratio)
+                    reveal = torch.zeros_like(idx, dtype=torch.bool)
+                    if n > 0:
+                        reveal[conf.topk(n).indices] = True
+                x[row, idx[reveal]] = first + choice[reveal]
+            if history is not None:
+                history.append(x.clone())
+        values = self.tokens.decode_torch(x)
+        return values.reshape(b, self.cfg.action.chunk, self.cfg.action.action_dim)
+
+    @torch.no_grad()
+    def flow(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        proprio: torch.Tensor | None,
+        steps: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim)."""
+        head, projector = self.model.action_head, self.model.noisy_action_projector
+        if projector is None or not hasattr(head, "predict_velocity"):
+            raise ValueError("this model has no flow-matching head (action.head != 'flow')")
+        b = prompt.shape[0]
+        shape = (b, self.cfg.action.chunk, self.cfg.action.action_dim)
+        noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=torch.float32)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            tokens = projector(x.reshape(b, -1, 1).to(prompt.dtype))
+            hidden = self._action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
+            return head.predict_velocity(hidden).float()
+
+        return euler_integrate(velocity, noise, steps)
+
+    @torch.no_grad()
+    def regression(
+        self, prompt: torch.Tensor, mask: torch.Tensor | None, proprio: torch.Tensor | None
+    ) -> torch.Tensor:
+        head = self.model.action_head
+        if not hasattr(head, "predict_action"):
+            raise ValueError("this model has no L1 regression head (action.head != 'l1')")
+        b, _, d = prompt.shape
+        zeros = prompt.new_zeros(b, self.n_actions, d)
+        return head.predict_action(self._action_hidden(prompt, mask, zeros, proprio)).float()

@@ -1,0 +1,204 @@
+"""Dream-VLA shapes and action settings, with the two presets.
+
+`DreamVLAConfig.to_json_dict()` writes the published `config.json` keys (those
+of the official DreamVL config: hidden_size, num_hidden_layers, ...,
+vision_config{depth, embed_dim, ...}) plus an `action` block of ours;
+`from_json_dict()` reads them back and names any missing key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+HEADS = ("discrete", "flow", "l1")
+
+
+class ModelConfigError(ValueError):
+    """A configuration that cannot describe a Dream-VLA model; the message says why."""
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    depth: int = 32
+    embed_dim: int = 1280
+    hidden_size: int = 3584  # output width of the patch merger
+    num_heads: int = 16
+    mlp_ratio: int = 4
+    hidden_act: str = "quick_gelu"
+    in_channels: int = 3
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+
+
+@dataclass(frozen=True)
+class ActionConfig:
+    head: str = "discrete"  # discrete | flow | l1
+    action_dim: int = 7  # 6 joints + gripper
+    chunk: int = 8  # actions per chunk
+    n_bins: int = 256  # uniform bin edges over [-1, 1] (255 bin centres)
+    proprio_dim: int = 7  # 0 = no proprio token
+    head_hidden: int = 0  # MLP width of the flow / L1 heads (0 = backbone width)
+    flow_steps: int = 4
+    action_period_s: float = 0.05  # time between consecutive actions of a chunk
+
+
+@dataclass(frozen=True)
+class DreamVLAConfig:
+    # backbone (Dream 7B = Qwen2.5-7B shapes)
+    hidden_size: int = 3584
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    intermediate_size: int = 18944
+    base_vocab_size: int = 152064  # text vocabulary; action tokens are appended after it
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 131072
+    hidden_act: str = "silu"
+    projector_hidden_act: str = "gelu"
+    # special tokens (Qwen2 / Dream ids for the 7B model)
+    pad_token_id: int = 151643
+    mask_token_id: int = 151666
+    image_token_id: int = 151655
+    vision_start_token_id: int = 151652
+    vision_end_token_id: int = 151653
+    im_start_token_id: int = 151644
+    im_end_token_id: int = 151645
+    newline_token_id: int = 198
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.hidden_size % self.num_attention_heads:
+            problems.append("hidden_size must be divisible by num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append("num_attention_heads must be divisible by num_key_value_heads")
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            problems.append("the attention head size must be even (rotary embedding)")
+        if self.vision.embed_dim % self.vision.num_heads:
+            problems.append("vision.embed_dim must be divisible by vision.num_heads")
+        if self.action.head not in HEADS:
+            problems.append(f"action.head must be one of {HEADS}, got '{self.action.head}'")
+        if self.action.n_bins < 2 or self.action.chunk < 1 or self.action.action_dim < 1:
+            problems.append("action.n_bins >= 2, action.chunk >= 1 and action.action_dim >= 1")
+        for name in ("pad_token_id", "mask_token_id", "image_token_id", "im_end_token_id"):
+            if not 0 <= getattr(self, name) < self.base_vocab_size:
+                problems.append(f"{name} must be inside the text vocabulary")
+        if problems:
+            raise ModelConfigError("; ".join(problems))
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Text vocabulary plus one token per action bin."""
+        return self.base_vocab_size + self.action.n_bins
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def action_tokens(self) -> int:
+        return self.action.chunk * self.action.action_dim
+
+    @property
+    def head_hidden(self) -> int:
+        return self.action.head_hidden or self.hidden_size
+
+    def with_action(self, **changes: Any) -> DreamVLAConfig:
+        return replace(self, action=replace(self.action, **changes))
+
+    # -- config.json ----------------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("vision",)}
+        out.pop("action")
+        out["vocab_size"] = self.vocab_size
+        out["model_type"] = "dream-vla"
+        out["vision_config"] = asdict(self.vision)
+        out["action_config"] = asdict(self.action)
+        return out
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> DreamVLAConfig:
+        try:
+            vision = VisionConfig(
+                **{f.name: data["vision_config"][f.name] for f in fields(VisionConfig)}
+            )
+            action = ActionConfig(**data.get("action_config", {}))
+            top = {
+                f.name: data[f.name]
+                for f in fields(cls)
+                if f.name not in ("vision", "action") and f.name in data
+            }
+        except KeyError as exc:
+            raise ModelConfigError(f"config.json lacks the key {exc}") from exc
+        except TypeError as exc:
+            raise ModelConfigError(f"config.json has an unknown action_config key: {exc}") from exc
+        if "base_vocab_size" not in top:
+            # the published config has only vocab_size (text vocabulary)
+            if "vocab_size" not in data:
+                raise ModelConfigError("config.json lacks the key 'vocab_size'")
+            top["base_vocab_size"] = data["vocab_size"]
+        return cls(vision=vision, action=action, **top)
+
+
+def dream_vla_7b(**action: Any) -> DreamVLAConfig:
+    """The published Dream-VLA shapes (Dream 7B backbone, Qwen2-VL ViT)."""
+    return DreamVLAConfig(action=ActionConfig(**action))
+
+
+def tiny(**action: Any) -> DreamVLAConfig:
+    """A few-MB model with the same structure, for tests and the CPU demo."""
+    return DreamVLAConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        base_vocab_size=512,
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        mask_token_id=1,
+        image_token_id=2,
+        vision_start_token_id=3,
+        vision_end_token_id=4,
+        im_start_token_id=5,
+        im_end_token_id=6,
+        newline_token_id=7,
+        vision=VisionConfig(depth=2, embed_dim=32, hidden_size=64, num_heads=2),
+        action=ActionConfig(**{"head_hidden": 64, **action}),
+    )
+
+
+def mid(**action: Any) -> DreamVLAConfig:
+    """A mid-size preset for CPU benchmarks (about 1/8 of the 7B width, 4 layers)."""
+    return DreamVLAConfig(
+        hidden_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=2048,
+        base_vocab_size=8192,
+        pad_token_id=0,
+        mask_token_id=1,
+        image_token_id=2,
+        vision_start_token_id=3,
+        vision_end_token_id=4,
+        im_start_token_id=5,
+        im_end_token_id=6,
+        newline_token_id=7,
+        vision=VisionConfig(depth=4, embed_dim=256, hidden_size=512, num_heads=4),
+        action=ActionConfig(**{"head_hidden": 256, **action}),
+    )
+
+
+PRESETS = {"dream-vla-7b": dream_vla_7b, "tiny": tiny, "mid": mid}
+
+
+def preset(name: str, **action: Any) -> DreamVLAConfig:
+    if name not in PRESETS:
+        raise ModelConfigError(f"unknown preset '{name}'; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**action)
