@@ -146,6 +146,11 @@ class ActionDecoder:
         out = self.model.forward_embeds(seq, full_mask, proprio, time_token)
         return out.hidden[:, length - 1 : length - 1 + self.n_actions]
 
+    def action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, A, D) -> (B, A, n_bins): the lm_head rows of the action tokens only."""
+        first = self.tokens.first_token
+        return F.linear(hidden, self.model.lm_head.weight[first : first + self.cfg.action.n_bins])
+
     @torch.no_grad()
     def discrete(
         self,
@@ -161,14 +166,11 @@ class ActionDecoder:
         mask_id = self.cfg.mask_token_id
         x = torch.full((b, A), mask_id, dtype=torch.long, device=prompt.device)
         first = self.tokens.first_token
-        head_w = self.model.lm_head.weight[first : first + self.cfg.action.n_bins]
         steps = A if settings.algorithm == "left_to_right" else settings.steps
         levels = torch.linspace(1.0, settings.eps, steps + 1).tolist()
         for i in range(steps):
-            hidden = self._action_hidden(
-                prompt, mask, self.model.model.embed_tokens(x), proprio
-            )
-            logits = F.linear(hidden, head_w)  # (B, A, n_bins): action tokens only
+            hidden = self._action_hidden(prompt, mask, self.model.model.embed_tokens(x), proprio)
+            logits = self.action_logits(hidden)
             masked = x == mask_id
             last = i == steps - 1
             ratio = 1.0 - levels[i + 1] / levels[i]

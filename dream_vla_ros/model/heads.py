@@ -41,7 +41,9 @@ class MLPResNet(nn.Module):
         self.layer_norm1 = nn.LayerNorm(input_dim)
         self.fc1 = nn.Linear(input_dim, hidden_dim)
         self.relu = nn.ReLU()
-        self.mlp_resnet_blocks = nn.ModuleList(MLPResNetBlock(hidden_dim) for _ in range(num_blocks))
+        self.mlp_resnet_blocks = nn.ModuleList(
+            MLPResNetBlock(hidden_dim) for _ in range(num_blocks)
+        )
         self.layer_norm2 = nn.LayerNorm(hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, output_dim)
 

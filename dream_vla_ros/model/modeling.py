@@ -159,10 +159,14 @@ class DreamVLA(nn.Module):
         self.action_head: nn.Module | None = None
         self.noisy_action_projector = None
         if a.head == "flow":
-            self.action_head = FlowMatchingActionHead(cfg.hidden_size, cfg.head_hidden, a.action_dim)
+            self.action_head = FlowMatchingActionHead(
+                cfg.hidden_size, cfg.head_hidden, a.action_dim
+            )
             self.noisy_action_projector = NoisyActionProjector(cfg.hidden_size)
         elif a.head == "l1":
-            self.action_head = L1RegressionActionHead(cfg.hidden_size, cfg.head_hidden, a.action_dim)
+            self.action_head = L1RegressionActionHead(
+                cfg.hidden_size, cfg.head_hidden, a.action_dim
+            )
 
     # -- pieces -------------------------------------------------------------------------
     @property

@@ -1,0 +1,333 @@
+"""Load and save Dream-VLA checkpoints in the published directory layout.
+
+    config.json                          shapes (published keys) + our action_config
+    model.safetensors                    or model-0000N-of-0000M.safetensors shards
+    model.safetensors.index.json         {"weight_map": {name: shard}} when sharded
+    action_head.safetensors              flow / L1 head (keys as in the official heads)
+    noisy_action_projector.safetensors   flow head only (fc1.*, fc2.*)
+    proprio_projector.safetensors        when action_config.proprio_dim > 0 (fc1.*, fc2.*)
+    norm_stats.json                      {"action": {"q01": [...], "q99": [...], "mask"?},
+                                          "proprio": {...}}
+    tokenizer.json                       (the policy's tokenizer; see policy/prompt.py)
+
+Backbone names: `visual.*`, `model.*`, `projector.*`, `lm_head.*`. Only
+safetensors are read: a pickle file (.bin/.pt/.pth/.ckpt/.pkl) is refused, never
+unpickled. Every key and shape is checked before anything is copied, and one
+error lists everything missing, unexpected or mis-shaped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from dream_vla_ros.model.config import DreamVLAConfig, ModelConfigError
+from dream_vla_ros.model.modeling import DreamVLA
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PART_FILES = {
+    "action_head": "action_head.safetensors",
+    "noisy_action_projector": "noisy_action_projector.safetensors",
+    "proprio_projector": "proprio_projector.safetensors",
+}
+BACKBONE_PREFIXES = ("visual.", "model.", "projector.", "lm_head.")
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint cannot be loaded; the message names every problem and the file."""
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-dimension q01/q99 bounds; `mask` False leaves a dimension un-normalised."""
+
+    q01: np.ndarray
+    q99: np.ndarray
+    mask: np.ndarray = field(default_factory=lambda: np.ones(0, dtype=bool))
+
+    def __post_init__(self) -> None:
+        if self.q01.shape != self.q99.shape or self.q01.ndim != 1:
+            raise CheckpointError("norm stats q01 and q99 must be 1-D and of equal length")
+        if not (np.all(np.isfinite(self.q01)) and np.all(np.isfinite(self.q99))):
+            raise CheckpointError("norm stats contain NaN or Inf")
+        if np.any(self.q99 < self.q01):
+            raise CheckpointError("norm stats have q99 < q01")
+        if self.mask.size == 0:
+            object.__setattr__(self, "mask", np.ones_like(self.q01, dtype=bool))
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        scaled = 2.0 * (x - self.q01) / (self.q99 - self.q01 + 1e-8) - 1.0
+        return np.where(self.mask, np.clip(scaled, -1.0, 1.0), x)
+
+    def unnormalise(self, y: np.ndarray) -> np.ndarray:
+        return np.where(self.mask, 0.5 * (y + 1.0) * (self.q99 - self.q01 + 1e-8) + self.q01, y)
+
+    def to_json(self) -> dict[str, list]:
+        return {"q01": self.q01.tolist(), "q99": self.q99.tolist(), "mask": self.mask.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> NormStats:
+        try:
+            q01 = np.asarray(data["q01"], dtype=np.float64)
+            q99 = np.asarray(data["q99"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: needs numeric 'q01' and 'q99' lists ({exc})") from exc
+        mask = np.asarray(data.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+        return cls(q01, q99, mask)
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: DreamVLA
+    config: DreamVLAConfig
+    action_stats: NormStats
+    proprio_stats: NormStats | None
+    path: Path
+
+
+def _refuse_pickles(path: Path) -> None:
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{path} contains pickle files {pickles}: refusing to load them (unpickling runs "
+            "arbitrary code). Convert them to safetensors (load with torch.load(..., "
+            "weights_only=True) on a trusted machine and save with safetensors.torch.save_file)."
+        )
+
+
+def _backbone_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
+        files = sorted({path / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index} names shards that do not exist: {missing}")
+        return files
+    single = path / "model.safetensors"
+    if not single.exists():
+        raise CheckpointError(
+            f"{path} has neither model.safetensors nor model.safetensors.index.json"
+        )
+    return [single]
+
+
+def _read_tensors(files: list[Path]) -> dict[str, tuple[Path, torch.Size]]:
+    """name -> (file, shape), without reading the data."""
+    found: dict[str, tuple[Path, torch.Size]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    found[key] = (f, torch.Size(handle.get_slice(key).get_shape()))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{f}: not a readable safetensors file ({exc})") from exc
+    return found
+
+
+def _expected(model: DreamVLA) -> dict[str, dict[str, torch.Size]]:
+    """Per file group: parameter name -> shape (persistent buffers included)."""
+    groups: dict[str, dict[str, torch.Size]] = {"backbone": {}}
+    for part in PART_FILES:
+        if getattr(model, part) is not None:
+            groups[part] = {}
+    for name, tensor in model.state_dict().items():
+        part = name.split(".", 1)[0]
+        if part in PART_FILES:
+            groups[part][name.split(".", 1)[1]] = tensor.shape
+        else:
+            groups["backbone"][name] = tensor.shape
+    return groups
+
+
+def load_config(path: Path) -> DreamVLAConfig:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise CheckpointError(f"{path} has no config.json")
+    try:
+        return DreamVLAConfig.from_json_dict(json.loads(cfg_file.read_text()))
+    except (json.JSONDecodeError, ModelConfigError) as exc:
+        raise CheckpointError(f"{cfg_file}: {exc}") from exc
+
+
+def load_norm_stats(path: Path, cfg: DreamVLAConfig) -> tuple[NormStats, NormStats | None]:
+    stats_file = path / "norm_stats.json"
+    if not stats_file.exists():
+        raise CheckpointError(
+            f"{path} has no norm_stats.json: actions cannot be un-normalised without the "
+            "q01/q99 statistics of the training data"
+        )
+    try:
+        data = json.loads(stats_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{stats_file}: invalid JSON ({exc})") from exc
+    if "action" not in data:
+        raise CheckpointError(f"{stats_file} lacks the 'action' statistics")
+    action = NormStats.from_json(data["action"], f"{stats_file} action")
+    if action.q01.shape[0] != cfg.action.action_dim:
+        raise CheckpointError(
+            f"{stats_file}: action stats have {action.q01.shape[0]} dimensions, the model "
+            f"predicts {cfg.action.action_dim}"
+        )
+    proprio = None
+    if cfg.action.proprio_dim > 0:
+        if "proprio" not in data:
+            raise CheckpointError(f"{stats_file} lacks the 'proprio' statistics")
+        proprio = NormStats.from_json(data["proprio"], f"{stats_file} proprio")
+        if proprio.q01.shape[0] != cfg.action.proprio_dim:
+            raise CheckpointError(
+                f"{stats_file}: proprio stats have {proprio.q01.shape[0]} dimensions, the model "
+                f"expects {cfg.action.proprio_dim}"
+            )
+    return action, proprio
+
+
+def load_checkpoint(
+    path: str | Path,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+) -> LoadedCheckpoint:
+    """Load a checkpoint directory; strict: raise CheckpointError naming every problem."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {path} does not exist")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
+    _refuse_pickles(path)
+    cfg = load_config(path)
+    action_stats, proprio_stats = load_norm_stats(path, cfg)
+    attn = attn_implementation or default_attention(device)
+    with torch.device("meta"):
+        model = DreamVLA(cfg, attn)
+    expected = _expected(model)
+    sources: dict[str, dict[str, tuple[Path, torch.Size]]] = {
+        "backbone": _read_tensors(_backbone_files(path))
+    }
+    problems: list[str] = []
+    for part, filename in PART_FILES.items():
+        if part in expected:
+            f = path / filename
+            if not f.exists():
+                problems.append(f"missing file {filename} (the config's head needs it)")
+                sources[part] = {}
+            else:
+                sources[part] = _read_tensors([f])
+    for group, names in expected.items():
+        found = sources.get(group, {})
+        label = "backbone" if group == "backbone" else PART_FILES[group]
+        missing = sorted(set(names) - set(found))
+        unexpected = sorted(set(found) - set(names))
+        shapes = [
+            f"{n}: checkpoint {tuple(found[n][1])} vs model {tuple(names[n])}"
+            for n in sorted(set(names) & set(found))
+            if found[n][1] != names[n]
+        ]
+        if missing:
+            problems.append(f"{label}: {len(missing)} missing keys, e.g. {missing[:5]}")
+        if unexpected:
+            problems.append(f"{label}: {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
+        if shapes:
+            problems.append(f"{label}: {len(shapes)} shape mismatches: {shapes[:5]}")
+    if problems:
+        raise CheckpointError(f"cannot load {path}: " + "; ".join(problems))
+
+    model = model.to_empty(device=device)
+    state: dict[str, torch.Tensor] = {}
+    for group, found in sources.items():
+        prefix = "" if group == "backbone" else group + "."
+        by_file: dict[Path, list[str]] = {}
+        for name, (f, _) in found.items():
+            by_file.setdefault(f, []).append(name)
+        for f, names in by_file.items():
+            with safe_open(str(f), framework="pt", device="cpu") as handle:
+                for name in names:
+                    state[prefix + name] = handle.get_tensor(name)
+    model.load_state_dict(state, strict=True, assign=False)
+    _reset_non_persistent_buffers(model)
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    return LoadedCheckpoint(model, cfg, action_stats, proprio_stats, path)
+
+
+def _reset_non_persistent_buffers(model: DreamVLA) -> None:
+    """The rotary inverse frequencies are not saved (and were built on the meta
+    device): recreate both rotary modules on the model's device."""
+    device = model.lm_head.weight.device
+    backbone_rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(backbone_rotary)(backbone_rotary.config).to(device)
+    vision_rotary = model.visual.rotary_pos_emb
+    model.visual.rotary_pos_emb = type(vision_rotary)(vision_rotary.config).to(device)
+
+
+def default_attention(device: str) -> str:
+    """flash_attention_2 on a GPU when the package is installed, else PyTorch SDPA."""
+    if str(device).startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def save_checkpoint(
+    model: DreamVLA,
+    path: str | Path,
+    action_stats: NormStats,
+    proprio_stats: NormStats | None = None,
+    max_shard_bytes: int = 4 << 30,
+) -> Path:
+    """Write `model` in the published layout (sharded above `max_shard_bytes`)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    (path / "config.json").write_text(json.dumps(cfg.to_json_dict(), indent=2))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PART_FILES}
+    backbone: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        head, rest = name.split(".", 1)
+        if head in PART_FILES:
+            parts[head][rest] = tensor
+        else:
+            backbone[name] = tensor
+    for part, tensors in parts.items():
+        if tensors:
+            save_file(tensors, str(path / PART_FILES[part]), metadata={"format": "pt"})
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in backbone.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(path / fname), metadata={"format": "pt"})
+            weight_map.update({name: fname for name in shard})
+        total = sum(t.numel() * t.element_size() for t in backbone.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    stats: dict[str, Any] = {"action": action_stats.to_json()}
+    if proprio_stats is not None:
+        stats["proprio"] = proprio_stats.to_json()
+    (path / "norm_stats.json").write_text(json.dumps(stats, indent=2))
+    return path

@@ -1,0 +1,144 @@
+"""`Policy.infer(observation) -> ActionChunk`: images + state + instruction to an
+un-normalised action chunk in SI units (rad, gripper opening in m), stamped with
+the observation's time. No ROS here; the policy node (issue 4) wraps it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
+from dream_vla_ros.model.checkpoint import LoadedCheckpoint, NormStats, load_checkpoint
+from dream_vla_ros.policy.preprocess import ImageError, ImagePreprocessor
+from dream_vla_ros.policy.prompt import PromptBuilder
+
+
+class ObservationError(ValueError):
+    """An observation the policy refuses; the message names the field and the problem."""
+
+
+@dataclass
+class Observation:
+    images: list[np.ndarray]  # HxWx3 uint8 RGB: third-person first, then wrist
+    instruction: str
+    state: np.ndarray | None = None  # (proprio_dim,) joint positions + gripper, SI
+    stamp_s: float = 0.0  # time the images were taken (ROS clock)
+
+
+@dataclass
+class ActionChunk:
+    actions: np.ndarray  # (chunk, action_dim) absolute targets, SI units
+    stamp_s: float  # the observation's stamp: actions[k] is for stamp + (k + 1) * period
+    period_s: float
+    normalised: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    flow_steps: int | None = None  # None = the checkpoint's action_config.flow_steps
+    center_crop: bool = False
+    seed: int = 0
+
+
+class Policy:
+    def __init__(self, ckpt: LoadedCheckpoint, settings: PolicySettings | None = None) -> None:
+        self.ckpt = ckpt
+        self.model = ckpt.model
+        self.cfg = ckpt.config
+        self.settings = settings or PolicySettings()
+        self.device = self.model.device
+        self.images = ImagePreprocessor(
+            center_crop=self.settings.center_crop,
+            patch_size=self.cfg.vision.patch_size,
+            merge_size=self.cfg.vision.spatial_merge_size,
+            temporal_patch_size=self.cfg.vision.temporal_patch_size,
+            device=self.device,
+        )
+        self.prompts = PromptBuilder.from_dir(ckpt.path, self.cfg)
+        self.decoder = ActionDecoder(self.model)
+        self.generator = torch.Generator(device=self.device)
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        dtype: str = "fp32",
+        device: str = "cpu",
+        settings: PolicySettings | None = None,
+    ) -> Policy:
+        return cls(load_checkpoint(path, dtype=dtype, device=device), settings)
+
+    @property
+    def action_stats(self) -> NormStats:
+        return self.ckpt.action_stats
+
+    def reset(self) -> None:
+        """Forget episode state: the sampler restarts from the configured seed."""
+        self.generator.manual_seed(self.settings.seed)
+
+    def _check(self, obs: Observation) -> None:
+        if not isinstance(obs.instruction, str) or not obs.instruction.strip():
+            raise ObservationError("instruction: empty")
+        if not obs.images:
+            raise ObservationError("images: none given")
+        if self.cfg.action.proprio_dim > 0:
+            if obs.state is None:
+                raise ObservationError(
+                    f"state: this checkpoint needs the robot state "
+                    f"({self.cfg.action.proprio_dim} values)"
+                )
+            state = np.asarray(obs.state, dtype=np.float64)
+            if state.shape != (self.cfg.action.proprio_dim,):
+                raise ObservationError(
+                    f"state: expected {self.cfg.action.proprio_dim} values, got shape {state.shape}"
+                )
+            if not np.all(np.isfinite(state)):
+                raise ObservationError("state: contains NaN or Inf")
+        if not np.isfinite(obs.stamp_s):
+            raise ObservationError("stamp_s: not finite")
+
+    @torch.no_grad()
+    def infer(self, obs: Observation) -> ActionChunk:
+        import time
+
+        start = time.perf_counter()
+        self._check(obs)
+        try:
+            pixel_values, grid = self.images(obs.images)
+        except ImageError as exc:
+            raise ObservationError(f"images: {exc}") from exc
+        ids = self.prompts.ids(obs.instruction, len(obs.images), self.images.tokens_per_image)
+        input_ids = torch.tensor([ids], device=self.device)
+        prompt = self.model.embed_prompt(input_ids, pixel_values, grid)
+        proprio = None
+        if self.cfg.action.proprio_dim > 0 and self.ckpt.proprio_stats is not None:
+            state = self.ckpt.proprio_stats.normalise(np.asarray(obs.state, dtype=np.float64))
+            proprio = torch.tensor(state[None], dtype=prompt.dtype, device=self.device)
+        head = self.cfg.action.head
+        if head == "discrete":
+            normed = self.decoder.discrete(
+                prompt, None, proprio, self.settings.decode, self.generator
+            )
+        elif head == "flow":
+            steps = self.settings.flow_steps or self.cfg.action.flow_steps
+            normed = self.decoder.flow(prompt, None, proprio, steps, self.generator)
+        else:
+            normed = self.decoder.regression(prompt, None, proprio)
+        # Continuous heads can leave [-1, 1]; the training data's q01..q99 range is
+        # where the policy is trusted, so clip there (the controller still applies
+        # the arm's limits). Discrete bins are inside by construction.
+        normalised = np.clip(normed[0].float().cpu().numpy().astype(np.float64), -1.0, 1.0)
+        actions = self.action_stats.unnormalise(normalised)
+        return ActionChunk(
+            actions=actions,
+            stamp_s=float(obs.stamp_s),
+            period_s=self.cfg.action.action_period_s,
+            normalised=normalised,
+            latency_s=time.perf_counter() - start,
+        )

@@ -1,0 +1,449 @@
+"""Dream-VLA model core on CPU with the tiny preset: architecture, decoding, heads,
+checkpoints, preprocessing against transformers' Qwen2-VL processor, policy."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dream_vla_ros.model import (
+    ActionDecoder,
+    ActionTokenizer,
+    CheckpointError,
+    DecodeSettings,
+    DreamVLA,
+    load_checkpoint,
+    preset,
+)
+from dream_vla_ros.model.heads import euler_integrate
+from dream_vla_ros.policy import (
+    ImagePreprocessor,
+    Observation,
+    ObservationError,
+    Policy,
+    PolicySettings,
+    write_random_checkpoint,
+)
+
+GOLDEN = Path(__file__).parent / "data" / "golden_tiny.safetensors"
+
+
+def tiny_model(head: str = "discrete", seed: int = 0) -> DreamVLA:
+    torch.manual_seed(seed)
+    return DreamVLA(preset("tiny", head=head)).eval()
+
+
+def prompt_inputs(model: DreamVLA, n_images: int = 2, seed: int = 1):
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(8, 264, (10,), generator=g).tolist()
+    ids = [cfg.im_start_token_id, *text[:4]]
+    for _ in range(n_images):
+        ids += [cfg.vision_start_token_id, *[cfg.image_token_id] * 64, cfg.vision_end_token_id]
+    ids += [*text[4:], cfg.im_end_token_id]
+    pixels = torch.randn(n_images * 256, 3 * 2 * 14 * 14, generator=g)
+    grid = torch.tensor([[1, 16, 16]] * n_images)
+    return torch.tensor([ids]), pixels, grid
+
+
+# -- presets and architecture ----------------------------------------------------------
+def test_7b_preset_has_the_published_shapes():
+    cfg = preset("dream-vla-7b")
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (3584, 28, 28)
+    assert (cfg.num_key_value_heads, cfg.intermediate_size) == (4, 18944)
+    assert cfg.base_vocab_size == 152064 and cfg.vocab_size == 152064 + 256
+    assert cfg.rope_theta == 1e6 and cfg.rms_norm_eps == 1e-6
+    v = cfg.vision
+    assert (v.depth, v.embed_dim, v.num_heads, v.patch_size) == (32, 1280, 16, 14)
+    assert (v.spatial_merge_size, v.temporal_patch_size) == (2, 2)
+    with torch.device("meta"):
+        model = DreamVLA(cfg)
+    shapes = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+    assert shapes["model.layers.0.self_attn.k_proj.weight"] == (512, 3584)
+    assert "model.layers.0.self_attn.q_proj.bias" in shapes
+    assert "model.layers.0.self_attn.o_proj.bias" not in shapes  # bias on q/k/v only
+    assert shapes["model.layers.27.mlp.gate_proj.weight"] == (18944, 3584)
+    assert shapes["visual.blocks.31.attn.qkv.weight"] == (3840, 1280)
+    assert shapes["projector.linear_1.weight"] == (3584, 3584)
+    assert shapes["lm_head.weight"] == (152320, 3584)
+    params = sum(t.numel() for t in model.parameters())
+    assert 8.0e9 < params < 8.6e9, params
+
+
+def test_tiny_forward_and_backward():
+    model = tiny_model("flow").train()
+    ids, pixels, grid = prompt_inputs(model)
+    embeds = model.embed_prompt(ids, pixels, grid)
+    out = model.forward_embeds(
+        embeds,
+        proprio=torch.linspace(-0.5, 0.5, 7)[None],
+        time_token=model.action_head.time_token(torch.tensor([0.3])),
+        logits=True,
+    )
+    assert out.hidden.shape == (1, ids.shape[1], 64)
+    assert out.logits.shape == (1, ids.shape[1], model.cfg.vocab_size)
+    loss = out.logits.logsumexp(-1).mean() + out.hidden.pow(2).mean()
+    loss.backward()
+    for name in ("visual.patch_embed.proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
+    assert model.proprio_projector.fc1.weight.grad.abs().sum() > 0
+
+
+def test_attention_is_bidirectional():
+    model = tiny_model()
+    ids = torch.randint(8, 264, (1, 12))
+    first = model.forward_embeds(model.embed_prompt(ids)).hidden[0, 0]
+    ids2 = ids.clone()
+    ids2[0, -1] = (ids[0, -1] + 1 - 8) % 256 + 8
+    second = model.forward_embeds(model.embed_prompt(ids2)).hidden[0, 0]
+    assert not torch.allclose(first, second), "the first position ignored the last token"
+
+
+def test_padding_mask_hides_padded_keys():
+    model = tiny_model()
+    ids = torch.randint(8, 264, (1, 10))
+    plain = model.forward_embeds(model.embed_prompt(ids)).hidden
+    padded_ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 10)], dim=1).long()
+    padded = model.forward_embeds(model.embed_prompt(padded_ids), mask).hidden[:, 3:]
+    assert torch.allclose(plain, padded, atol=1e-5)
+
+
+def test_image_token_count_must_match_features():
+    model = tiny_model()
+    ids, pixels, grid = prompt_inputs(model, n_images=2)
+    with pytest.raises(ValueError, match="do not match"):
+        model.embed_prompt(ids, pixels[:256], grid[:1])
+
+
+def test_golden_output_regression():
+    """Outputs of a fixed-seed tiny model on fixed inputs, saved once (safetensors)."""
+    model = tiny_model("discrete", seed=0)
+    ids, pixels, grid = prompt_inputs(model, seed=1)
+    with torch.no_grad():
+        out = model.forward_embeds(
+            model.embed_prompt(ids, pixels, grid), proprio=torch.ones(1, 7) * 0.1, logits=True
+        )
+    current = {
+        "hidden": out.hidden[0, ::16].contiguous(),
+        "logits": out.logits[0, -4:].contiguous(),
+    }
+    if not GOLDEN.exists():  # pragma: no cover - written once, then committed
+        GOLDEN.parent.mkdir(exist_ok=True)
+        save_file(current, str(GOLDEN))
+    golden = load_file(str(GOLDEN))
+    for key in golden:
+        assert torch.allclose(current[key], golden[key], atol=1e-4), key
+
+
+# -- action tokens and decoding ----------------------------------------------------------
+def test_action_tokens_round_trip_within_half_a_bin():
+    tok = ActionTokenizer(preset("tiny"))
+    values = np.linspace(-1, 1, 1001)
+    tokens = tok.encode(values)
+    assert tokens.min() >= tok.first_token and tokens.max() < tok.vocab_size
+    assert np.all(np.diff(tokens) <= 0), "higher values must get lower token ids"
+    width = 2.0 / 255
+    assert np.abs(tok.decode(tokens) - values).max() <= width / 2 + 1e-9
+
+
+def test_one_step_reveals_every_action_token():
+    model = tiny_model()
+    decoder = ActionDecoder(model)
+    prompt = model.embed_prompt(prompt_inputs(model)[0][:, :5])
+    history: list[torch.Tensor] = []
+    actions = decoder.discrete(prompt, None, None, DecodeSettings(steps=1), history=history)
+    assert actions.shape == (1, 8, 7)
+    assert len(history) == 1
+    final = history[-1]
+    assert not (final == model.cfg.mask_token_id).any()
+    assert (final >= model.cfg.base_vocab_size).all(), "only action tokens at action positions"
+
+
+@pytest.mark.parametrize("algorithm", ["maskgit_plus", "topk_margin", "entropy"])
+def test_k_steps_reveal_in_confidence_order(monkeypatch, algorithm):
+    model = tiny_model()
+    decoder = ActionDecoder(model)
+    n_bins = model.cfg.action.n_bins
+    A = decoder.n_actions
+    # position j is "sure" in proportion to j: its logits put more mass on bin j % n_bins
+    sharp = torch.full((1, A, n_bins), 0.0)
+    for j in range(A):
+        sharp[0, j, j % n_bins] = 0.2 * j
+    monkeypatch.setattr(decoder, "action_logits", lambda hidden: sharp.clone())
+    prompt = model.embed_prompt(torch.randint(8, 264, (1, 6)))
+    history: list[torch.Tensor] = []
+    steps = 4
+    decoder.discrete(
+        prompt, None, None, DecodeSettings(steps=steps, algorithm=algorithm), history=history
+    )
+    mask_id = model.cfg.mask_token_id
+    revealed_at = torch.full((A,), -1)
+    for step, x in enumerate(history):
+        newly = (x[0] != mask_id) & (revealed_at < 0)
+        revealed_at[newly] = step
+    assert (revealed_at >= 0).all()
+    counts = [int((revealed_at == s).sum()) for s in range(steps)]
+    levels = torch.linspace(1, 1e-3, steps + 1).tolist()
+    remaining, expected = A, []
+    for i in range(steps):
+        n = remaining if i == steps - 1 else int(remaining * (1 - levels[i + 1] / levels[i]))
+        expected.append(n)
+        remaining -= n
+    assert counts == expected
+    # the most confident (highest j) positions come out first
+    order = revealed_at.tolist()
+    assert all(order[j] >= order[j + 1] for j in range(A - 1)), order
+    # and every revealed token is the argmax bin of its position
+    final = history[-1][0]
+    assert torch.equal(final - model.cfg.base_vocab_size, torch.arange(A) % n_bins)
+
+
+def test_left_to_right_is_one_token_per_step():
+    model = tiny_model()
+    decoder = ActionDecoder(model)
+    prompt = model.embed_prompt(torch.randint(8, 264, (1, 6)))
+    history: list[torch.Tensor] = []
+    decoder.discrete(prompt, None, None, DecodeSettings(algorithm="left_to_right"), history=history)
+    assert len(history) == decoder.n_actions
+    for k, x in enumerate(history):
+        revealed = (x[0] != model.cfg.mask_token_id).nonzero().squeeze(-1).tolist()
+        assert revealed == list(range(k + 1))
+
+
+def test_logit_shift_reads_the_previous_position(monkeypatch):
+    """Action token p is read from the hidden state at p - 1 (Dream's shifted logits)."""
+    model = tiny_model()
+    decoder = ActionDecoder(model)
+    seen = {}
+    real = model.forward_embeds
+
+    def spy(embeds, mask=None, proprio=None, time_token=None, logits=False):
+        out = real(embeds, mask, proprio, time_token, logits)
+        seen["hidden"] = out.hidden
+        return out
+
+    monkeypatch.setattr(model, "forward_embeds", spy)
+    prompt = model.embed_prompt(torch.randint(8, 264, (1, 6)))
+    zeros = prompt.new_zeros(1, decoder.n_actions, 64)
+    got = decoder._action_hidden(prompt, None, zeros, None)
+    length = prompt.shape[1]
+    assert torch.equal(got, seen["hidden"][:, length - 1 : length - 1 + decoder.n_actions])
+
+
+def test_top_p_and_temperature_sampling_are_seeded():
+    model = tiny_model()
+    decoder = ActionDecoder(model)
+    prompt = model.embed_prompt(torch.randint(8, 264, (1, 6)))
+    s = DecodeSettings(steps=2, algorithm="origin", temperature=1.0, top_p=0.9)
+    a = decoder.discrete(prompt, None, None, s, torch.Generator().manual_seed(3))
+    b = decoder.discrete(prompt, None, None, s, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown decoding algorithm"):
+        DecodeSettings(algorithm="beam")
+
+
+def test_euler_integration_on_a_known_field():
+    # dx/dt = a - x0 (constant): exact after any number of steps
+    x0 = torch.tensor([[[0.5, -1.0]]])
+    target = torch.tensor([[[0.2, 0.4]]])
+    out = euler_integrate(lambda x, t: target - x0, x0, 4)
+    assert torch.allclose(out, target, atol=1e-6)
+    # dx/dt = x: Euler with N steps gives (1 + 1/N)^N, approaching e
+    one = torch.ones(1, 1, 1)
+    for n in (1, 4, 64):
+        got = euler_integrate(lambda x, t: x, one, n).item()
+        assert math.isclose(got, (1 + 1 / n) ** n, rel_tol=1e-6)
+    # time is passed as k / N
+    times = []
+    euler_integrate(lambda x, t: (times.append(t.item()), x * 0)[1], one, 4)
+    assert times == [0.0, 0.25, 0.5, 0.75]
+
+
+# -- checkpoints -------------------------------------------------------------------------
+def test_checkpoint_round_trip_and_official_names(tmp_path):
+    path = write_random_checkpoint(tmp_path / "ckpt", head="flow", seed=5)
+    files = sorted(p.name for p in path.iterdir())
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "action_head.safetensors",
+        "noisy_action_projector.safetensors",
+        "proprio_projector.safetensors",
+        "norm_stats.json",
+        "tokenizer.json",
+    ):
+        assert name in files
+    keys = set(load_file(str(path / "model.safetensors")))
+    assert {k.split(".")[0] for k in keys} == {"visual", "model", "projector", "lm_head"}
+    assert "flow_predictor.mlp_resnet.fc1.weight" in load_file(
+        str(path / "action_head.safetensors")
+    )
+    assert set(load_file(str(path / "proprio_projector.safetensors"))) == {
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    }
+    loaded = load_checkpoint(path)
+    torch.manual_seed(5)
+    original = DreamVLA(preset("tiny", head="flow")).state_dict()
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+    config = json.loads((path / "config.json").read_text())
+    assert config["vision_config"]["embed_dim"] == 32 and config["vocab_size"] == 512 + 256
+
+
+def test_sharded_checkpoint_and_dtypes(tmp_path):
+    from dream_vla_ros.model import save_checkpoint
+    from dream_vla_ros.model.checkpoint import NormStats
+
+    model = tiny_model("l1")
+    stats = NormStats(-np.ones(7), np.ones(7))
+    path = save_checkpoint(model, tmp_path / "s", stats, stats, max_shard_bytes=100_000)
+    assert (path / "model.safetensors.index.json").exists()
+    assert len(list(path.glob("model-*-of-*.safetensors"))) > 2
+    for dtype, torch_dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        loaded = load_checkpoint(path, dtype=dtype)
+        assert loaded.model.lm_head.weight.dtype == torch_dtype
+
+
+def test_missing_keys_and_wrong_shapes_are_named(tmp_path):
+    path = write_random_checkpoint(tmp_path / "c")
+    state = load_file(str(path / "model.safetensors"))
+    del state["model.layers.1.mlp.up_proj.weight"]
+    state["projector.linear_2.bias"] = torch.zeros(65)
+    state["extra.weight"] = torch.zeros(2)
+    save_file(state, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert "model.layers.1.mlp.up_proj.weight" in text
+    assert "projector.linear_2.bias: checkpoint (65,) vs model (64,)" in text
+    assert "extra.weight" in text
+
+
+def test_pickle_files_are_refused(tmp_path):
+    path = write_random_checkpoint(tmp_path / "c")
+    (path / "action_head--10000_checkpoint.pt").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(path)
+
+
+def test_missing_norm_stats_and_missing_head_file(tmp_path):
+    path = write_random_checkpoint(tmp_path / "c", head="l1")
+    (path / "norm_stats.json").unlink()
+    with pytest.raises(CheckpointError, match=r"norm_stats\.json"):
+        load_checkpoint(path)
+    path2 = write_random_checkpoint(tmp_path / "d", head="l1")
+    (path2 / "action_head.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"action_head\.safetensors"):
+        load_checkpoint(path2)
+    path3 = write_random_checkpoint(tmp_path / "e")
+    (path3 / "norm_stats.json").write_text(json.dumps({"action": {"q01": [0] * 7}}))
+    with pytest.raises(CheckpointError, match="q99"):
+        load_checkpoint(path3)
+
+
+# -- preprocessing -----------------------------------------------------------------------
+def _frames(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:480, 0:640]
+    out = []
+    for k in range(2):
+        img = np.stack(
+            [127 + 100 * np.sin(xx / 37 + k), 127 + 100 * np.cos(yy / 23), (xx + yy) % 256], -1
+        )
+        out.append(np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def test_patches_match_transformers_qwen2_vl_processor():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    pre = ImagePreprocessor()
+    resized = pre.resized(_frames())  # two 640x480 frames -> 224x224
+    ours, grid = pre.patchify(resized)
+    reference = Qwen2VLImageProcessorPil()(
+        images=[f.permute(1, 2, 0).numpy() for f in resized], return_tensors="pt"
+    )
+    assert ours.shape == reference["pixel_values"].shape == (512, 1176)
+    assert torch.equal(grid, reference["image_grid_thw"])
+    assert (ours - reference["pixel_values"]).abs().max().item() <= 1e-3
+
+
+def test_resize_is_close_to_pil_bicubic_and_crops():
+    from PIL import Image
+
+    pre = ImagePreprocessor()
+    frames = _frames(1)
+    ours = pre.resized(frames).permute(0, 2, 3, 1).numpy().astype(int)
+    pil = np.stack(
+        [np.asarray(Image.fromarray(f).resize((224, 224), Image.BICUBIC)) for f in frames]
+    )
+    diff = np.abs(ours - pil.astype(int))
+    assert diff.mean() < 0.5 and diff.max() <= 8
+    cropped = ImagePreprocessor(center_crop=True).resized([frames[0]])
+    expected = pre.resized([frames[0][:, 80:560]])
+    assert torch.equal(cropped, expected)
+
+
+def test_bad_images_are_named():
+    pre = ImagePreprocessor()
+    with pytest.raises(ValueError, match="image 1: expected uint8"):
+        pre([np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.float32)])
+    with pytest.raises(ValueError, match="image 0: expected an HxWx3"):
+        pre([np.zeros((10, 10), np.uint8)])
+
+
+# -- policy ------------------------------------------------------------------------------
+@pytest.mark.parametrize("head", ["discrete", "flow", "l1"])
+def test_policy_infers_a_stamped_si_chunk(tmp_path, head):
+    path = write_random_checkpoint(tmp_path / head, head=head)
+    policy = Policy.from_checkpoint(path, settings=PolicySettings(decode=DecodeSettings(steps=2)))
+    obs = Observation(_frames(), "Pick up the apple.", np.zeros(7), stamp_s=42.25)
+    chunk = policy.infer(obs)
+    assert chunk.actions.shape == (8, 7) and chunk.stamp_s == 42.25
+    assert chunk.period_s == 0.05
+    stats = policy.action_stats
+    assert np.all(chunk.actions >= stats.q01 - 1e-6) and np.all(chunk.actions <= stats.q99 + 1e-6)
+    assert np.allclose(stats.unnormalise(chunk.normalised), chunk.actions)
+    policy.reset()
+    again = policy.infer(obs)
+    assert np.allclose(again.actions, chunk.actions), "reset() must make sampling repeatable"
+
+
+def test_policy_rejects_bad_observations(tmp_path):
+    policy = Policy.from_checkpoint(write_random_checkpoint(tmp_path / "p"))
+    good = _frames()
+    bad = [
+        (Observation(good, "", np.zeros(7)), "instruction"),
+        (Observation([], "pick", np.zeros(7)), "images"),
+        (Observation(good, "pick", None), "state"),
+        (Observation(good, "pick", np.zeros(6)), "state: expected 7"),
+        (Observation(good, "pick", np.array([0, 0, 0, np.nan, 0, 0, 0])), "NaN"),
+        (Observation([good[0].astype(np.float32)], "pick", np.zeros(7)), "uint8"),
+    ]
+    for obs, message in bad:
+        with pytest.raises(ObservationError, match=message):
+            policy.infer(obs)
+
+
+def test_prompt_is_the_qwen_chat_format(tmp_path):
+    policy = Policy.from_checkpoint(write_random_checkpoint(tmp_path / "p"))
+    cfg = policy.cfg
+    ids = policy.prompts.ids("pick up the apple", 2, 64)
+    assert ids.count(cfg.image_token_id) == 128
+    assert ids.count(cfg.vision_start_token_id) == 2 and ids[0] == cfg.im_start_token_id
+    text = policy.prompts.tokenizer.decode([i for i in ids if i > cfg.newline_token_id])
+    assert "What action should the robot take to pick up the apple?" in text
+    assert text.endswith("assistant\n")
