@@ -1,7 +1,7 @@
 # Every target sets up .venv first (idempotent, fast when nothing changed).
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-model clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,9 @@ lint: setup
 
 bench: setup
 	$(VENV)/python bench/control_loop.py
+
+bench-model: setup
+	$(VENV)/python bench/model_latency.py
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -1,0 +1,130 @@
+"""Dream-VLA chunk latency, peak memory and preprocessing speed (prints figures).
+
+Per preset (random weights, batch 1, two 224x224 images + instruction + proprio):
+discrete 1-step, discrete k-step, flow matching N steps, L1 regression, and
+left-to-right (autoregressive order) decoding of the same action tokens with the
+same weights; ratio AR / diffusion. Preprocessing of 2x640x480 frames: ours
+against transformers' Qwen2-VL processor (PIL) on the same frames.
+
+Usage: python bench/model_latency.py [--presets tiny mid] [--device cpu|cuda]
+       [--dtype fp32|bf16] [--repeats 5] [--k 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from dream_vla_ros.model import ActionDecoder, DecodeSettings, DreamVLA, preset
+from dream_vla_ros.model.checkpoint import DTYPES
+from dream_vla_ros.policy.preprocess import ImagePreprocessor
+
+
+def timed(fn, repeats: int, device: str) -> tuple[float, float]:
+    """(median seconds, peak GPU memory GB or nan)."""
+    fn()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else float("nan")
+    return float(np.median(times)), peak
+
+
+def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: int) -> dict:
+    cfg = preset(name, head=head)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DreamVLA(cfg).to(DTYPES[dtype]).eval()
+    pre = ImagePreprocessor(device=device)
+    frames = [np.zeros((480, 640, 3), np.uint8), np.full((480, 640, 3), 90, np.uint8)]
+    ids = [cfg.im_start_token_id] * 40  # ~40 text tokens
+    for _ in range(2):
+        ids += [cfg.vision_start_token_id, *[cfg.image_token_id] * 64, cfg.vision_end_token_id]
+    input_ids = torch.tensor([ids], device=device)
+    proprio = torch.zeros(1, 7, device=device, dtype=DTYPES[dtype])
+    decoder = ActionDecoder(model)
+
+    def prompt() -> torch.Tensor:
+        pixels, grid = pre(frames)
+        return model.embed_prompt(input_ids, pixels, grid)
+
+    results = {}
+    with torch.no_grad():
+        if head == "discrete":
+            for label, settings, n in (
+                ("discrete 1 step", DecodeSettings(steps=1), repeats),
+                (f"discrete {k} steps", DecodeSettings(steps=k), repeats),
+                ("left-to-right (AR)", DecodeSettings(algorithm="left_to_right"), 1),
+            ):
+                results[label] = timed(
+                    lambda s=settings: decoder.discrete(prompt(), None, proprio, s), n, device
+                )
+        elif head == "flow":
+            steps = cfg.action.flow_steps
+            results[f"flow {steps} steps"] = timed(
+                lambda: decoder.flow(prompt(), None, proprio, steps), repeats, device
+            )
+        else:
+            results["L1 regression"] = timed(
+                lambda: decoder.regression(prompt(), None, proprio), repeats, device
+            )
+    return results
+
+
+def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> None:
+    results: dict = {}
+    for head in ("discrete", "flow", "l1"):
+        results.update(bench_head(name, head, device, dtype, repeats, k))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print(f"preset {name} on {device} {dtype} ({preset(name).action_tokens} action tokens):")
+    for label, (sec, peak) in results.items():
+        mem = "" if np.isnan(peak) else f"   peak {peak:6.2f} GB"
+        print(f"  {label:22s} {sec * 1000:9.1f} ms{mem}")
+    ar = results["left-to-right (AR)"][0]
+    one = results["discrete 1 step"][0]
+    print(f"  AR / discrete 1 step   {ar / one:9.1f}x")
+
+
+def bench_preprocessing(repeats: int) -> None:
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
+    ours = ImagePreprocessor()
+    reference = Qwen2VLImageProcessorPil(max_pixels=224 * 224, min_pixels=224 * 224)
+    t_ours, _ = timed(lambda: ours(frames), repeats * 4, "cpu")
+    t_ref, _ = timed(lambda: reference(images=frames, return_tensors="pt"), repeats, "cpu")
+    print(
+        f"preprocessing 2x640x480: ours {t_ours * 1000:.2f} ms, transformers "
+        f"{t_ref * 1000:.2f} ms, ratio {t_ref / t_ours:.1f}x"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=["tiny", "mid"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--k", type=int, default=4)
+    args = parser.parse_args()
+    bench_preprocessing(args.repeats)
+    for name in args.presets:
+        bench_preset(name, args.device, args.dtype, args.repeats, args.k)
+
+
+if __name__ == "__main__":
+    main()
