@@ -145,6 +145,19 @@ class DreamVLAConfig:
         return cls(vision=vision, action=action, **top)
 
 
+# special-token ids of the small presets: the first 8 ids, text bytes after them
+_SMALL_SPECIAL_TOKENS: dict[str, Any] = {
+    "pad_token_id": 0,
+    "mask_token_id": 1,
+    "image_token_id": 2,
+    "vision_start_token_id": 3,
+    "vision_end_token_id": 4,
+    "im_start_token_id": 5,
+    "im_end_token_id": 6,
+    "newline_token_id": 7,
+}
+
+
 def dream_vla_7b(**action: Any) -> DreamVLAConfig:
     """The published Dream-VLA shapes (Dream 7B backbone, Qwen2-VL ViT)."""
     return DreamVLAConfig(action=ActionConfig(**action))
@@ -160,14 +173,7 @@ def tiny(**action: Any) -> DreamVLAConfig:
         intermediate_size=128,
         base_vocab_size=512,
         max_position_embeddings=4096,
-        pad_token_id=0,
-        mask_token_id=1,
-        image_token_id=2,
-        vision_start_token_id=3,
-        vision_end_token_id=4,
-        im_start_token_id=5,
-        im_end_token_id=6,
-        newline_token_id=7,
+        **_SMALL_SPECIAL_TOKENS,
         vision=VisionConfig(depth=2, embed_dim=32, hidden_size=64, num_heads=2),
         action=ActionConfig(**{"head_hidden": 64, **action}),
     )
@@ -182,14 +188,7 @@ def mid(**action: Any) -> DreamVLAConfig:
         num_key_value_heads=2,
         intermediate_size=2048,
         base_vocab_size=8192,
-        pad_token_id=0,
-        mask_token_id=1,
-        image_token_id=2,
-        vision_start_token_id=3,
-        vision_end_token_id=4,
-        im_start_token_id=5,
-        im_end_token_id=6,
-        newline_token_id=7,
+        **_SMALL_SPECIAL_TOKENS,
         vision=VisionConfig(depth=4, embed_dim=256, hidden_size=512, num_heads=4),
         action=ActionConfig(**{"head_hidden": 256, **action}),
     )
