@@ -4,6 +4,7 @@ the observation's time. No ROS here; the policy node (issue 4) wraps it."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,8 +106,6 @@ class Policy:
 
     @torch.no_grad()
     def infer(self, obs: Observation) -> ActionChunk:
-        import time
-
         start = time.perf_counter()
         self._check(obs)
         try:

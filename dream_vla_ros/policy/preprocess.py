@@ -53,8 +53,8 @@ class ImagePreprocessor:
     def tokens_per_image(self) -> int:
         return (self.size // self.patch // self.merge) ** 2
 
-    def to_tensor(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
-        """Validate HxWx3 uint8 frames -> (N, 3, H, W) uint8 on the device (same size only)."""
+    def to_tensor(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[torch.Tensor]:
+        """Validate HxWx3 uint8 frames -> (3, H, W) uint8 views on the device (any sizes)."""
         if len(images) == 0:
             raise ImageError("no images")
         frames = []
@@ -65,7 +65,7 @@ class ImagePreprocessor:
             if t.ndim != 3 or t.shape[2] != 3 or t.shape[0] < 2 or t.shape[1] < 2:
                 raise ImageError(f"image {i}: expected an HxWx3 RGB array, got {tuple(t.shape)}")
             frames.append(t.to(self.device).permute(2, 0, 1))
-        return frames  # type: ignore[return-value]
+        return frames
 
     def resize(self, frame: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (3, size, size) uint8."""
