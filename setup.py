@@ -41,12 +41,15 @@ setup(
         "transformers>=5.0",
         "safetensors>=0.4",
         "tokenizers>=0.20",
+        "pillow>=10",
     ],
     zip_safe=False,
     entry_points={
         "console_scripts": [
             "dream-vla = dream_vla_ros.cli:main",
             "controller_node = dream_vla_ros.ros.controller_node:main",
+            "policy_node = dream_vla_ros.ros.policy_node:main",
+            "sim_camera_node = dream_vla_ros.ros.sim_camera_node:main",
             "demo_chunk_publisher = dream_vla_ros.ros.demo_publisher:main",
         ],
     },

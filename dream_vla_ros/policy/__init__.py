@@ -1,21 +1,29 @@
-"""The policy core (no ROS): preprocessing, prompt, `Policy.infer(observation) -> ActionChunk`."""
+"""The policy core (no ROS): preprocessing, prompt, `Policy.infer(observation) -> ActionChunk`,
+the observation buffer and the inference loop of the policy node.
 
-from dream_vla_ros.policy.policy import (
-    ActionChunk,
-    Observation,
-    ObservationError,
-    Policy,
-    PolicySettings,
-)
-from dream_vla_ros.policy.preprocess import ImagePreprocessor
-from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
+Names are imported lazily, so that light modules (images, observations) can be
+used without importing torch (the controller process never loads it).
+"""
 
-__all__ = [
-    "ActionChunk",
-    "ImagePreprocessor",
-    "Observation",
-    "ObservationError",
-    "Policy",
-    "PolicySettings",
-    "write_random_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ActionChunk": "dream_vla_ros.policy.policy",
+    "Observation": "dream_vla_ros.policy.policy",
+    "ObservationError": "dream_vla_ros.policy.policy",
+    "Policy": "dream_vla_ros.policy.policy",
+    "PolicySettings": "dream_vla_ros.policy.policy",
+    "ImagePreprocessor": "dream_vla_ros.policy.preprocess",
+    "write_random_checkpoint": "dream_vla_ros.policy.random_checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dream_vla_ros.policy' has no attribute '{name}'")

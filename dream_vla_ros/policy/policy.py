@@ -36,6 +36,7 @@ class ActionChunk:
     period_s: float
     normalised: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     latency_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # preprocess_s, model_s
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class Policy:
             pixel_values, grid = self.images(obs.images)
         except ImageError as exc:
             raise ObservationError(f"images: {exc}") from exc
+        t_model = time.perf_counter()
         ids = self.prompts.ids(obs.instruction, len(obs.images), self.images.tokens_per_image)
         input_ids = torch.tensor([ids], device=self.device)
         prompt = self.model.embed_prompt(input_ids, pixel_values, grid)
@@ -134,10 +136,12 @@ class Policy:
         # the arm's limits). Discrete bins are inside by construction.
         normalised = np.clip(normed[0].float().cpu().numpy().astype(np.float64), -1.0, 1.0)
         actions = self.action_stats.unnormalise(normalised)
+        end = time.perf_counter()
         return ActionChunk(
             actions=actions,
             stamp_s=float(obs.stamp_s),
             period_s=self.cfg.action.action_period_s,
             normalised=normalised,
-            latency_s=time.perf_counter() - start,
+            latency_s=end - start,
+            timings={"preprocess_s": t_model - start, "model_s": end - t_model},
         )

@@ -4,6 +4,7 @@ and benchmarks. Its actions are meaningless but well-formed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,30 @@ from dream_vla_ros.policy.prompt import byte_tokenizer
 
 
 def write_random_checkpoint(
-    path: str | Path, preset_name: str = "tiny", seed: int = 0, **action: object
+    path: str | Path,
+    preset_name: str = "tiny",
+    seed: int = 0,
+    action_box: tuple[Sequence[float], Sequence[float]] | None = None,
+    **action: object,
 ) -> Path:
+    """`action_box` = (centre, half_width) per action dimension confines the
+    random policy's actions to a box (the demo keeps it near the home pose);
+    default: the PiPER's soft limits, so every decoded action is in range."""
     cfg = preset(preset_name, **action)
     torch.manual_seed(seed)
     model = DreamVLA(cfg).eval()
-    # norm stats spanning the PiPER's soft limits: every decoded action is in range
     limits = load_safety_config()
-    stats = NormStats(np.asarray(limits.soft_lower), np.asarray(limits.soft_upper))
-    proprio = stats if cfg.action.proprio_dim == 7 else None
-    out = save_checkpoint(model, path, stats, proprio)
+    lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
+    proprio = NormStats(lower, upper) if cfg.action.proprio_dim == 7 else None
+    if action_box is not None:
+        centre, half = (np.asarray(v, dtype=np.float64) for v in action_box)
+        if centre.shape != lower.shape or half.shape != lower.shape or np.any(half < 0):
+            raise ValueError(f"action_box needs {lower.size} centres and half widths >= 0")
+        lower = np.maximum(lower, centre - half)
+        upper = np.minimum(upper, centre + half)
+        if np.any(upper < lower):
+            raise ValueError("action_box lies outside the soft limits")
+    out = save_checkpoint(model, path, NormStats(lower, upper), proprio)
     first = cfg.newline_token_id + 1  # after the special tokens of the tiny presets
     if first + 256 > cfg.base_vocab_size:
         raise ValueError("the text vocabulary is too small for the byte tokenizer")

@@ -6,8 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from dream_vla_ros.policy.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
+from dream_vla_ros.policy.observations import Frame
 
 
 def time_to_sec(stamp: Time) -> float:
@@ -67,3 +70,43 @@ def chunk_fields(msg: JointTrajectory) -> tuple[list[str], float, list[float], l
         [duration_to_sec(p.time_from_start) for p in msg.points],
         [list(p.positions) for p in msg.points],
     )
+
+
+def image_frame(msg: Image | CompressedImage, kind: str, received_s: float) -> Frame:
+    """A Frame for ObservationBuffer from an Image ('raw') or CompressedImage message.
+
+    Only the stamp is read here (callback thread); decoding is deferred to the
+    inference thread through the returned closure."""
+    stamp = time_to_sec(msg.header.stamp)
+    if kind == "raw":
+
+        def decode() -> np.ndarray:
+            return decode_raw(msg.height, msg.width, msg.encoding, msg.step, msg.data)
+
+    else:
+
+        def decode() -> np.ndarray:
+            return decode_compressed(msg.format, msg.data)
+
+    return Frame(stamp_s=stamp, received_s=received_s, decode=decode)
+
+
+def image_message(stamp_s: float, image: np.ndarray, frame_id: str = "camera") -> Image:
+    """sensor_msgs/Image (rgb8) of an HxWx3 uint8 array."""
+    msg = Image()
+    msg.header.stamp = sec_to_time(stamp_s)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width, msg.encoding, msg.step, msg.data = encode_raw(image)
+    return msg
+
+
+def compressed_message(
+    stamp_s: float, image: np.ndarray, frame_id: str = "camera"
+) -> CompressedImage:
+    """sensor_msgs/CompressedImage (JPEG) of an HxWx3 uint8 array."""
+    msg = CompressedImage()
+    msg.header.stamp = sec_to_time(stamp_s)
+    msg.header.frame_id = frame_id
+    msg.format = "jpeg"
+    msg.data = encode_jpeg(image)
+    return msg

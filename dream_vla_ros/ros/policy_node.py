@@ -1,0 +1,408 @@
+"""The `policy` node: cameras + /joint_states + instruction -> action chunks.
+
+Message callbacks only store what arrived; inference runs on its own thread
+(dream_vla_ros.policy.runner) on the newest synchronised observation and
+publishes each chunk as a JointTrajectory stamped with the observation's capture
+stamp (DESIGN.md section 3), so the controller compensates inference latency.
+The node refuses to publish on missing, stale or malformed inputs and says why
+(log, throttled; /diagnostics).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from dream_vla_ros.control import JOINT_NAMES, ConfigError
+from dream_vla_ros.dds import apply_local_dds
+from dream_vla_ros.ros.conversions import chunk_message, image_frame, time_to_sec
+
+DEMO_BOX = (  # the random-weights policy acts inside this box around the home pose
+    (0.15, 0.85, -0.75, 0.0, 0.45, 0.1, 0.035),
+    (0.25, 0.2, 0.2, 0.3, 0.3, 0.3, 0.03),
+)
+
+
+def _floats(lo: float, hi: float) -> dict:
+    return {"floating_point_range": [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]}
+
+
+def _ints(lo: int, hi: int) -> dict:
+    return {"integer_range": [IntegerRange(from_value=lo, to_value=hi, step=1)]}
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        self._declare_parameters()
+        p = {name: self.get_parameter(name).value for name in self._param_names}
+        self.p = p
+        # torch and the model are imported here, after rclpy is up, so a bad
+        # parameter is reported before seconds of imports
+        import torch
+
+        from dream_vla_ros.model.actions import DecodeSettings
+        from dream_vla_ros.policy.observations import CameraSpec, ObservationBuffer, SyncSettings
+        from dream_vla_ros.policy.policy import Observation, Policy, PolicySettings
+        from dream_vla_ros.policy.runner import PolicyRunner, RunnerSettings
+
+        self.cameras = self._camera_specs(CameraSpec)
+        if p["torch_threads"] > 0:
+            torch.set_num_threads(p["torch_threads"])
+        try:
+            settings = PolicySettings(
+                decode=DecodeSettings(
+                    steps=p["decode.steps"],
+                    algorithm=p["decode.algorithm"],
+                    temperature=p["decode.temperature"],
+                    top_p=p["decode.top_p"] if p["decode.top_p"] < 1.0 else None,
+                ),
+                flow_steps=p["flow_steps"] or None,
+                center_crop=p["center_crop"],
+                seed=p["model.seed"],
+            )
+            runner_settings = RunnerSettings(
+                max_rate_hz=p["max_inference_rate_hz"],
+                extra_delay_s=p["debug.inference_delay_s"],
+                warmup_iterations=p["warmup_iterations"],
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        checkpoint = self._checkpoint_dir()
+        self.policy = Policy.from_checkpoint(checkpoint, p["dtype"], p["device"], settings)
+        cfg = self.policy.cfg.action
+        if cfg.action_dim != len(JOINT_NAMES):
+            raise ConfigError(
+                f"checkpoint {checkpoint} predicts {cfg.action_dim} action dimensions; "
+                f"the PiPER needs {len(JOINT_NAMES)} ({', '.join(JOINT_NAMES)})"
+            )
+        self.period_s = (
+            1.0 / p["action_rate_hz"] if p["action_rate_hz"] > 0 else cfg.action_period_s
+        )
+        self.chunk_length = min(p["chunk_length"] or cfg.chunk, cfg.chunk)
+        self.buffer = ObservationBuffer(
+            self.cameras,
+            JOINT_NAMES,
+            SyncSettings(
+                max_age_s=p["max_observation_age_s"], sync_tolerance_s=p["sync_tolerance_s"]
+            ),
+        )
+        self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        inputs = ReentrantCallbackGroup()
+        for cam in self.cameras:
+            msg_type = Image if cam.kind == "raw" else CompressedImage
+            self.create_subscription(
+                msg_type,
+                cam.topic,
+                lambda msg, cam=cam: self._on_image(cam, msg),
+                qos_profile_sensor_data,
+                callback_group=inputs,
+            )
+        self.create_subscription(
+            JointState, p["joint_state_topic"], self._on_joint_state, 50, callback_group=inputs
+        )
+        self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        services = MutuallyExclusiveCallbackGroup()
+        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+
+        proprio_dim = self.policy.cfg.action.proprio_dim
+        image_size = [(c.height or 480, c.width or 640) for c in self.cameras]
+        mid_state = 0.5 * (self.policy.action_stats.q01 + self.policy.action_stats.q99)
+
+        def warmup() -> Observation:
+            return Observation(
+                [np.zeros((h, w, 3), np.uint8) for h, w in image_size],
+                p["instruction"],
+                mid_state[:proprio_dim] if proprio_dim else None,
+                self._now(),
+            )
+
+        self.runner = PolicyRunner(
+            self.policy.infer,
+            self.buffer,
+            self._publish_chunk,
+            self._now,
+            p["instruction"],
+            warmup,
+            runner_settings,
+            log=lambda text: self.get_logger().warning(text),
+        ).start()
+        self.get_logger().info(
+            f"policy up: checkpoint={checkpoint} head={cfg.head} device={p['device']} "
+            f"dtype={p['dtype']} cameras={[c.topic for c in self.cameras]} "
+            f"chunk={self.chunk_length} x {self.period_s:.3f} s; warming up"
+        )
+
+    # -- parameters ---------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        self._param_names: list[str] = []
+
+        def declare(name: str, default, description: str, **ranges) -> None:
+            self._param_names.append(name)
+            self.declare_parameter(
+                name,
+                default,
+                ParameterDescriptor(description=description, read_only=True, **ranges),
+            )
+
+        declare(
+            "model.checkpoint", "", "Checkpoint directory (published layout); empty: random weights"
+        )
+        declare(
+            "model.preset", "tiny", "Preset of the random-weights model when no checkpoint is given"
+        )
+        declare("model.head", "l1", "Action head of the random-weights model: discrete | flow | l1")
+        declare(
+            "model.allow_random_weights",
+            False,
+            "Permit random weights when model.checkpoint is empty (simulation and demos only)",
+        )
+        declare(
+            "model.seed",
+            0,
+            "Seed of the random weights and of the action sampler",
+            **_ints(0, 2**31 - 1),
+        )
+        declare("device", "cpu", "Torch device: cpu, cuda, cuda:N")
+        declare("dtype", "fp32", "Model dtype: fp32 | bf16 | fp16")
+        declare("torch_threads", 0, "CPU threads for torch (0: torch's default)", **_ints(0, 256))
+        declare(
+            "decode.algorithm",
+            "maskgit_plus",
+            "Discrete head: origin | maskgit_plus | topk_margin | entropy | left_to_right",
+        )
+        declare(
+            "decode.steps",
+            1,
+            "Discrete head: unmasking steps (1 = all tokens at once)",
+            **_ints(1, 4096),
+        )
+        declare(
+            "decode.temperature",
+            0.0,
+            "Discrete head: sampling temperature (0 = greedy)",
+            **_floats(0.0, 10.0),
+        )
+        declare(
+            "decode.top_p",
+            1.0,
+            "Discrete head: nucleus sampling mass (1 = off)",
+            **_floats(0.0, 1.0),
+        )
+        declare("flow_steps", 0, "Flow head: Euler steps (0: the checkpoint's)", **_ints(0, 1000))
+        declare("center_crop", False, "Centre-crop images to a square before resizing")
+        declare(
+            "instruction",
+            "pick up the red cube",
+            "Task instruction (also settable on ~/instruction)",
+        )
+        declare(
+            "cameras.topics",
+            ["/camera/front/image_raw"],
+            "Camera topics, in the order the model sees them",
+        )
+        declare(
+            "cameras.kinds",
+            ["raw"],
+            "Per camera: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)",
+        )
+        declare(
+            "cameras.roles",
+            ["front"],
+            "Per camera: front | wrist (the first one stamps the observation)",
+        )
+        declare("cameras.widths", [0], "Per camera: expected width in pixels (0 = any)")
+        declare("cameras.heights", [0], "Per camera: expected height in pixels (0 = any)")
+        declare("joint_state_topic", "/joint_states", "Measured joint states (the proprio input)")
+        declare("chunk_topic", "/dream_vla/action_chunk", "Output action chunks (JointTrajectory)")
+        declare(
+            "action_rate_hz",
+            0.0,
+            "Time between chunk points = 1/rate (0: the checkpoint's)",
+            **_floats(0.0, 1000.0),
+        )
+        declare(
+            "chunk_length",
+            0,
+            "Points published per chunk (0: all the model predicts)",
+            **_ints(0, 4096),
+        )
+        declare(
+            "max_inference_rate_hz",
+            10.0,
+            "Upper bound on inferences per second (0: unbounded)",
+            **_floats(0.0, 1000.0),
+        )
+        declare(
+            "max_observation_age_s",
+            0.5,
+            "Older observations are refused [s]",
+            **_floats(0.001, 60.0),
+        )
+        declare(
+            "sync_tolerance_s",
+            0.05,
+            "Cameras and joint state must be this close in time [s]",
+            **_floats(0.0, 10.0),
+        )
+        declare(
+            "warmup_iterations",
+            2,
+            "Inferences on a blank observation before ready",
+            **_ints(0, 100),
+        )
+        declare("diagnostics_period_s", 1.0, "Period of /diagnostics [s]", **_floats(0.05, 60.0))
+        declare(
+            "debug.inference_delay_s",
+            0.0,
+            "Test hook: extra delay before publishing a chunk [s]",
+            **_floats(0.0, 10.0),
+        )
+
+    def _camera_specs(self, spec_type) -> list:
+        p = self.p
+        topics, kinds, roles = p["cameras.topics"], p["cameras.kinds"], p["cameras.roles"]
+        widths, heights = p["cameras.widths"], p["cameras.heights"]
+        n = len(topics)
+        if not 1 <= n <= 2:
+            raise ConfigError(f"cameras.topics must name 1 or 2 cameras, got {n}")
+        for key, values in (("cameras.kinds", kinds), ("cameras.roles", roles)):
+            if len(values) != n:
+                raise ConfigError(f"{key} has {len(values)} entries for {n} camera topics")
+        widths = list(widths) if len(widths) == n else [0] * n
+        heights = list(heights) if len(heights) == n else [0] * n
+        try:
+            return [
+                spec_type(r, t, k, w, h)
+                for t, k, r, w, h in zip(topics, kinds, roles, widths, heights)
+            ]
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _checkpoint_dir(self) -> Path:
+        from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
+
+        p = self.p
+        if p["model.checkpoint"]:
+            return Path(p["model.checkpoint"]).expanduser()
+        if not p["model.allow_random_weights"]:
+            raise ConfigError(
+                "model.checkpoint is empty; give a checkpoint directory, or set "
+                "model.allow_random_weights:=true to run random weights (simulation only)"
+            )
+        self._tmp = tempfile.TemporaryDirectory(prefix="dream_vla_random_")
+        self.get_logger().warning(
+            f"RANDOM WEIGHTS: preset {p['model.preset']}, head {p['model.head']}, seed "
+            f"{p['model.seed']}; its actions are meaningless (confined to a box near home)"
+        )
+        try:
+            return write_random_checkpoint(
+                Path(self._tmp.name) / "model",
+                p["model.preset"],
+                seed=p["model.seed"],
+                action_box=DEMO_BOX,
+                head=p["model.head"],
+            )
+        except ValueError as exc:
+            raise ConfigError(f"random weights: {exc}") from None
+
+    # -- callbacks (never block) ----------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, cam, msg) -> None:
+        self.buffer.add_frame(cam.role, image_frame(msg, cam.kind, self._now()))
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        problem = self.buffer.add_joint_state(time_to_sec(msg.header.stamp), msg.name, msg.position)
+        if problem:
+            self.get_logger().warning(f"ignoring joint state: {problem}", throttle_duration_sec=2.0)
+
+    def _on_instruction(self, msg: String) -> None:
+        try:
+            self.runner.set_instruction(msg.data)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignoring instruction: {exc}")
+            return
+        self.policy.reset()
+        self.get_logger().info(f"instruction: '{self.runner.instruction}'")
+
+    def _srv_reset(self, _request, response):
+        self.policy.reset()
+        self.buffer.clear()
+        response.success = True
+        response.message = "policy reset: sampler reseeded, waiting for fresh observations"
+        return response
+
+    # -- output -------------------------------------------------------------------------------
+    def _publish_chunk(self, chunk) -> None:
+        if not self.context.ok():  # shutting down: the publisher is gone
+            return
+        actions = chunk.actions[: self.chunk_length]
+        self.pub_chunk.publish(chunk_message(chunk.stamp_s, JOINT_NAMES, actions, self.period_s))
+
+    def _publish_diagnostics(self) -> None:
+        runner = self.runner
+        if runner.fatal is not None:
+            level, message = DiagnosticStatus.ERROR, runner.problem
+        elif not runner.ready:
+            level, message = DiagnosticStatus.WARN, "warming up"
+        elif runner.problem:
+            level, message = DiagnosticStatus.WARN, runner.problem
+        else:
+            level, message = DiagnosticStatus.OK, "publishing chunks"
+        status = DiagnosticStatus(
+            level=level, name="dream_vla/policy", hardware_id=self.p["device"], message=message
+        )
+        status.values = [KeyValue(key=k, value=v) for k, v in runner.summary().items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
+
+    def shutdown(self) -> None:
+        self.runner.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def main(args: list[str] | None = None) -> None:
+    apply_local_dds()
+    rclpy.init(args=args)
+    try:
+        node = PolicyNode()
+    except (ConfigError, ValueError, RuntimeError, OSError) as exc:
+        print(f"policy: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(1)
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

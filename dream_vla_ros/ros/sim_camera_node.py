@@ -1,0 +1,113 @@
+"""The `sim_camera` node: renders the schematic scene (dream_vla_ros.sim.schematic)
+from the measured /joint_states and publishes a front and a wrist camera.
+
+Each image is stamped with the stamp of the joint state it shows (the capture
+time of a real camera), so when joint states stop the images go stale and the
+policy refuses them, as it would with a frozen camera driver.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from dream_vla_ros.control import JOINT_NAMES
+from dream_vla_ros.dds import apply_local_dds
+from dream_vla_ros.ros.conversions import compressed_message, image_message, time_to_sec
+from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
+
+
+class SimCameraNode(Node):
+    def __init__(self) -> None:
+        super().__init__("sim_camera")
+
+        def declare(name, default, description, **extra):
+            return self.declare_parameter(
+                name, default, ParameterDescriptor(description=description, read_only=True, **extra)
+            ).value
+
+        rate = declare(
+            "rate_hz",
+            10.0,
+            "Frames per second per camera",
+            floating_point_range=[FloatingPointRange(from_value=0.5, to_value=60.0, step=0.0)],
+        )
+        size = [IntegerRange(from_value=32, to_value=4096, step=1)]
+        width = declare("width", 640, "Image width [px]", integer_range=size)
+        height = declare("height", 480, "Image height [px]", integer_range=size)
+        self.kind = declare("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)")
+        if self.kind not in ("raw", "compressed"):
+            raise ValueError(f"format must be raw or compressed, got '{self.kind}'")
+        front = declare("front_topic", "/camera/front/image_raw", "Front camera topic")
+        wrist = declare("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic ('' = none)")
+        joints = declare("joint_state_topic", "/joint_states", "Joint states to render")
+
+        self.scene = SchematicScene(camera=CameraModel(width=width, height=height))
+        msg_type = Image if self.kind == "raw" else CompressedImage
+        self.pub_front = self.create_publisher(msg_type, front, qos_profile_sensor_data)
+        self.pub_wrist = (
+            self.create_publisher(msg_type, wrist, qos_profile_sensor_data) if wrist else None
+        )
+        self._lock = threading.Lock()
+        self._state: tuple[float, np.ndarray] | None = None
+        self._last_rendered_stamp = -1.0
+        self.frames = 0
+        self.create_subscription(JointState, joints, self._on_state, 10)
+        self.create_timer(1.0 / rate, self._render)
+        self.get_logger().info(
+            f"sim_camera up: {width}x{height} {self.kind} at {rate} Hz on {front}"
+            + (f" and {wrist}" if wrist else "")
+        )
+
+    def _on_state(self, msg: JointState) -> None:
+        index = {n: i for i, n in enumerate(msg.name)}
+        if not all(n in index for n in JOINT_NAMES) or len(msg.position) != len(msg.name):
+            return
+        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        with self._lock:
+            self._state = (time_to_sec(msg.header.stamp), q)
+
+    def _render(self) -> None:
+        with self._lock:
+            state = self._state
+        if state is None or state[0] == self._last_rendered_stamp:
+            return  # no new pose: a frozen source publishes nothing new
+        stamp, q = state
+        self._last_rendered_stamp = stamp
+        convert = image_message if self.kind == "raw" else compressed_message
+        self.pub_front.publish(convert(stamp, self.scene.render_front(q), "front_camera"))
+        if self.pub_wrist is not None:
+            self.pub_wrist.publish(convert(stamp, self.scene.render_wrist(q), "wrist_camera"))
+        self.frames += 1
+
+
+def main(args: list[str] | None = None) -> None:
+    apply_local_dds()
+    rclpy.init(args=args)
+    try:
+        node = SimCameraNode()
+    except ValueError as exc:
+        print(f"sim_camera: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        raise SystemExit(1) from None
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
