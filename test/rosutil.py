@@ -27,7 +27,12 @@ class NodeProcess:
             if isinstance(value, bool):
                 value = str(value).lower()
             elif isinstance(value, list | tuple):
-                value = "[" + ",".join(repr(float(v)) for v in value) + "]"
+                if all(isinstance(v, str) for v in value):
+                    value = "[" + ",".join(f"'{v}'" for v in value) + "]"
+                elif all(isinstance(v, int) for v in value):
+                    value = "[" + ",".join(str(v) for v in value) + "]"
+                else:
+                    value = "[" + ",".join(repr(float(v)) for v in value) + "]"
             args += ["-p", f"{key}:={value}"]
         self.log_path = Path(os.environ.get("PYTEST_TMP", "/tmp")) / f"{name}-{os.getpid()}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()

@@ -67,6 +67,7 @@ class PolicyRunner:
         self.stats = RunnerStats()
         self.ready = False
         self.problem = "warming up"
+        self.extra_delay_s = self.settings.extra_delay_s  # adjustable while running
         self._warmup_observation = warmup_observation
         self._instruction = instruction
         self._lock = threading.Lock()
@@ -143,8 +144,8 @@ class PolicyRunner:
             self.stats.errors += 1
             self._note_problem(f"inference failed: {exc!r}")
             return
-        if self.settings.extra_delay_s > 0:
-            time.sleep(self.settings.extra_delay_s)
+        if self.extra_delay_s > 0:
+            time.sleep(self.extra_delay_s)
         start = time.perf_counter()
         try:
             self.publish(chunk)

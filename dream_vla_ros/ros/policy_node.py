@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -35,6 +40,9 @@ DEMO_BOX = (  # the random-weights policy acts inside this box around the home p
     (0.15, 0.85, -0.75, 0.0, 0.45, 0.1, 0.035),
     (0.25, 0.2, 0.2, 0.3, 0.3, 0.3, 0.03),
 )
+
+
+DYNAMIC = ("debug.inference_delay_s",)  # settable while running; the rest are read-only
 
 
 def _floats(lo: float, hi: float) -> dict:
@@ -121,6 +129,7 @@ class PolicyNode(Node):
         self.create_subscription(String, "~/instruction", self._on_instruction, 10)
         services = MutuallyExclusiveCallbackGroup()
         self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
         proprio_dim = self.policy.cfg.action.proprio_dim
@@ -160,7 +169,9 @@ class PolicyNode(Node):
             self.declare_parameter(
                 name,
                 default,
-                ParameterDescriptor(description=description, read_only=True, **ranges),
+                ParameterDescriptor(
+                    description=description, read_only=name not in DYNAMIC, **ranges
+                ),
             )
 
         declare(
@@ -344,6 +355,12 @@ class PolicyNode(Node):
             return
         self.policy.reset()
         self.get_logger().info(f"instruction: '{self.runner.instruction}'")
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "debug.inference_delay_s":
+                self.runner.extra_delay_s = float(param.value)
+        return SetParametersResult(successful=True)
 
     def _srv_reset(self, _request, response):
         self.policy.reset()
