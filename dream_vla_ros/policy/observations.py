@@ -77,6 +77,7 @@ class TakenObservation:
     state: np.ndarray
     stamp_s: float
     decode_s: float
+    received_s: float = 0.0  # when the reference frame reached the node (ROS clock)
 
 
 @dataclass
@@ -181,6 +182,14 @@ class ObservationBuffer:
             return None
         return min(history, key=lambda f: abs(f.stamp_s - stamp))
 
+    def skip(self) -> None:
+        """Mark the newest reference frame as used without looking at it (counted as dropped)."""
+        with self._lock:
+            history = self._frames[self.cameras[0].role]
+            if history and history[-1].stamp_s != self._consumed_stamp:
+                self._consumed_stamp = history[-1].stamp_s
+                self.stats.dropped += 1
+
     def clear(self) -> None:
         """Forget frames and states (after ~/reset): the next chunk needs fresh inputs."""
         with self._lock:
@@ -253,7 +262,7 @@ class ObservationBuffer:
                 )
             images.append(image)
         return TakenObservation(
-            images, states_q[best].copy(), ref.stamp_s, time.perf_counter() - start
+            images, states_q[best].copy(), ref.stamp_s, time.perf_counter() - start, ref.received_s
         )
 
     def input_problem(self, now_s: float) -> str:

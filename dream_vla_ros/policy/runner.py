@@ -118,15 +118,18 @@ class PolicyRunner:
                 self._note_problem(self.buffer.input_problem(self.now()))
                 continue
             if self.settings.max_rate_hz > 0:
-                wait = next_allowed - time.monotonic()
-                if wait > 0 and self._stop.wait(wait):
-                    return
+                # Over the rate budget: skip this frame rather than hold it back, so
+                # the frame inference does start on is fresh (not aged by the wait).
+                if time.monotonic() < next_allowed:
+                    self.buffer.skip()
+                    continue
                 next_allowed = time.monotonic() + 1.0 / self.settings.max_rate_hz
             self._step()
 
     def _step(self) -> None:
+        taken_at = self.now()
         try:
-            taken = self.buffer.take(self.now())
+            taken = self.buffer.take(taken_at)
         except Refused as exc:
             self.stats.refused[exc.reason] += 1
             self._note_problem(f"not publishing: {exc.detail}")
@@ -156,6 +159,8 @@ class PolicyRunner:
         publish_s = time.perf_counter() - start
         self.stats.chunks += 1
         self.stats.latencies_s.append(taken.decode_s + chunk.latency_s)
+        self.stats.add_stage("transport", taken.received_s - taken.stamp_s)  # stamp -> node
+        self.stats.add_stage("queue", taken_at - taken.received_s)  # node -> inference start
         self.stats.add_stage("decode", taken.decode_s)
         for name, seconds in chunk.timings.items():
             self.stats.add_stage(name.removesuffix("_s"), seconds)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
@@ -94,6 +96,7 @@ class ControllerNode(Node):
         self._last_state_publish = 0.0
         self._state_period = 1.0 / p["joint_state_rate_hz"]
         self._loop_errors = 0
+        self._chunk_ages: deque[float] = deque(maxlen=200)
 
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.pub_state = self.create_publisher(JointState, p["joint_state_topic"], 10)
@@ -246,6 +249,7 @@ class ControllerNode(Node):
         try:
             names, stamp, offsets, points = chunk_fields(msg)
             self.core.submit(names, stamp, offsets, points, now)
+            self._chunk_ages.append(now - stamp)  # capture stamp -> accepted here
         except ChunkRejected as exc:
             self.get_logger().warning(f"rejected action chunk: {exc}", throttle_duration_sec=1.0)
         except Exception as exc:  # a malformed message must never take the node down
@@ -352,6 +356,10 @@ class ControllerNode(Node):
             "loop_errors": str(self._loop_errors),
             "arm_faults": "; ".join(self._arm_faults) or "none",
         }
+        ages = np.array(self._chunk_ages) * 1e3
+        if ages.size:
+            values["chunk_age_p50_ms"] = f"{np.percentile(ages, 50):.1f}"
+            values["chunk_age_p95_ms"] = f"{np.percentile(ages, 95):.1f}"
         values.update({f"rejected.{k}": str(v) for k, v in sorted(stats.rejections.items())})
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
