@@ -1,7 +1,7 @@
 # Every target sets up .venv first (idempotent, fast when nothing changed).
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench bench-model clean
+.PHONY: setup demo test lint bench bench-model bench-e2e clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,13 +15,17 @@ test: setup
 lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	$(VENV)/mypy dream_vla_ros/control dream_vla_ros/robot
+	$(VENV)/mypy dream_vla_ros/control dream_vla_ros/robot dream_vla_ros/sim dream_vla_ros/launch_graph.py \
+	    dream_vla_ros/launcher.py dream_vla_ros/policy/images.py dream_vla_ros/policy/observations.py
 
 bench: setup
 	$(VENV)/python bench/control_loop.py
 
 bench-model: setup
 	$(VENV)/python bench/model_latency.py
+
+bench-e2e: setup
+	$(VENV)/python bench/e2e_latency.py
 
 clean:
 	rm -rf .venv build *.egg-info
