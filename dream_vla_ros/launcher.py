@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,11 +30,12 @@ class Child:
         self, name: str, cmd: list[str], env: dict[str, str], out: IO[str], nice: int = 0
     ) -> None:
         self.name = name
+        if nice and shutil.which("nice"):  # nice execs the node: same pid, lower priority
+            cmd = ["nice", "-n", str(nice), *cmd]
         self.cmd = cmd
         self.proc = subprocess.Popen(
             cmd,
             env=env,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -298,8 +298,14 @@ class PolicyNode(Node):
         for key, values in (("cameras.kinds", kinds), ("cameras.roles", roles)):
             if len(values) != n:
                 raise ConfigError(f"{key} has {len(values)} entries for {n} camera topics")
-        widths = list(widths) if len(widths) == n else [0] * n
-        heights = list(heights) if len(heights) == n else [0] * n
+        sizes = []
+        for key, values in (("cameras.widths", widths), ("cameras.heights", heights)):
+            if list(values) == [0]:  # the default: any size, for every camera
+                values = [0] * n
+            if len(values) != n:
+                raise ConfigError(f"{key} has {len(values)} entries for {n} camera topics")
+            sizes.append(list(values))
+        widths, heights = sizes
         try:
             return [
                 spec_type(r, t, k, w, h)
