@@ -71,6 +71,15 @@ class Graph:
         raise KeyError(name)
 
 
+def _ros_node(
+    name: str, params_files: tuple[str, ...], overrides: tuple[Override, ...], nice: int = 0
+) -> NodeSpec:
+    """A node of this package: module dream_vla_ros.ros.NAME_node, console script NAME_node."""
+    return NodeSpec(
+        name, f"dream_vla_ros.ros.{name}_node", f"{name}_node", params_files, overrides, nice
+    )
+
+
 def _common(device: str, dtype: str) -> tuple[Argument, ...]:
     return (
         Argument("instruction", "pick up the red cube", "Task instruction for the policy"),
@@ -104,10 +113,8 @@ SIM = Graph(
         Argument("camera_height", "480", "Camera height [px]"),
     ),
     nodes=(
-        NodeSpec(
+        _ros_node(
             "controller",
-            "dream_vla_ros.ros.controller_node",
-            "controller_node",
             ("controller.yaml",),
             (
                 Override("arm.backend", "sim"),
@@ -119,10 +126,8 @@ SIM = Graph(
                 Override("arm.feedback_timeout_s", "0.5", "float"),
             ),
         ),
-        NodeSpec(
+        _ros_node(
             "sim_camera",
-            "dream_vla_ros.ros.sim_camera_node",
-            "sim_camera_node",
             ("sim_camera.yaml",),
             (
                 Override("format", "{camera_format}"),
@@ -132,10 +137,8 @@ SIM = Graph(
             ),
             nice=5,
         ),
-        NodeSpec(
+        _ros_node(
             "policy",
-            "dream_vla_ros.ros.policy_node",
-            "policy_node",
             ("policy.yaml", "policy_sim.yaml"),
             (
                 *_POLICY_MODEL,
@@ -164,10 +167,8 @@ BRINGUP = Graph(
         Argument("auto_enable", "false", "Enable the arm at start-up", ("true", "false")),
     ),
     nodes=(
-        NodeSpec(
+        _ros_node(
             "controller",
-            "dream_vla_ros.ros.controller_node",
-            "controller_node",
             ("controller.yaml",),
             (
                 Override("arm.backend", "piper"),
@@ -175,10 +176,8 @@ BRINGUP = Graph(
                 Override("auto_enable", "{auto_enable}", "bool"),
             ),
         ),
-        NodeSpec(
+        _ros_node(
             "policy",
-            "dream_vla_ros.ros.policy_node",
-            "policy_node",
             ("policy.yaml",),
             (
                 *_POLICY_MODEL,

@@ -14,16 +14,12 @@ import time
 from collections import deque
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -39,19 +35,16 @@ from dream_vla_ros.control import (
     load_safety_config,
 )
 from dream_vla_ros.control.loop import PeriodicLoop
-from dream_vla_ros.dds import apply_local_dds
 from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
 from dream_vla_ros.ros.conversions import chunk_fields, joint_state
+from dream_vla_ros.ros.node_main import (
+    float_range,
+    int_range,
+    parameter_declarer,
+    run_node,
+)
 
 BACKENDS = ("piper", "sim")
-
-
-def _float_range(lo: float, hi: float) -> list[FloatingPointRange]:
-    return [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-
-
-def _int_range(lo: int, hi: int) -> list[IntegerRange]:
-    return [IntegerRange(from_value=lo, to_value=hi, step=1)]
 
 
 class ControllerNode(Node):
@@ -134,14 +127,7 @@ class ControllerNode(Node):
     # -- parameters -------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         self._param_names: list[str] = []
-
-        def declare(name: str, default, description: str, **ranges) -> None:
-            self._param_names.append(name)
-            self.declare_parameter(
-                name,
-                default,
-                ParameterDescriptor(description=description, read_only=True, **ranges),
-            )
+        declare = parameter_declarer(self, self._param_names)
 
         declare("arm.backend", "sim", "Arm backend: 'piper' (real arm on socketcan) or 'sim'")
         declare("arm.can_name", "can0", "CAN interface (socketcan) or virtual channel (sim)")
@@ -149,38 +135,38 @@ class ControllerNode(Node):
             "arm.enable_timeout_s",
             2.0,
             "Enable handshake timeout [s]",
-            floating_point_range=_float_range(0.1, 30.0),
+            floating_point_range=float_range(0.1, 30.0),
         )
         declare(
             "arm.feedback_timeout_s",
             0.1,
             "Joint feedback older than this is a fault [s]",
-            floating_point_range=_float_range(0.01, 1.0),
+            floating_point_range=float_range(0.01, 1.0),
         )
         declare(
             "arm.speed_rate_percent",
             100,
             "Firmware speed rate (0x151 byte 2) [%]",
-            integer_range=_int_range(1, 100),
+            integer_range=int_range(1, 100),
         )
         declare(
             "arm.gripper_effort_nm",
             1.0,
             "Gripper effort [N*m]",
-            floating_point_range=_float_range(0.0, 5.0),
+            floating_point_range=float_range(0.0, 5.0),
         )
         declare("limits_file", "", "Safety limits YAML; empty: the package's config/piper.yaml")
         declare(
             "control_rate_hz",
             200.0,
             "Control loop rate [Hz]",
-            floating_point_range=_float_range(10.0, 1000.0),
+            floating_point_range=float_range(10.0, 1000.0),
         )
         declare(
             "joint_state_rate_hz",
             200.0,
             "Rate of /joint_states [Hz]",
-            floating_point_range=_float_range(1.0, 1000.0),
+            floating_point_range=float_range(1.0, 1000.0),
         )
         declare("auto_enable", False, "Enable the arm and start holding at startup")
         declare("chunk_topic", "/dream_vla/action_chunk", "Action chunks (JointTrajectory)")
@@ -189,7 +175,7 @@ class ControllerNode(Node):
             "diagnostics_period_s",
             1.0,
             "Period of /diagnostics [s]",
-            floating_point_range=_float_range(0.05, 60.0),
+            floating_point_range=float_range(0.05, 60.0),
         )
         declare(
             "sim.initial_positions",
@@ -378,27 +364,16 @@ class ControllerNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    apply_local_dds()
     # Shorter GIL switch interval: the control thread gets the interpreter back
     # within ~0.5 ms of its deadline instead of the default 5 ms.
     sys.setswitchinterval(0.0005)
-    rclpy.init(args=args)
-    try:
-        node = ControllerNode()
-    except (ArmError, ConfigError, ValueError) as exc:
-        print(f"controller: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(1)
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(
+        "controller",
+        ControllerNode,
+        lambda: MultiThreadedExecutor(num_threads=3),
+        (ArmError, ConfigError, ValueError),
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES
-from dream_vla_ros.dds import apply_local_dds
 from dream_vla_ros.ros.conversions import chunk_message
+from dream_vla_ros.ros.node_main import run_node
 
 AMPLITUDE = np.array([0.35, 0.2, -0.2, 0.4, 0.3, 0.5, 0.02])  # rad, gripper m
 FREQUENCY_HZ = 0.25
@@ -60,16 +59,7 @@ class DemoPublisher(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    apply_local_dds()
-    rclpy.init(args=args)
-    node = DemoPublisher()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("demo_chunk_publisher", DemoPublisher, SingleThreadedExecutor, (ValueError,), args)
 
 
 if __name__ == "__main__":

@@ -10,21 +10,16 @@ The node refuses to publish on missing, stale or malformed inputs and says why
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -33,8 +28,13 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES, ConfigError
-from dream_vla_ros.dds import apply_local_dds
 from dream_vla_ros.ros.conversions import chunk_message, image_frame, time_to_sec
+from dream_vla_ros.ros.node_main import (
+    float_range,
+    int_range,
+    parameter_declarer,
+    run_node,
+)
 
 DEMO_BOX = (  # the random-weights policy acts inside this box around the home pose
     (0.15, 0.85, -0.75, 0.0, 0.45, 0.1, 0.035),
@@ -46,11 +46,11 @@ DYNAMIC = ("debug.inference_delay_s",)  # settable while running; the rest are r
 
 
 def _floats(lo: float, hi: float) -> dict:
-    return {"floating_point_range": [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]}
+    return {"floating_point_range": float_range(lo, hi)}
 
 
 def _ints(lo: int, hi: int) -> dict:
-    return {"integer_range": [IntegerRange(from_value=lo, to_value=hi, step=1)]}
+    return {"integer_range": int_range(lo, hi)}
 
 
 class PolicyNode(Node):
@@ -163,16 +163,7 @@ class PolicyNode(Node):
     # -- parameters ---------------------------------------------------------------------
     def _declare_parameters(self) -> None:
         self._param_names: list[str] = []
-
-        def declare(name: str, default, description: str, **ranges) -> None:
-            self._param_names.append(name)
-            self.declare_parameter(
-                name,
-                default,
-                ParameterDescriptor(
-                    description=description, read_only=name not in DYNAMIC, **ranges
-                ),
-            )
+        declare = parameter_declarer(self, self._param_names, DYNAMIC)
 
         declare(
             "model.checkpoint", "", "Checkpoint directory (published layout); empty: random weights"
@@ -407,24 +398,13 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    apply_local_dds()
-    rclpy.init(args=args)
-    try:
-        node = PolicyNode()
-    except (ConfigError, ValueError, RuntimeError, OSError) as exc:
-        print(f"policy: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        sys.exit(1)
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node(
+        "policy",
+        PolicyNode,
+        lambda: MultiThreadedExecutor(num_threads=3),
+        (ConfigError, ValueError, RuntimeError, OSError),
+        args,
+    )
 
 
 if __name__ == "__main__":

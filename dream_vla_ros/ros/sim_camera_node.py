@@ -8,20 +8,18 @@ policy refuses them, as it would with a frozen camera driver.
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
-import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from dream_vla_ros.control import JOINT_NAMES
-from dream_vla_ros.dds import apply_local_dds
 from dream_vla_ros.ros.conversions import compressed_message, image_message, time_to_sec
+from dream_vla_ros.ros.node_main import float_range, int_range, run_node
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
 
 
@@ -38,9 +36,9 @@ class SimCameraNode(Node):
             "rate_hz",
             10.0,
             "Frames per second per camera",
-            floating_point_range=[FloatingPointRange(from_value=0.5, to_value=60.0, step=0.0)],
+            floating_point_range=float_range(0.5, 60.0),
         )
-        size = [IntegerRange(from_value=32, to_value=4096, step=1)]
+        size = int_range(32, 4096)
         width = declare("width", 640, "Image width [px]", integer_range=size)
         height = declare("height", 480, "Image height [px]", integer_range=size)
         self.kind = declare("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)")
@@ -90,23 +88,7 @@ class SimCameraNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    apply_local_dds()
-    rclpy.init(args=args)
-    try:
-        node = SimCameraNode()
-    except ValueError as exc:
-        print(f"sim_camera: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        raise SystemExit(1) from None
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("sim_camera", SimCameraNode, SingleThreadedExecutor, (ValueError,), args)
 
 
 if __name__ == "__main__":
