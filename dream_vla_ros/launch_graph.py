@@ -190,7 +190,65 @@ BRINGUP = Graph(
     ),
 )
 
-GRAPHS = {g.name: g for g in (SIM, BRINGUP)}
+_RECORDER = _ros_node(
+    "recorder",
+    ("recorder.yaml",),
+    (Override("output_dir", "{output_dir}"), Override("instruction", "{instruction}")),
+)
+
+COLLECT = Graph(
+    name="collect",
+    description="Demonstrations in simulation: simulated PiPER, schematic cameras, scripted "
+    "teleop, recorder (episodes start/stop with the recorder's ~/start and ~/stop)",
+    arguments=(
+        Argument("output_dir", "episodes", "Folder of the recorded episodes"),
+        Argument("instruction", "pick up the red cube", "Instruction stored with each episode"),
+        Argument("seed", "0", "Seed of the scripted teleop"),
+        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        Argument("camera_format", "raw", "Camera messages", ("raw", "compressed")),
+        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
+        Argument("camera_width", "640", "Camera width [px]"),
+        Argument("camera_height", "480", "Camera height [px]"),
+    ),
+    nodes=(
+        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
+        SIM.nodes[1],  # the schematic cameras
+        _ros_node(
+            "teleop",
+            ("teleop.yaml",),
+            (Override("source", "scripted"), Override("scripted.seed", "{seed}", "int")),
+        ),
+        _RECORDER,
+    ),
+)
+
+COLLECT_PIPER = Graph(
+    name="collect_piper",
+    description="Demonstrations on a real PiPER: leader arm -> teleop -> controller (follower, "
+    "safety-limited) and the recorder; cameras come from your camera drivers",
+    arguments=(
+        Argument("output_dir", "episodes", "Folder of the recorded episodes"),
+        Argument("instruction", "pick up the red cube", "Instruction stored with each episode"),
+        Argument("can_name", "can0", "CAN interface of the follower PiPER"),
+        Argument("leader_can_name", "can_leader", "CAN interface of the leader PiPER"),
+        Argument("auto_enable", "false", "Enable the follower at start-up", ("true", "false")),
+    ),
+    nodes=(
+        BRINGUP.nodes[0],  # the real controller, exactly as in `bringup`
+        _ros_node(
+            "teleop",
+            ("teleop.yaml",),
+            (
+                Override("source", "piper_leader"),
+                Override("leader.can_name", "{leader_can_name}"),
+                Override("leader.bustype", "socketcan"),
+            ),
+        ),
+        _RECORDER,
+    ),
+)
+
+GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER)}
 REQUIRED = {("bringup", "checkpoint")}
 
 

@@ -22,7 +22,8 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/torch.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/torch.txt \
-  "${ros_reqs[@]}" -r requirements/base.txt -r requirements/model.txt -r requirements/dev.txt
+  "${ros_reqs[@]}" -r requirements/base.txt -r requirements/model.txt -r requirements/data.txt \
+  -r requirements/dev.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 echo "$want" > "$STAMP"
 echo "setup: done (.venv)"

@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class NodeProcess:
     """`python -m MODULE --ros-args ...` in its own process group, with its output kept."""
 
-    def __init__(self, module: str, params: dict[str, object], name: str = "proc") -> None:
+    def __init__(
+        self, module: str, params: dict[str, object], name: str = "proc", node_name: str = ""
+    ) -> None:
         args = [sys.executable, "-u", "-m", module, "--ros-args"]
+        if node_name:
+            args += ["-r", f"__node:={node_name}"]
         for key, value in params.items():
             if isinstance(value, bool):
                 value = str(value).lower()

@@ -56,6 +56,9 @@ def run_node(
         print(f"{label}: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C while starting up: a clean exit, not a traceback
+        rclpy.try_shutdown()
+        return
     executor = make_executor()
     executor.add_node(node)
     try:

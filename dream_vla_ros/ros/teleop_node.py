@@ -1,0 +1,132 @@
+"""The `teleop` node: a teleoperation source (dream_vla_ros.robot.teleop) -> the follower.
+
+Every tick it publishes the source's current target as `JointState` on
+`command_topic` (what the recorder stores as the demonstrated action) and
+forwards the source's near future as a chunk to the controller, which owns the
+follower arm and applies every safety limit (DESIGN.md section 4). The source
+starts from the follower's measured pose, so a demonstration never begins with
+a jump. When the source goes quiet (a leader arm that stops streaming) nothing
+is forwarded and the controller's watchdog decelerates and holds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from dream_vla_ros.control import JOINT_NAMES, load_safety_config
+from dream_vla_ros.robot.teleop import (
+    PiperLeaderTeleop,
+    ScriptedSettings,
+    ScriptedTeleop,
+    TeleopError,
+    TeleopSource,
+)
+from dream_vla_ros.ros.conversions import chunk_message, joint_state
+from dream_vla_ros.ros.node_main import float_range, int_range, parameter_declarer, run_node
+
+
+class TeleopNode(Node):
+    def __init__(self) -> None:
+        super().__init__("teleop")
+        names: list[str] = []
+        declare = parameter_declarer(self, names)
+        declare("source", "scripted", "scripted | piper_leader")
+        declare(
+            "rate_hz", 50.0, "Command rate [Hz]", floating_point_range=float_range(1.0, 500.0)
+        )
+        declare(
+            "chunk_points", 10, "Points per forwarded chunk", integer_range=int_range(1, 200)
+        )
+        declare("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic")
+        declare("command_topic", "/dream_vla/teleop/command", "Teleop target (recorded action)")
+        declare("joint_state_topic", "/joint_states", "Follower joint states")
+        declare("leader.can_name", "can_leader", "CAN interface of the leader arm")
+        declare("leader.bustype", "socketcan", "socketcan | virtual")
+        declare("scripted.seed", 0, "Seed of the scripted waypoints")
+        declare(
+            "scripted.segment_s",
+            2.0,
+            "Duration of one scripted move [s]",
+            floating_point_range=float_range(0.2, 60.0),
+        )
+        declare(
+            "scripted.joint_span_rad",
+            0.35,
+            "Scripted waypoints within +-span of the start pose [rad]",
+            floating_point_range=float_range(0.01, 1.5),
+        )
+        declare("limits_file", "", "Joint limits (empty: the package's config/piper.yaml)")
+        p = {n: self.get_parameter(n).value for n in names}
+
+        cfg = load_safety_config(p["limits_file"] or None)
+        self.source: TeleopSource
+        if p["source"] == "scripted":
+            self.source = ScriptedTeleop(
+                ScriptedSettings(
+                    seed=p["scripted.seed"],
+                    segment_s=p["scripted.segment_s"],
+                    joint_span_rad=p["scripted.joint_span_rad"],
+                ),
+                cfg.soft_lower,
+                cfg.soft_upper,
+            )
+        elif p["source"] == "piper_leader":
+            self.source = PiperLeaderTeleop(p["leader.can_name"], p["leader.bustype"])
+        else:
+            raise ValueError(f"source must be scripted or piper_leader, got '{p['source']}'")
+        self.dt = 1.0 / p["rate_hz"]
+        self.horizon = np.arange(1, p["chunk_points"] + 1) * self.dt
+        self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
+        self.pub_command = self.create_publisher(JointState, p["command_topic"], 50)
+        self.create_subscription(JointState, p["joint_state_topic"], self._on_state, 10)
+        self.started = False
+        self.ticks = 0
+        self.create_timer(self.dt, self._tick)
+        self.get_logger().info(
+            f"teleop up: source {self.source.name} at {p['rate_hz']} Hz -> {p['chunk_topic']}"
+        )
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_state(self, msg: JointState) -> None:
+        if self.started:
+            return
+        index = {n: i for i, n in enumerate(msg.name)}
+        if not all(n in index for n in JOINT_NAMES) or len(msg.position) != len(msg.name):
+            return
+        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        try:
+            self.source.start(self._now(), q)
+        except TeleopError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        self.started = True
+        self.get_logger().info("teleop: started from the follower's measured pose")
+
+    def _tick(self) -> None:
+        if not self.started:
+            return
+        now = self._now()
+        target = self.source.command(now)
+        future = self.source.preview(now, now + self.horizon)
+        if target is None or future is None:
+            return
+        self.pub_command.publish(joint_state(now, JOINT_NAMES, target))
+        self.pub_chunk.publish(chunk_message(now, JOINT_NAMES, future, self.dt))
+        self.ticks += 1
+
+    def shutdown(self) -> None:
+        self.source.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    run_node("teleop", TeleopNode, SingleThreadedExecutor, (ValueError, TeleopError), args)
+
+
+if __name__ == "__main__":
+    main()
