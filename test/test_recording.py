@@ -24,7 +24,12 @@ from dream_vla_ros.launcher import Launcher
 
 pytestmark = pytest.mark.ros
 
-TOPICS = ["/camera/front/image_raw", "/camera/wrist/image_raw", "/joint_states", "/dream_vla/teleop/command"]
+TOPICS = [
+    "/camera/front/image_raw",
+    "/camera/wrist/image_raw",
+    "/joint_states",
+    "/dream_vla/teleop/command",
+]
 RECORDER = "dream_vla_ros.ros.recorder_node"
 
 
@@ -47,8 +52,12 @@ def world(tmp_path_factory):
 def _recorder(out: Path, name: str) -> NodeProcess:
     return NodeProcess(
         RECORDER,
-        {"output_dir": str(out), "instruction": "wave at the camera", "flush_period_s": 0.2,
-         "min_free_disk_mb": 1.0},
+        {
+            "output_dir": str(out),
+            "instruction": "wave at the camera",
+            "flush_period_s": 0.2,
+            "min_free_disk_mb": 1.0,
+        },
         name,
         node_name=name,
     )

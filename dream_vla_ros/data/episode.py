@@ -159,7 +159,7 @@ class EpisodeWriter:
         try:
             for topic, msgtype in topics.items():
                 if msgtype not in store.fielddefs:
-                    raise EpisodeError(f"message type {msgtype} of {topic} is not in the type store")
+                    raise EpisodeError(f"type {msgtype} of {topic} is not in the type store")
                 self._connections[topic] = self._writer.add_connection(
                     topic, msgtype, typestore=store
                 )

@@ -144,7 +144,8 @@ def scan(path: str | Path) -> ScanResult:
     out = ScanResult()
     offset = buf.pos
     try:
-        for offset, opcode, body in _records(buf):
+        for start, opcode, body in _records(buf):
+            offset = start
             if opcode == OP_CHUNK:
                 c = _Buf(body)
                 c.u64(), c.u64()  # message start/end time

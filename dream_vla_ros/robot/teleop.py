@@ -45,7 +45,7 @@ class TeleopSource(Protocol):
 
 
 def minimum_jerk(s: np.ndarray | float) -> np.ndarray:
-    """Position profile 10s^3 - 15s^4 + 6s^5 on [0, 1]: zero velocity and acceleration at both ends."""
+    """10s^3 - 15s^4 + 6s^5 on [0, 1]: zero velocity and acceleration at both ends."""
     s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
     return s**3 * (10.0 - 15.0 * s + 6.0 * s * s)
 

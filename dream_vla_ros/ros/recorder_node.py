@@ -151,10 +151,8 @@ class RecorderNode(Node):
             reliable = bool(infos) and all(
                 i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos
             )
-            qos = QoSProfile(
-                depth=100,
-                reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-            )
+            policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+            qos = QoSProfile(depth=100, reliability=policy)
             self.create_subscription(
                 cls, topic, lambda data, t=topic: self._on_message(t, data), qos, raw=True
             )

@@ -35,12 +35,8 @@ class TeleopNode(Node):
         names: list[str] = []
         declare = parameter_declarer(self, names)
         declare("source", "scripted", "scripted | piper_leader")
-        declare(
-            "rate_hz", 50.0, "Command rate [Hz]", floating_point_range=float_range(1.0, 500.0)
-        )
-        declare(
-            "chunk_points", 10, "Points per forwarded chunk", integer_range=int_range(1, 200)
-        )
+        declare("rate_hz", 50.0, "Command rate [Hz]", floating_point_range=float_range(1.0, 500.0))
+        declare("chunk_points", 10, "Points per forwarded chunk", integer_range=int_range(1, 200))
         declare("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic")
         declare("command_topic", "/dream_vla/teleop/command", "Teleop target (recorded action)")
         declare("joint_state_topic", "/joint_states", "Follower joint states")
