@@ -192,6 +192,19 @@ def _data_command(args: argparse.Namespace) -> int:
     from dream_vla_ros.data.lerobot import DatasetError
     from dream_vla_ros.data.video import VideoError
 
+    errors: tuple[type[BaseException], ...] = (
+        BagError,
+        EpisodeError,
+        DatasetError,
+        VideoError,
+        ValueError,
+        OSError,
+    )
+    if args.command == "eval-bag":
+        from dream_vla_ros.model.checkpoint import CheckpointError
+
+        errors += (CheckpointError,)
+
     try:
         if args.command == "dataset" and args.action == "build":
             from dream_vla_ros.data.build import BuildSettings, build_dataset
@@ -256,7 +269,7 @@ def _data_command(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-    except (BagError, EpisodeError, DatasetError, VideoError, ValueError, OSError) as exc:
+    except errors as exc:
         print(f"dream-vla {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -164,6 +164,7 @@ def _prepare(folder: Path, s: BuildSettings) -> _Episode:
         {
             "source": folder.name,
             "frames": n,
+            "grid_start_s": float(t0),  # ROS time of frame 0 (frame k: + k / fps)
             "duration_s": (n - 1) / s.fps,
             "state_sync_ms": 1e3 * max(state_err, action_err),
             "image_age_ms": 1e3 * max(ages),

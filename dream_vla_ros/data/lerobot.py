@@ -293,7 +293,7 @@ class LeRobotDataset:
         except FileNotFoundError:
             raise DatasetError(
                 f"{self.root} is not a LeRobot dataset (no meta/info.json)"
-            ) from None  # noqa: E501
+            ) from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{info_path} is not valid JSON: {exc}") from None
         self.version = str(self.info.get("codebase_version", ""))

@@ -131,14 +131,22 @@ class PiperLeaderTeleop:
     name = "piper_leader"
 
     def __init__(
-        self, can_name: str, bustype: str = "socketcan", max_silence_s: float = 0.2
+        self,
+        can_name: str,
+        bustype: str = "socketcan",
+        max_silence_s: float = 0.2,
+        settle_s: float = 0.05,
     ) -> None:
         self.can_name = can_name
         self.bustype = bustype
         self.max_silence_s = max_silence_s
+        # one target spans four CAN frames (0x155-0x157, 0x159): wait until the leader
+        # has streamed for settle_s so a half-received first target is never forwarded
+        self.settle_s = settle_s
         self._sdk = None
         self._last_stamp = 0.0
         self._last_change = 0.0
+        self._streaming_since: float | None = None
 
     def start(self, now_s: float, current: np.ndarray) -> None:
         from piper_sdk import C_PiperInterface_V2  # deferred: the SDK logs on import
@@ -148,10 +156,6 @@ class PiperLeaderTeleop:
             sdk.CreateCanBus(self.can_name, bustype=self.bustype, judge_flag=False)
         except Exception as exc:
             raise TeleopError(f"cannot open the leader arm's CAN '{self.can_name}': {exc}") from exc
-        if self.bustype == "virtual":
-            from dream_vla_ros.robot.piper import _share_virtual_bus
-
-            _share_virtual_bus(sdk)
         sdk.ConnectPort()
         self._sdk = sdk
 
@@ -162,12 +166,18 @@ class PiperLeaderTeleop:
         joints = self._sdk.GetArmJointCtrl()
         gripper = self._sdk.GetArmGripperCtrl()
         stamp = float(joints.time_stamp)
-        if stamp <= 0.0:
-            return None  # the leader has not sent a control frame yet
+        if stamp <= 0.0 or float(gripper.time_stamp) <= 0.0:
+            return None  # the leader has not sent its control frames yet
+        now = time.monotonic()
         if stamp != self._last_stamp:
-            self._last_stamp, self._last_change = stamp, time.monotonic()
-        elif time.monotonic() - self._last_change > self.max_silence_s:
+            if self._streaming_since is None or now - self._last_change > self.max_silence_s:
+                self._streaming_since = now
+            self._last_stamp, self._last_change = stamp, now
+        if now - self._last_change > self.max_silence_s:
+            self._streaming_since = None
             return None  # leader stopped streaming: do not keep replaying an old target
+        if self._streaming_since is None or now - self._streaming_since < self.settle_s:
+            return None
         jc = joints.joint_ctrl
         raw = [jc.joint_1, jc.joint_2, jc.joint_3, jc.joint_4, jc.joint_5, jc.joint_6]
         q = np.array([proto.millideg_to_rad(int(v)) for v in raw] + [0.0])
