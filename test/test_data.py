@@ -143,7 +143,8 @@ def _write_v21(root: Path) -> dict:
         "total_episodes": 2,
         "chunks_size": 1000,
         "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/"
+        "episode_{episode_index:06d}.mp4",
         "features": {
             "observation.state": {"dtype": "float32", "shape": [7], "names": list(JOINT_NAMES)},
             "action": {"dtype": "float32", "shape": [7], "names": list(JOINT_NAMES)},
@@ -164,7 +165,7 @@ def _write_v21(root: Path) -> dict:
             )
             + "\n"
             for i, n in enumerate(lengths)
-        )  # fmt: skip
+        )
     )
     truth = {}
     index = 0
@@ -216,11 +217,11 @@ def test_lerobot_v21_dataset_is_read(tmp_path):
 
 
 def test_lerobot_reader_errors(tmp_path):
-    with pytest.raises(DatasetError, match="no meta/info.json"):
+    with pytest.raises(DatasetError, match=r"no meta/info\.json"):
         LeRobotDataset(tmp_path)
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta/info.json").write_text('{"codebase_version": "v1.6", "fps": 10}')
-    with pytest.raises(DatasetError, match="v1.6"):
+    with pytest.raises(DatasetError, match=r"v1\.6"):
         LeRobotDataset(tmp_path)
 
 
@@ -249,9 +250,11 @@ def test_corrupt_truncated_and_incomplete_bags_give_one_clear_error(episodes, tm
         pass
     with pytest.raises(BagError, match="does not exist"), open_bag(tmp_path / "nope"):
         pass
-    with open_bag(episodes / "episode_000000") as reader:
-        with pytest.raises(BagError, match=r"/tf is not in the bag; it has: .*/joint_states"):
-            read_joint_series(reader, "/tf")
+    with (
+        open_bag(episodes / "episode_000000") as reader,
+        pytest.raises(BagError, match=r"/tf is not in the bag; it has: .*/joint_states"),
+    ):
+        read_joint_series(reader, "/tf")
 
 
 def test_sqlite3_humble_bag_with_messy_joint_states(tmp_path):
