@@ -362,13 +362,20 @@ def test_can_feedback_loss_faults_and_stops(controller):
     assert client.call(SetBool, "/controller/sim/set_feedback", request).success
     wait_for(lambda: rec.latest_diag().get("mode") == "fault", 2.0, "fault after CAN loss")
     diag = rec.latest_diag()
-    assert "no joint feedback" in diag["_message"], diag["_message"]
+    # whichever detects the loss first: our feedback timeout or piper_sdk's link monitor
+    message = diag["_message"]
+    assert "no joint feedback" in message or "CAN link" in message, message
     n_fault = rec.command_count()
     time.sleep(0.5)
     assert rec.command_count() == n_fault, "commands were sent after the CAN fault"
     reply = client.call(Trigger, "/controller/reset_fault")
     assert not reply.success, "reset must fail while the CAN link is down"
     assert client.call(SetBool, "/controller/sim/set_feedback", SetBool.Request(data=True)).success
+    # piper_sdk's own link monitor needs a moment of fresh frames before isOk() is true again
+    deadline = time.monotonic() + 5.0
     reply = client.call(Trigger, "/controller/reset_fault")
+    while not reply.success and time.monotonic() < deadline:
+        time.sleep(0.2)
+        reply = client.call(Trigger, "/controller/reset_fault")
     assert reply.success, reply.message
     assert client.call(Trigger, "/controller/enable").success

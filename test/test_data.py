@@ -334,6 +334,8 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     )  # fmt: skip
     wall = time.monotonic() - start
     time.sleep(0.5)
+    client.executor.remove_node(sim)
+    sim.destroy_node()
     client.close()
     assert proc.returncode == 0, proc.stderr
     count = meta.message_counts["/joint_states"]
