@@ -17,6 +17,7 @@ import shlex
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -223,8 +224,6 @@ def _data_command(args: argparse.Namespace) -> int:
             print(build_dataset(args.episodes_dir, args.out_dir, settings).summary())
             return 0
         if args.command == "dataset":
-            from pathlib import Path
-
             from dream_vla_ros.data.episode import list_episodes, needs_recovery, recover_episode
 
             path = Path(args.path)
@@ -249,8 +248,6 @@ def _data_command(args: argparse.Namespace) -> int:
             n = play(args.bag, settings, wait_for_subscribers_s=args.wait_for_subscribers)
             print(f"play: {n} messages published")
             return 0
-        from pathlib import Path
-
         from dream_vla_ros.evaluation.offline import EvalSettings, evaluate_bag
         from dream_vla_ros.policy.policy import Policy
 

@@ -195,7 +195,6 @@ def test_recover_is_idempotent_on_a_closed_file(tmp_path):
     """recover_episode on a bag that was closed keeps every message."""
     from rosbags.typesys import Stores, get_typestore
     from rosbags.typesys.stores.ros2_kilted import builtin_interfaces__msg__Time as Time
-    from rosbags.typesys.stores.ros2_kilted import std_msgs__msg__String as String  # noqa: F401
 
     from dream_vla_ros.data.episode import EpisodeWriter
 

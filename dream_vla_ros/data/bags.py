@@ -53,7 +53,7 @@ class ImageRef:
     index: int
 
 
-def _typestore(name: str):
+def load_typestore(name: str):
     from rosbags.typesys import Stores, get_typestore
 
     try:
@@ -83,7 +83,7 @@ def open_bag(path: str | Path, typestore: str = "ros2_kilted") -> Iterator[Any]:
         )
         raise BagError(f"{path} is not a rosbag2 folder (no metadata.yaml){hint}")
     try:
-        reader = AnyReader([path], default_typestore=_typestore(typestore))
+        reader = AnyReader([path], default_typestore=load_typestore(typestore))
         reader.open()
     except (AnyReaderError, OSError, ValueError, KeyError, EOFError) as exc:
         raise BagError(f"cannot read bag {path}: {exc}") from None

@@ -105,13 +105,12 @@ def free_disk_mb(path: Path) -> float:
 
 
 def _typestore(name: str = "ros2_kilted"):
-    from rosbags.typesys import Stores, get_typestore
+    from dream_vla_ros.data.bags import BagError, load_typestore
 
     try:
-        return get_typestore(Stores(name))
-    except ValueError:
-        choices = ", ".join(s.value for s in Stores if s.value.startswith("ros2"))
-        raise EpisodeError(f"unknown type store '{name}'; choose one of {choices}") from None
+        return load_typestore(name)
+    except BagError as exc:
+        raise EpisodeError(str(exc)) from None
 
 
 class EpisodeWriter:
@@ -171,7 +170,6 @@ class EpisodeWriter:
         self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(queue_size)
         self._flush_period = flush_period_s
         self._error: BaseException | None = None
-        self._last_time_ns = int(start_time_s * 1e9)
         self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
         self._thread.start()
 
@@ -219,7 +217,6 @@ class EpisodeWriter:
                     topic, data, time_ns = item
                     self._writer.write(self._connections[topic], time_ns, data)
                     self.meta.message_counts[topic] += 1
-                    self._last_time_ns = max(self._last_time_ns, time_ns)
                 if time.monotonic() >= next_flush:
                     self._flush()
                     next_flush = time.monotonic() + self._flush_period

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from dream_vla_ros.policy.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
 from dream_vla_ros.policy.observations import Frame
+
+
+def message_class(type_name: str):
+    """'sensor_msgs/msg/Image' -> the rclpy message class (ImportError names the package)."""
+    package, _, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
 def time_to_sec(stamp: Time) -> float:

@@ -8,7 +8,6 @@ carries the bag time at `clock_hz` and with every message, so nodes run with
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from pathlib import Path
@@ -20,11 +19,7 @@ from rosgraph_msgs.msg import Clock
 
 from dream_vla_ros.data.replay import PlaySettings, bag_topics, schedule
 from dream_vla_ros.dds import apply_local_dds
-
-
-def _message_class(msgtype: str):
-    package, _, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.msg"), name)
+from dream_vla_ros.ros.conversions import message_class
 
 
 def play(
@@ -46,7 +41,7 @@ def play(
         publishers = {}
         for topic in topics:
             try:
-                cls = _message_class(topic.msgtype)
+                cls = message_class(topic.msgtype)
             except (ImportError, AttributeError, ValueError):
                 log(f"play: skipping {topic.name}: message type {topic.msgtype} is not installed")
                 continue

@@ -14,7 +14,6 @@ On start-up, episodes left "recording" by a recorder that died are recovered.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 
@@ -34,13 +33,8 @@ from dream_vla_ros.data.episode import (
     needs_recovery,
     recover_episode,
 )
+from dream_vla_ros.ros.conversions import message_class
 from dream_vla_ros.ros.node_main import float_range, parameter_declarer, run_node
-
-
-def message_class(type_name: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class (ImportError names the package)."""
-    package, _, name = type_name.split("/")
-    return getattr(importlib.import_module(f"{package}.msg"), name)
 
 
 class RecorderNode(Node):
