@@ -121,9 +121,11 @@ SIM = Graph(
                 Override("arm.can_name", "{can_name}"),
                 Override("auto_enable", "true", "bool"),
                 # The simulated arm's feedback comes from a thread of this process: a
-                # gap measures host stalls (a shared 2-core host stalls ~100 ms while
-                # another process loads torch), not a bus fault. Real arm: 0.1 s.
-                Override("arm.feedback_timeout_s", "0.5", "float"),
+                # gap measures host stalls (a shared 2-core VM stalls for up to ~1 s under
+                # load: measured 830 ms), not a bus fault. Real arm: 0.1 s.
+                Override("arm.feedback_timeout_s", "1.0", "float"),
+                # Likewise a stalled simulator thread lags its commands (real arm: 0.15).
+                Override("sim.max_tracking_error_rad", "0.5", "float"),
             ),
         ),
         _ros_node(

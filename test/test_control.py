@@ -183,6 +183,54 @@ def test_filter_follows_a_feasible_moving_target_exactly():
     assert not cmd.limited
 
 
+def test_late_ticks_cover_the_elapsed_time_within_the_limits():
+    """A loaded host ticks irregularly: the command still follows a moving chunk in
+    time, every step respects vmax and amax over its real length, and a stall moves
+    no further than the cap (10 periods) allows."""
+    rng = np.random.default_rng(3)
+    c = ChunkController(CFG, T)
+    c.activate(Q0, 100.0)
+    speed = np.r_[0.6, 0.6, -0.6, 0.6, 0.3, 0.6, 0.0]  # rad/s, under half of vmax
+    t = 100.0
+    last_q, last_v, errors = Q0.copy(), np.zeros(7), []
+    while t < 101.5:
+        if t >= 100.0 and (not errors or len(errors) % 5 == 0):
+            times = [0.05 * (i + 1) for i in range(20)]
+            pts = [list(Q0 + speed * (t + dt - 100.0)) for dt in times]
+            c.submit(NAMES, t, times, pts, t)
+        # 0.1 s: a stall
+        step = float(rng.choice([T, 2 * T, 3 * T, 4 * T, 0.1], p=[0.3, 0.3, 0.2, 0.17, 0.03]))
+        t += step
+        cmd = c.tick(t, None)
+        used = min(step, 10 * T) if errors else T  # the first tick after activation: one period
+        assert np.all(np.abs(cmd.position - last_q) <= CFG.vmax * used + 1e-9)
+        assert np.all(np.abs(cmd.velocity - last_v) <= CFG.amax * used + 1e-9)
+        assert np.allclose((cmd.position - last_q) / used, cmd.velocity)
+        last_q, last_v = cmd.position, cmd.velocity
+        errors.append(np.abs(cmd.position - (Q0 + speed * (t - 100.0)))[:6].max())
+    # a fixed 5 ms step per tick would trail by ~0.5 rad after 1.5 s at this tick rate
+    assert max(errors[-50:]) < 0.1, f"the command fell behind: {max(errors[-50:]):.3f} rad"
+    assert c.mode is Mode.RUNNING
+
+
+def test_irregular_ticks_never_cross_a_soft_limit():
+    rng = np.random.default_rng(4)
+    f = SafetyFilter(CFG, T, max_dt_s=4 * T)
+    f.reset(Q0)
+    goal = CFG.upper + 0.5  # beyond every soft limit: the filter must brake in time
+    prev_v = np.zeros(7)
+    for _ in range(2000):
+        dt = float(rng.uniform(0.2 * T, 6 * T))
+        cmd = f.step(goal, None, None, dt)
+        used = min(max(dt, 1e-4), 4 * T)
+        assert np.all(cmd.position <= CFG.soft_upper + 1e-12)
+        assert np.all(np.abs(cmd.velocity - prev_v) <= CFG.amax * used + 1e-9)
+        prev_v = cmd.velocity
+    # it stops within a*D^2/2 (< 1 mrad) of the limit: the braking bound assumes D = 4T steps
+    gap = CFG.soft_upper - cmd.position
+    assert np.all(gap >= 0) and np.all(gap <= CFG.amax * (4 * T) ** 2 / 2 + 1e-9), gap
+
+
 def test_tracking_error_is_a_fault_not_a_clamp():
     f = SafetyFilter(CFG, T)
     f.reset(Q0)

@@ -244,7 +244,8 @@ def test_latency_is_compensated_not_accumulated(client, tmp_path):
             "arm.backend": "sim",
             "arm.can_name": "lat",
             "auto_enable": True,
-            "arm.feedback_timeout_s": 0.5,
+            "arm.feedback_timeout_s": 1.0,
+            "sim.max_tracking_error_rad": 0.5,
         },
         "controller_latency",
     )

@@ -36,6 +36,12 @@ class Mode(enum.Enum):
     ESTOP = "estop"
 
 
+# A tick that comes late moves the command over the time that really passed (so a
+# loaded host does not make the arm fall behind the time-indexed chunk), but never
+# over more than this many control periods (a stall does not become a jump).
+MAX_TICK_GAP_PERIODS = 10.0
+
+
 @dataclass
 class ControllerStats:
     chunks_accepted: int = 0
@@ -49,7 +55,8 @@ class ChunkController:
     def __init__(self, cfg: SafetyConfig, period_s: float) -> None:
         self.cfg = cfg
         self.period = period_s
-        self.filter = SafetyFilter(cfg, period_s)
+        # a late tick covers the time that really passed, up to this many periods
+        self.filter = SafetyFilter(cfg, period_s, max_dt_s=MAX_TICK_GAP_PERIODS * period_s)
         self.mode = Mode.DISABLED
         self.reason = ""
         self.stats = ControllerStats()
@@ -152,7 +159,8 @@ class ChunkController:
             else:
                 target, target_velocity = self._trajectory.sample(now_s)
             try:
-                command = self.filter.step(target, target_velocity, measured_position)
+                dt = None if self._last_tick_time is None else now_s - self._last_tick_time
+                command = self.filter.step(target, target_velocity, measured_position, dt)
             except TrackingFault as exc:
                 self.mode = Mode.FAULT
                 self.reason = f"tracking fault: {exc}"

@@ -4,16 +4,23 @@ Every command that reaches the arm passes `SafetyFilter.step`, which applies,
 in this order:
 
 1. soft position limits (the target is clamped into the soft range);
-2. velocity and acceleration limits relative to the last command, at the
-   nominal control period. The velocity bound also shrinks near a soft limit
+2. velocity and acceleration limits relative to the last command, over the
+   time that really elapsed since it (the caller passes `dt`; the nominal
+   period when omitted). The velocity bound also shrinks near a soft limit
    and near the target so the joint can always brake in time at the allowed
    deceleration: a limited command never overshoots a limit or oscillates
    around a target;
 3. maximum deviation from the measured position: a violation is a *fault*
    (the caller stops the arm), never a clamp.
 
-Limits hold per command: if a tick comes late the arm simply moves less far
-in that period, which is the safe direction.
+Why the real elapsed time: with a fixed per-tick step, a loop that runs at
+75 Hz instead of 200 Hz (a loaded host) lets the command advance only 3/8 of
+the allowed speed, and the arm falls further and further behind the
+time-indexed target. The caller caps `dt` (ChunkController: 10 control
+periods), so after a longer stall the arm still moves less far than the
+elapsed time would allow, which is the safe direction. Braking distances are
+computed with that cap as the step length, so they hold whatever the next
+tick's length turns out to be.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ class TrackingFault(Exception):
 @dataclass(frozen=True)
 class FilteredCommand:
     position: np.ndarray  # (J,) what is sent
-    velocity: np.ndarray  # (J,) (position - previous position) / period
+    velocity: np.ndarray  # (J,) (position - previous position) / dt
     limited: bool  # True when any rule changed the requested target
 
 
@@ -56,10 +63,12 @@ def braking_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.n
 class SafetyFilter:
     """Limits a stream of position targets; keeps the last command as its state."""
 
-    def __init__(self, cfg: SafetyConfig, period_s: float) -> None:
+    def __init__(self, cfg: SafetyConfig, period_s: float, max_dt_s: float | None = None) -> None:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0, got {period_s}")
         self.period = period_s
+        # the longest step a command may take; also the step the braking bounds assume
+        self.max_dt = period_s if max_dt_s is None else max(max_dt_s, period_s)
         self.lower = cfg.soft_lower
         self.upper = cfg.soft_upper
         self.vmax = cfg.vmax
@@ -85,14 +94,17 @@ class SafetyFilter:
         target: np.ndarray,
         target_velocity: np.ndarray | None = None,
         measured: np.ndarray | None = None,
+        dt: float | None = None,
     ) -> FilteredCommand:
         """Limit `target` (J,) against the last command; raise TrackingFault on deviation.
 
         `target_velocity` (J,) is the target's own rate of change (zero for a
         fixed target); the filter follows a moving target exactly while it stays
         inside the limits and approaches a distant one on a braking curve.
+        `dt` is the time since the last command [s], clamped to (0, max_dt].
         """
-        T = self.period
+        T = self.period if dt is None else min(max(dt, 1e-4), self.max_dt)
+        Tb = self.max_dt  # braking bounds hold for any next step up to max_dt
         q, v_prev = self.position, self.velocity
         # 1. soft position limits (a clamped target does not move)
         goal = _clip(target, self.lower, self.upper)
@@ -106,8 +118,8 @@ class SafetyFilter:
         reachable = np.maximum(braking_speed(np.abs(error), self.amax, T), self.amax * T)
         correction = np.minimum(np.abs(error) / T, reachable)
         v_want = v_goal + np.sign(error) * correction
-        v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, T))
-        v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, T))
+        v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, Tb))
+        v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, Tb))
         v = _clip(v_want, v_lo, v_hi)
         dv = self.amax * T
         v = _clip(v, v_prev - dv, v_prev + dv)

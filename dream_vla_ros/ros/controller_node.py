@@ -8,6 +8,7 @@ threads. All rules live in dream_vla_ros.control; this node only adapts.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -55,6 +56,13 @@ class ControllerNode(Node):
         p = self._params()
 
         self.cfg = load_safety_config(p["limits_file"] or None)
+        if p["arm.backend"] == "sim" and p["sim.max_tracking_error_rad"] > 0:
+            # The simulated arm runs on threads of this process: on a starved host it
+            # lags its commands by the stall, which a real arm does not. The real-arm
+            # bound stays the one in the limits file.
+            self.cfg = dataclasses.replace(
+                self.cfg, max_tracking_error_rad=p["sim.max_tracking_error_rad"]
+            )
         self.core = ChunkController(self.cfg, 1.0 / p["control_rate_hz"])
         self.sim: PiperFirmwareSim | None = None
         if p["arm.backend"] == "sim":
@@ -115,7 +123,13 @@ class ControllerNode(Node):
 
         self.loop = PeriodicLoop(p["control_rate_hz"], self._tick, on_error=self._loop_error)
         if p["auto_enable"]:
+            # The arm (or the simulator on a busy host) may need a moment after the CAN
+            # link comes up: retry for a few seconds before giving up. Nothing ticks yet.
+            until = time.monotonic() + max(5.0, p["arm.enable_timeout_s"])
             ok, message = self._enable()
+            while not ok and time.monotonic() < until:
+                time.sleep(0.2)
+                ok, message = self._enable()
             if not ok:
                 self.get_logger().error(f"auto_enable failed: {message}")
         self.loop.start()
@@ -181,6 +195,12 @@ class ControllerNode(Node):
             "sim.initial_positions",
             [0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02],
             "Simulator start pose (6 joints rad + gripper m)",
+        )
+        declare(
+            "sim.max_tracking_error_rad",
+            0.0,
+            "Simulator only: tracking-fault bound [rad] instead of the limits file's; 0: keep",
+            floating_point_range=float_range(0.0, 2.0),
         )
 
     def _params(self) -> dict:
