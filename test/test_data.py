@@ -5,6 +5,7 @@ errors for messy, corrupt and truncated bags."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def _mcap_messages(folder: Path, topic: str) -> list:
 @pytest.mark.ros
 def test_dataset_build_frames_stats_and_sync(episodes, tmp_path):
     out = tmp_path / "ds"
+    policy = (os.sched_getscheduler(0), os.sched_getparam(0))
     report = build_dataset(episodes, out, BuildSettings(fps=FPS))
+    # the video encoder must not leave this thread (and all it starts) real-time
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == policy
     assert [e["source"] for e in report.episodes] == ["episode_000000", "episode_000001"]
     assert report.skipped[0]["episode"] == "episode_000002"
     assert "not successful" in report.skipped[0]["reason"]

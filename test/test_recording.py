@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from rosutil import NodeProcess, TestNode, wait_for
 from std_srvs.srv import Trigger
 
@@ -208,3 +210,42 @@ def test_recover_is_idempotent_on_a_closed_file(tmp_path):
     assert meta.message_counts == {"/t": 50}
     data = _read_independently(folder / "bag")
     assert [m.sec for _, m in data["/t"]] == list(range(50))
+
+
+def test_disk_space_guard_refuses_to_start_and_stops_a_running_episode(world, tmp_path):
+    """Below min_free_disk_mb no episode starts; when the floor is crossed while
+    recording (here: the floor raised with a parameter set), the episode is closed
+    as finished with the reason, and what it had recorded stays readable."""
+    rec = _recorder(tmp_path, "recorder_e")
+    try:
+        huge = Parameter(
+            name="min_free_disk_mb",
+            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=1e7),
+        )
+        message = _start_episode(world, "recorder_e")  # 1 MB floor: starts
+        time.sleep(1.5)
+        request = SetParameters.Request(parameters=[huge])
+        reply = world.call(SetParameters, "/recorder_e/set_parameters", request, timeout=20.0)
+        assert reply.results[0].successful, reply.results[0].reason
+        wait_for(
+            lambda: read_meta(_only_episode(tmp_path)).status != "recording",
+            20.0,
+            "the guard to stop the episode",
+        )
+        meta = read_meta(_only_episode(tmp_path))
+        assert meta.status == "finished" and "MB disk left" in meta.note, meta
+        assert meta.message_counts["/joint_states"] > 0, meta
+        res = _call(world, "/recorder_e/start")
+        assert not res.success
+        assert "MB free" in res.message and "min_free_disk_mb" in res.message, res.message
+        assert len(list_episodes(tmp_path)) == 1, message
+        read = _read_independently(_only_episode(tmp_path) / "bag")
+        assert len(read["/joint_states"]) == meta.message_counts["/joint_states"]
+    finally:
+        assert rec.stop() == 0, rec.output()[-2000:]
+
+
+def _only_episode(root: Path) -> Path:
+    episodes = list_episodes(root)
+    assert len(episodes) == 1, episodes
+    return episodes[0]

@@ -7,7 +7,9 @@ base, so its timestamp is exactly `k / fps`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,6 +21,23 @@ os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner per file unle
 
 class VideoError(ValueError):
     pass
+
+
+@contextlib.contextmanager
+def _keep_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after an encoder call.
+
+    SVT-AV1, run as root, switches the thread that initialises it to SCHED_FIFO
+    priority 99 and leaves it so. Every thread and process started from that
+    thread afterwards inherits real-time priority: a busy one then starves the
+    rest of the machine (this hung whole test runs after a dataset build).
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+            os.sched_setscheduler(0, policy, param)
 
 
 def pick_codec() -> str:
@@ -63,12 +82,16 @@ class VideoWriter:
             raise VideoError(f"frame of shape {rgb.shape} in a {self.size[0]}x{self.size[1]} video")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = self.frames
-        for packet in self._stream.encode(frame):
+        with _keep_scheduling():
+            packets = self._stream.encode(frame)
+        for packet in packets:
             self._container.mux(packet)
         self.frames += 1
 
     def close(self) -> None:
-        for packet in self._stream.encode():
+        with _keep_scheduling():
+            packets = self._stream.encode()
+        for packet in packets:
             self._container.mux(packet)
         self._container.close()
 

@@ -174,11 +174,12 @@ class RecorderNode(Node):
                 res.message = f"no publisher seen on {', '.join(missing)}; not starting"
                 return res
             free = free_disk_mb(self.root)
-            if free < self.p["min_free_disk_mb"]:
+            floor = self._min_free_mb()
+            if free < floor:
                 res.success = False
                 res.message = (
                     f"only {free:.0f} MB free in {self.root} "
-                    f"(min_free_disk_mb {self.p['min_free_disk_mb']:.0f}); not starting"
+                    f"(min_free_disk_mb {floor:.0f}); not starting"
                 )
                 return res
             instruction = self.instruction or self.get_parameter("instruction").value
@@ -235,6 +236,10 @@ class RecorderNode(Node):
             return res
 
     # -- guards and diagnostics -------------------------------------------------
+    def _min_free_mb(self) -> float:
+        # read live: `ros2 param set` raises the floor while an episode runs
+        return float(self.get_parameter("min_free_disk_mb").value)
+
     def _guard(self) -> None:
         with self._lock:
             writer = self.writer
@@ -242,7 +247,7 @@ class RecorderNode(Node):
                 free = free_disk_mb(self.root)
                 elapsed = self._now_s() - writer.meta.start_time_s
                 reason = ""
-                if free < self.p["min_free_disk_mb"]:
+                if free < self._min_free_mb():
                     reason = f"stopped: only {free:.0f} MB disk left"
                 elif self.p["max_episode_s"] > 0 and elapsed > self.p["max_episode_s"]:
                     reason = f"stopped: longer than max_episode_s {self.p['max_episode_s']}"
