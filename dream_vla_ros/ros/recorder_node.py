@@ -41,7 +41,7 @@ class RecorderNode(Node):
     def __init__(self) -> None:
         super().__init__("recorder")
         names: list[str] = []
-        declare = parameter_declarer(self, names, dynamic=("instruction",))
+        declare = parameter_declarer(self, names, dynamic=("instruction", "min_free_disk_mb"))
         declare("output_dir", "episodes", "Folder of the episodes (created if missing)")
         declare(
             "topics",
