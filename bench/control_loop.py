@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from dream_vla_ros.control import JOINT_NAMES, ChunkController, load_safety_config
+from dream_vla_ros.control import JOINT_NAMES, ChunkController, ChunkRejected, load_safety_config
 from dream_vla_ros.control.loop import PeriodicLoop
 from dream_vla_ros.robot import FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
 
@@ -81,7 +81,10 @@ def timing(rate_hz: float, seconds: float, channel: str) -> dict[str, float]:
             # the path starts at HOME when the loop starts (clock time 1.0)
             chunk = policy_chunk(now - 1.0, rng)
             times = [(k + 1) * ACTION_DT for k in range(HORIZON)]
-            core.submit(JOINT_NAMES, now, times, chunk.tolist(), now)
+            try:
+                core.submit(JOINT_NAMES, now, times, chunk.tolist(), now)
+            except ChunkRejected:  # the core faulted (reported below): stop feeding
+                return
 
     loop = PeriodicLoop(rate_hz, tick)
     loop.wake_times = []
