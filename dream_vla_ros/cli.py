@@ -220,6 +220,7 @@ def _data_command(args: argparse.Namespace) -> int:
                 include="all" if args.all else "success",
                 typestore=args.typestore,
                 joint_map=_pairs(args.joint_map, "--joint-map"),
+                codec=args.codec,
             )
             print(build_dataset(args.episodes_dir, args.out_dir, settings).summary())
             return 0
@@ -298,6 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     p_build.add_argument("--camera", action="append", default=[], metavar="ROLE=TOPIC")
     p_build.add_argument("--state-tolerance", type=float, default=0.05, help="[s]")
     p_build.add_argument("--image-tolerance", type=float, default=0.15, help="[s]")
+    p_build.add_argument(
+        "--codec",
+        default="",
+        choices=("", "libsvtav1", "libx264", "mpeg4"),
+        help="video encoder (default: the first available of libsvtav1, libx264, mpeg4)",
+    )
     p_build.add_argument("--joint-map", action="append", default=[], metavar="BAG_NAME=joint1")
     p_build.add_argument("--typestore", default="ros2_kilted")
     p_rec = data_sub.add_parser("recover", help="EPISODE_OR_DIR: make crashed episodes readable")
