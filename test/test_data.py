@@ -402,6 +402,25 @@ def test_eval_bag_report(episodes, tmp_path):
     assert summary["mae_arm_rad"] > 10 * exact["mae_arm_rad"]
 
 
+def test_dataset_build_cli_with_a_chosen_codec(episodes, tmp_path):
+    out = tmp_path / "ds264"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dream_vla_ros.cli", "dataset", "build", str(episodes), str(out),
+         "--codec", "libx264", "--state-tolerance", "0.3", "--image-tolerance", "0.6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import av
+
+    videos = sorted(out.glob("videos/**/*.mp4"))
+    assert videos
+    for path in videos:
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].codec_context.name == "h264", path
+    ds = LeRobotDataset(out)
+    assert ds.images(ds.episodes[0], "observation.images.front").shape[1:] == (120, 160, 3)
+
+
 def test_eval_bag_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dream_vla_ros.cli", "eval-bag", str(tmp_path / "missing"),
