@@ -272,6 +272,35 @@ def _data_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _train_command(args: argparse.Namespace) -> int:
+    from dream_vla_ros.data.lerobot import DatasetError
+    from dream_vla_ros.finetune.recipe import RecipeError, load_recipe
+    from dream_vla_ros.finetune.trainer import Trainer, TrainingError
+    from dream_vla_ros.model.checkpoint import CheckpointError
+
+    errors = (RecipeError, TrainingError, DatasetError, CheckpointError, OSError)
+    try:
+        if args.command == "merge":
+            from dream_vla_ros.finetune.export import merge_checkpoint
+
+            out = merge_checkpoint(args.checkpoint, args.out_dir)
+            print(f"merge: {args.checkpoint} -> {out}")
+            return 0
+        recipe = load_recipe(args.recipe, args.overrides)
+        result = Trainer(recipe, resume=args.resume, progress=not args.no_progress).run()
+        if args.merge:
+            from dream_vla_ros.finetune.export import merge_checkpoint
+
+            out = merge_checkpoint(result.final, result.output / "final-merged")
+            print(f"merge: {result.final} -> {out}")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except errors as exc:
+        print(f"dream-vla {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="dream-vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -329,7 +358,18 @@ def main(argv: list[str] | None = None) -> None:
     p_eval.add_argument("--every", type=float, default=0.5, help="one prediction per [s]")
     p_eval.add_argument("--max-predictions", type=int, default=200)
     p_eval.add_argument("--typestore", default="ros2_kilted")
+    p_train = sub.add_parser("train", help="finetune on a dataset with a recipe (config/finetune)")
+    p_train.add_argument("recipe", help="recipe YAML, e.g. config/finetune/piper_sim_tiny.yaml")
+    p_train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.steps=50")
+    p_train.add_argument("--resume", default="", help="continue from this checkpoint folder")
+    p_train.add_argument("--merge", action="store_true", help="also export OUT/final-merged")
+    p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_merge = sub.add_parser("merge", help="LoRA checkpoint -> one with merged weights")
+    p_merge.add_argument("checkpoint")
+    p_merge.add_argument("out_dir")
     args = parser.parse_args(argv)
+    if args.command in ("train", "merge"):
+        sys.exit(_train_command(args))
     if args.command in ("dataset", "play", "eval-bag"):
         sys.exit(_data_command(args))
     try:

@@ -234,7 +234,7 @@ def test_logit_shift_reads_the_previous_position(monkeypatch):
     monkeypatch.setattr(model, "forward_embeds", spy)
     prompt = model.embed_prompt(torch.randint(8, 264, (1, 6)))
     zeros = prompt.new_zeros(1, decoder.n_actions, 64)
-    got = decoder._action_hidden(prompt, None, zeros, None)
+    got = decoder.action_hidden(prompt, None, zeros, None)
     length = prompt.shape[1]
     assert torch.equal(got, seen["hidden"][:, length - 1 : length - 1 + decoder.n_actions])
 

@@ -1,1 +1,2 @@
-"""Placeholder package: see the open issues; nothing here yet."""
+"""Finetuning Dream-VLA on demonstrations (no ROS): recipes, data windows,
+objectives, LoRA/full finetuning, the accelerate training loop, checkpoints."""

@@ -129,7 +129,7 @@ class ActionDecoder:
         )
         return self.model.model.embed_tokens(ids)[None].expand(batch, -1, -1)
 
-    def _action_hidden(
+    def action_hidden(
         self,
         prompt: torch.Tensor,
         mask: torch.Tensor | None,
@@ -169,7 +169,7 @@ class ActionDecoder:
         steps = A if settings.algorithm == "left_to_right" else settings.steps
         levels = torch.linspace(1.0, settings.eps, steps + 1).tolist()
         for i in range(steps):
-            hidden = self._action_hidden(prompt, mask, self.model.model.embed_tokens(x), proprio)
+            hidden = self.action_hidden(prompt, mask, self.model.model.embed_tokens(x), proprio)
             logits = self.action_logits(hidden)
             masked = x == mask_id
             last = i == steps - 1
@@ -224,7 +224,7 @@ class ActionDecoder:
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             tokens = projector(x.reshape(b, -1, 1).to(prompt.dtype))
-            hidden = self._action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
+            hidden = self.action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
             return head.predict_velocity(hidden).float()
 
         return euler_integrate(velocity, noise, steps)
@@ -238,4 +238,4 @@ class ActionDecoder:
             raise ValueError("this model has no L1 regression head (action.head != 'l1')")
         b, _, d = prompt.shape
         zeros = prompt.new_zeros(b, self.n_actions, d)
-        return head.predict_action(self._action_hidden(prompt, mask, zeros, proprio)).float()
+        return head.predict_action(self.action_hidden(prompt, mask, zeros, proprio)).float()

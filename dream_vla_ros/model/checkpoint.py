@@ -10,6 +10,13 @@
                                           "proprio": {...}}
     tokenizer.json                       (the policy's tokenizer; see policy/prompt.py)
 
+A LoRA checkpoint from `dream-vla train` has no backbone weights of its own:
+`adapter_config.json` + `adapter_model.safetensors` (peft's format) instead, and
+`adapter_config.json["base_model_name_or_path"]` names the base checkpoint
+directory (relative to this one, or absolute). Loading reads the base backbone,
+this directory's config, heads and stats, and merges the adapter into the
+weights (peft), so inference runs at the speed of a plain checkpoint.
+
 Backbone names: `visual.*`, `model.*`, `projector.*`, `lm_head.*`. Only
 safetensors are read: a pickle file (.bin/.pt/.pth/.ckpt/.pkl) is refused, never
 unpickled. Every key and shape is checked before anything is copied, and one
@@ -151,6 +158,102 @@ def _expected(model: DreamVLA) -> dict[str, dict[str, torch.Size]]:
     return groups
 
 
+def adapter_base(path: Path) -> Path | None:
+    """The base checkpoint of a LoRA adapter directory, or None for a full checkpoint."""
+    adapter_cfg = path / "adapter_config.json"
+    if not adapter_cfg.exists():
+        return None
+    try:
+        base = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{adapter_cfg}: no base_model_name_or_path ({exc})") from exc
+    if not isinstance(base, str) or not base:
+        raise CheckpointError(f"{adapter_cfg}: base_model_name_or_path is empty")
+    base_dir = (path / base).resolve()
+    if not base_dir.is_dir():
+        raise CheckpointError(
+            f"{path} is a LoRA adapter whose base checkpoint {base_dir} does not exist"
+        )
+    if not (path / "adapter_model.safetensors").exists():
+        raise CheckpointError(f"{path} has adapter_config.json but no adapter_model.safetensors")
+    _refuse_pickles(base_dir)
+    return base_dir
+
+
+def merge_adapter(model: DreamVLA, path: Path) -> DreamVLA:
+    """Apply the LoRA adapter in `path` to `model` and merge it into the weights."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except Exception as exc:  # peft raises several kinds for a bad adapter
+        raise CheckpointError(f"{path}: cannot apply the LoRA adapter ({exc})") from exc
+    merged = peft_model.merge_and_unload()
+    assert isinstance(merged, DreamVLA)
+    return merged
+
+
+def check_tensors(
+    expected: dict[str, torch.Size], found: dict[str, tuple[Path, torch.Size]], label: str
+) -> list[str]:
+    """Problems (missing, unexpected, mis-shaped) of one file group, as phrases."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{n}: checkpoint {tuple(found[n][1])} vs model {tuple(expected[n])}"
+        for n in sorted(set(expected) & set(found))
+        if found[n][1] != expected[n]
+    ]
+    if missing:
+        problems.append(f"{label}: {len(missing)} missing keys, e.g. {missing[:5]}")
+    if unexpected:
+        problems.append(f"{label}: {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
+    if shapes:
+        problems.append(f"{label}: {len(shapes)} shape mismatches: {shapes[:5]}")
+    return problems
+
+
+def read_group(found: dict[str, tuple[Path, torch.Size]], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of one file group, keys prefixed (e.g. 'action_head.')."""
+    by_file: dict[Path, list[str]] = {}
+    for name, (f, _) in found.items():
+        by_file.setdefault(f, []).append(name)
+    state: dict[str, torch.Tensor] = {}
+    for f, names in by_file.items():
+        with safe_open(str(f), framework="pt", device="cpu") as handle:
+            for name in names:
+                state[prefix + name] = handle.get_tensor(name)
+    return state
+
+
+def load_base_weights(model: DreamVLA, path: str | Path) -> list[str]:
+    """Copy a checkpoint's weights into `model`, whose heads may differ (a new
+    head, chunk length or action dimension for finetuning): the backbone must
+    match exactly; each head or projector file is copied when its keys and
+    shapes match and left as initialised otherwise. Returns the parts copied."""
+    path = Path(path)
+    _refuse_pickles(path)
+    expected = _expected(model)
+    found = _read_tensors(_backbone_files(path))
+    problems = check_tensors(expected["backbone"], found, "backbone")
+    if problems:
+        raise CheckpointError(f"cannot use {path} as a base: " + "; ".join(problems))
+    state = read_group(found)
+    copied = ["backbone"]
+    for part, filename in PART_FILES.items():
+        f = path / filename
+        if part in expected and f.exists():
+            tensors = _read_tensors([f])
+            if not check_tensors(expected[part], tensors, filename):
+                state.update(read_group(tensors, part + "."))
+                copied.append(part)
+    with torch.no_grad():
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    return copied
+
+
 def load_config(path: Path) -> DreamVLAConfig:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
@@ -212,8 +315,9 @@ def load_checkpoint(
     with torch.device("meta"):
         model = DreamVLA(cfg, attn)
     expected = _expected(model)
+    base = adapter_base(path)
     sources: dict[str, dict[str, tuple[Path, torch.Size]]] = {
-        "backbone": _read_tensors(_backbone_files(path))
+        "backbone": _read_tensors(_backbone_files(base or path))
     }
     problems: list[str] = []
     for part, filename in PART_FILES.items():
@@ -225,37 +329,19 @@ def load_checkpoint(
             else:
                 sources[part] = _read_tensors([f])
     for group, names in expected.items():
-        found = sources.get(group, {})
         label = "backbone" if group == "backbone" else PART_FILES[group]
-        missing = sorted(set(names) - set(found))
-        unexpected = sorted(set(found) - set(names))
-        shapes = [
-            f"{n}: checkpoint {tuple(found[n][1])} vs model {tuple(names[n])}"
-            for n in sorted(set(names) & set(found))
-            if found[n][1] != names[n]
-        ]
-        if missing:
-            problems.append(f"{label}: {len(missing)} missing keys, e.g. {missing[:5]}")
-        if unexpected:
-            problems.append(f"{label}: {len(unexpected)} unexpected keys, e.g. {unexpected[:5]}")
-        if shapes:
-            problems.append(f"{label}: {len(shapes)} shape mismatches: {shapes[:5]}")
+        problems += check_tensors(names, sources.get(group, {}), label)
     if problems:
         raise CheckpointError(f"cannot load {path}: " + "; ".join(problems))
 
     model = model.to_empty(device=device)
     state: dict[str, torch.Tensor] = {}
     for group, found in sources.items():
-        prefix = "" if group == "backbone" else group + "."
-        by_file: dict[Path, list[str]] = {}
-        for name, (f, _) in found.items():
-            by_file.setdefault(f, []).append(name)
-        for f, names in by_file.items():
-            with safe_open(str(f), framework="pt", device="cpu") as handle:
-                for name in names:
-                    state[prefix + name] = handle.get_tensor(name)
+        state.update(read_group(found, "" if group == "backbone" else group + "."))
     model.load_state_dict(state, strict=True, assign=False)
     _reset_non_persistent_buffers(model)
+    if base is not None:
+        model = merge_adapter(model, path)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     return LoadedCheckpoint(model, cfg, action_stats, proprio_stats, path)
 

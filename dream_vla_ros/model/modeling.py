@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2DecoderLayer,
@@ -94,6 +95,8 @@ class DreamBackbone(nn.Module):
             layer.self_attn.is_causal = False  # Dream attends in both directions
         self.norm = Qwen2RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rotary_emb = Qwen2RotaryEmbedding(qcfg)
+        # recompute each layer's activations in the backward pass (training memory)
+        self.gradient_checkpointing = False
 
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -112,13 +115,17 @@ class DreamBackbone(nn.Module):
                 mask4d = None
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden = inputs_embeds
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            hidden = layer(
-                hidden,
-                attention_mask=mask4d,
-                position_ids=position_ids,
-                position_embeddings=position_embeddings,
-            )
+            kwargs = {
+                "attention_mask": mask4d,
+                "position_ids": position_ids,
+                "position_embeddings": position_embeddings,
+            }
+            if recompute:
+                hidden = checkpoint(layer, hidden, use_reentrant=False, **kwargs)
+            else:
+                hidden = layer(hidden, **kwargs)
         return self.norm(hidden)
 
 
@@ -167,6 +174,23 @@ class DreamVLA(nn.Module):
             self.action_head = L1RegressionActionHead(
                 cfg.hidden_size, cfg.head_hidden, a.action_dim
             )
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute backbone layers (and vision blocks) in the backward pass."""
+        self.model.gradient_checkpointing = enabled
+        vision = self.visual
+        if enabled:
+            if hasattr(vision, "activation_checkpointing_enable"):  # transformers >= 5
+                vision.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                vision.gradient_checkpointing_enable({"use_reentrant": False})
+        elif getattr(vision, "is_activation_checkpointing", False) or getattr(
+            vision, "gradient_checkpointing", False
+        ):
+            if hasattr(vision, "activation_checkpointing_disable"):
+                vision.activation_checkpointing_disable()
+            else:
+                vision.gradient_checkpointing_disable()
 
     # -- pieces -------------------------------------------------------------------------
     @property

@@ -1,0 +1,260 @@
+"""Training windows over a LeRobot dataset (v3.0 as `dream-vla dataset build` writes
+it, or v2.1/v3.0 from other PiPER users).
+
+One sample = the observation at frame t (1-2 camera frames, the joint state, the
+episode's instruction) and the action chunk rows t + offset ... t + offset + H - 1
+at the dataset's rate (offset 1 by default: the policy stamps a chunk with the
+observation time and action k is for stamp + (k + 1) * period, DESIGN.md
+section 3). Near the end of an episode the missing rows repeat the last action
+(hold) and `pad` marks them False; the objectives leave padded rows out of the
+loss. Windows start at every frame that has at least one real action.
+
+Actions and states are normalised to [-1, 1] with per-dimension q01/q99 of the
+*training* episodes, computed once here and stored with every checkpoint (a
+resumed run reuses the stored values). Splits are by episode, seeded, so no
+frame of a validation episode is ever trained on.
+
+Frames are decoded once, resized to the model's 224x224 input exactly as the
+policy does at run time (`ImagePreprocessor.resize`, optional centre crop) and
+cached as uint8. Augmentation (training only) is a random resized crop of that
+224x224 frame (area fraction in `crop_scale`, square) and colour jitter
+(brightness, contrast, saturation), drawn from a generator seeded per sample
+and epoch, so a resumed run sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from dream_vla_ros.finetune.recipe import AugmentConfig, DataConfig
+from dream_vla_ros.model.checkpoint import NormStats
+from dream_vla_ros.policy.preprocess import ImagePreprocessor
+
+
+def split_episodes(
+    indices: list[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Seeded split by episode: (train, val), both sorted; at least one of each when
+    val_fraction > 0 and there are two or more episodes."""
+    order = np.random.default_rng(seed).permutation(len(indices))
+    n_val = 0
+    if val_fraction > 0 and len(indices) > 1:
+        n_val = min(len(indices) - 1, max(1, round(len(indices) * val_fraction)))
+    val = sorted(indices[i] for i in order[:n_val])
+    train = sorted(indices[i] for i in order[n_val:])
+    return train, val
+
+
+def quantile_stats(values: np.ndarray) -> NormStats:
+    v = np.asarray(values, dtype=np.float64)
+    return NormStats(np.quantile(v, 0.01, axis=0), np.quantile(v, 0.99, axis=0))
+
+
+@dataclass
+class Episode:
+    index: int
+    task: str
+    state: np.ndarray  # (n, P) SI
+    action: np.ndarray  # (n, D) SI
+    frames: torch.Tensor  # (n, cameras, 3, S, S) uint8
+
+    @property
+    def length(self) -> int:
+        return int(self.action.shape[0])
+
+
+class DemoData:
+    """Episodes of one dataset, split, normalised and windowed."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        image_size: int = 224,
+        stats: tuple[NormStats, NormStats | None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        path = Path(cfg.dataset)
+        self.dataset = LeRobotDataset(path)
+        ds = self.dataset
+        missing = [c for c in cfg.cameras if c not in ds.camera_keys]
+        if missing:
+            raise DatasetError(
+                f"{path}: no camera {missing[0]!r}; the dataset has {ds.camera_keys} "
+                "(set data.cameras)"
+            )
+        if cfg.proprio and not ds.state_key:
+            raise DatasetError(f"{path}: no observation.state column (set data.proprio: false)")
+        if not ds.episodes:
+            raise DatasetError(f"{path}: the dataset has no episodes")
+        self.fps = ds.fps
+        self.names = ds.names
+        frames_total = sum(e.length for e in ds.episodes) * len(cfg.cameras)
+        cache_gb = frames_total * 3 * image_size * image_size / 1e9
+        if cache_gb > cfg.max_cache_gb:
+            raise DatasetError(
+                f"{path}: caching {frames_total} frames at {image_size}x{image_size} needs "
+                f"{cache_gb:.1f} GB, above data.max_cache_gb = {cfg.max_cache_gb}"
+            )
+        self.preprocessor = ImagePreprocessor(size=image_size, center_crop=cfg.center_crop)
+        self.episodes: dict[int, Episode] = {}
+        for info in ds.episodes:
+            cols = ds.frames(info)
+            action = np.asarray(cols["action"], dtype=np.float64)
+            if action.ndim != 2 or not np.all(np.isfinite(action)):
+                raise DatasetError(f"{path}: episode {info.index} has non-finite actions")
+            state = np.asarray(cols.get("state", np.zeros((len(action), 0))), dtype=np.float64)
+            if cfg.proprio and not np.all(np.isfinite(state)):
+                raise DatasetError(f"{path}: episode {info.index} has non-finite states")
+            cams = [self._resized(ds.images(info, key)) for key in cfg.cameras]
+            self.episodes[info.index] = Episode(
+                info.index, info.task, state, action, torch.stack(cams, dim=1)
+            )
+        self.action_dim = int(next(iter(self.episodes.values())).action.shape[1])
+        self.proprio_dim = (
+            int(next(iter(self.episodes.values())).state.shape[1]) if cfg.proprio else 0
+        )
+        self.train_episodes, self.val_episodes = split_episodes(
+            sorted(self.episodes), cfg.val_fraction, cfg.split_seed
+        )
+        if stats is None:
+            train = [self.episodes[i] for i in self.train_episodes]
+            action_stats = quantile_stats(np.concatenate([e.action for e in train]))
+            proprio_stats = (
+                quantile_stats(np.concatenate([e.state for e in train])) if cfg.proprio else None
+            )
+            stats = (action_stats, proprio_stats)
+        self.action_stats, self.proprio_stats = stats
+        if self.action_stats.q01.shape[0] != self.action_dim:
+            raise DatasetError(
+                f"{path}: the stored action stats have {self.action_stats.q01.shape[0]} "
+                f"dimensions, the dataset's actions {self.action_dim}"
+            )
+        self.windows = {
+            "train": self._windows(self.train_episodes),
+            "val": self._windows(self.val_episodes),
+        }
+
+    def _resized(self, frames: np.ndarray) -> torch.Tensor:
+        out = [self.preprocessor.resized(frames[i : i + 64]) for i in range(0, len(frames), 64)]
+        return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
+
+    def _windows(self, episodes: list[int]) -> list[tuple[int, int]]:
+        off = self.cfg.action_offset
+        return [(e, t) for e in episodes for t in range(max(0, self.episodes[e].length - off))]
+
+    def sample(
+        self, split: str, i: int, augment: AugmentConfig | None = None, seed: int = 0
+    ) -> dict[str, Any]:
+        episode_index, t = self.windows[split][i]
+        ep = self.episodes[episode_index]
+        rows = t + self.cfg.action_offset + np.arange(self.cfg.chunk)
+        pad = rows < ep.length
+        actions = ep.action[np.minimum(rows, ep.length - 1)]
+        images = ep.frames[t]
+        if augment is not None:
+            g = torch.Generator().manual_seed(seed)
+            images = torch.stack([augment_frame(f, augment, g) for f in images])
+        out: dict[str, Any] = {
+            "images": images,
+            "actions": torch.from_numpy(self.action_stats.normalise(actions)).float(),
+            "raw_actions": torch.from_numpy(actions).float(),
+            "pad": torch.from_numpy(pad),
+            "task": ep.task,
+            "episode": episode_index,
+            "t": t,
+        }
+        if self.proprio_stats is not None:
+            out["state"] = torch.from_numpy(self.proprio_stats.normalise(ep.state[t])).float()
+        return out
+
+
+def augment_frame(frame: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """(3, S, S) uint8 -> augmented (3, S, S) uint8: random resized crop, then colour jitter."""
+    _, s, _ = frame.shape
+
+    def uniform(low: float, high: float) -> float:
+        return low + (high - low) * float(torch.rand((), generator=g))
+
+    lo, hi = cfg.crop_scale
+    if lo < 1.0:
+        side = max(2, min(s, round(s * math.sqrt(uniform(lo, hi)))))
+        top = int(torch.randint(0, s - side + 1, (), generator=g))
+        left = int(torch.randint(0, s - side + 1, (), generator=g))
+        crop = frame[:, top : top + side, left : left + side]
+        if side != s:
+            frame = F.interpolate(crop[None], size=(s, s), mode="bicubic", antialias=True)[0]
+    x = frame.float()
+    gray_weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    if cfg.brightness > 0:
+        x = x * uniform(1 - cfg.brightness, 1 + cfg.brightness)
+    if cfg.contrast > 0:
+        mean = (x * gray_weights).sum(0).mean()
+        x = (x - mean) * uniform(1 - cfg.contrast, 1 + cfg.contrast) + mean
+    if cfg.saturation > 0:
+        gray = (x * gray_weights).sum(0, keepdim=True)
+        x = (x - gray) * uniform(1 - cfg.saturation, 1 + cfg.saturation) + gray
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """torch Dataset over one split; keys are (window, augmentation seed) pairs from
+    `StepBatchSampler` (training) or plain window indices (validation)."""
+
+    def __init__(self, data: DemoData, split: str, augment: AugmentConfig | None) -> None:
+        self.data = data
+        self.split = split
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.data.windows[self.split])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, seed = key if isinstance(key, tuple) else (key, 0)
+        return self.data.sample(self.split, i, self.augment, seed)
+
+
+class StepBatchSampler:
+    """Batches as a pure function of their position in the run: the stream of
+    windows is epoch after epoch of seeded permutations, and batch b is stream
+    positions [b * size, (b + 1) * size). Each key carries an augmentation seed
+    derived from (seed, position). Resuming at optimizer step s starts at batch
+    s * grad_accum and reproduces the uninterrupted run exactly."""
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_batch: int, num_batches: int
+    ) -> None:
+        if n < 1:
+            raise DatasetError("the training split has no windows (episodes too short?)")
+        self.n = n
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = start_batch
+        self.num_batches = num_batches
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perms[epoch] = rng.permutation(self.n)
+        return self._perms[epoch]
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        for b in range(self.start, self.start + self.num_batches):
+            keys = []
+            for p in range(b * self.batch_size, (b + 1) * self.batch_size):
+                epoch, pos = divmod(p, self.n)
+                keys.append((int(self._perm(epoch)[pos]), self.seed * 1_000_003 + p))
+            yield keys

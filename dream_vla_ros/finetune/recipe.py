@@ -1,0 +1,296 @@
+"""Finetuning recipes: YAML in config/finetune/ -> a validated, frozen `Recipe`.
+
+A recipe names the data, the model to start from, the adapter (LoRA or full
+finetuning) and the optimisation. Command-line overrides use dotted keys
+(`train.steps=200 lora.enabled=false`); values are parsed as YAML scalars. Every
+problem raises `RecipeError` with one sentence naming the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dream_vla_ros.model.config import HEADS, PRESETS
+
+
+# string settings whose words YAML 1.1 reads as booleans: key -> (true word, false word)
+YAML_BOOL_WORDS = {
+    "model.gradient_checkpointing": ("on", "off"),
+    "model.mixed_precision": (None, "no"),
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be trained; the message is one sentence naming the key."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-only image augmentation (never applied to validation or inference)."""
+
+    crop_scale: tuple[float, float] = (0.9, 1.0)  # random resized crop: area fraction range
+    brightness: float = 0.2  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = ""  # LeRobot v3.0 / v2.1 folder (relative paths: to the working directory)
+    cameras: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")
+    chunk: int = 8  # actions per chunk (H)
+    action_offset: int = 1  # chunk[k] = action row t + offset + k (the policy's stamp convention)
+    proprio: bool = True
+    val_fraction: float = 0.1  # share of episodes held out (at least one when > 0)
+    split_seed: int = 0
+    center_crop: bool = False  # must match the policy node's model.center_crop
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_cache_gb: float = 8.0  # decoded 224x224 frames are cached in memory
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base: str = "tiny"  # a preset name or a checkpoint directory
+    head: str = "flow"  # flow | discrete | l1
+    init_seed: int = 0  # initialises a preset's weights and new heads
+    flow_steps: int = 4
+    freeze_vision: bool = False
+    gradient_checkpointing: str = "auto"  # auto (on for cuda) | on | off
+    mixed_precision: str = "auto"  # auto (bf16 on cuda) | no | bf16 | fp16
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    enabled: bool = True
+    r: int = 32
+    alpha: int = 16
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    val_every: int = 100  # 0 = only at the end
+    val_samples: int = 64
+    save_every: int = 500  # 0 = only at the end
+    keep_last: int = 2
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "run"
+    output_dir: str = "runs/{name}"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = ""  # the file it was read from (not a setting)
+
+    @property
+    def output(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("source")
+        return _plain(out)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"'{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"'{key}' must have {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, bool) and key in YAML_BOOL_WORDS:
+            # YAML 1.1 reads unquoted on/off/no as booleans
+            word = YAML_BOOL_WORDS[key][0 if value else 1]
+            if word is not None:
+                return word
+        if not isinstance(value, str):
+            raise RecipeError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise RecipeError(f"'{key}': unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(
+            f"unknown recipe key '{prefix}{unknown[0]}' (known in this section: {sorted(known)})"
+        )
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            values[f.name] = _coerce(data[f.name], hints[f.name], prefix + f.name)
+        elif f.default is MISSING and f.default_factory is MISSING:  # pragma: no cover
+            raise RecipeError(f"the recipe lacks '{prefix}{f.name}'")
+    return cls(**values)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`a.b=value` strings onto a nested dict (values parsed as YAML scalars)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"override '{item}' is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(recipe: Recipe) -> Recipe:
+    d, m, lo, t = recipe.data, recipe.model, recipe.lora, recipe.train
+    checks = [
+        (bool(d.dataset), "'data.dataset' must name a LeRobot dataset folder"),
+        (1 <= len(d.cameras) <= 2, "'data.cameras' must list one or two camera keys"),
+        (len(set(d.cameras)) == len(d.cameras), "'data.cameras' lists a camera twice"),
+        (d.chunk >= 1, "'data.chunk' must be >= 1"),
+        (d.action_offset >= 0, "'data.action_offset' must be >= 0"),
+        (0.0 <= d.val_fraction < 1.0, "'data.val_fraction' must be in [0, 1)"),
+        (
+            0.0 < d.augment.crop_scale[0] <= d.augment.crop_scale[1] <= 1.0,
+            "'data.augment.crop_scale' must be [low, high] with 0 < low <= high <= 1",
+        ),
+        (
+            all(0.0 <= x < 1.0 for x in (d.augment.brightness, d.augment.contrast)),
+            "'data.augment.brightness' and 'contrast' must be in [0, 1)",
+        ),
+        (0.0 <= d.augment.saturation < 1.0, "'data.augment.saturation' must be in [0, 1)"),
+        (d.max_cache_gb > 0, "'data.max_cache_gb' must be > 0"),
+        (m.head in HEADS, f"'model.head' must be one of {list(HEADS)}, got '{m.head}'"),
+        (
+            m.base in PRESETS or Path(m.base).is_dir(),
+            f"'model.base' must be a preset {sorted(PRESETS)} or an existing checkpoint "
+            f"directory, got '{m.base}'",
+        ),
+        (m.flow_steps >= 1, "'model.flow_steps' must be >= 1"),
+        (
+            m.gradient_checkpointing in ("auto", "on", "off"),
+            "'model.gradient_checkpointing' must be auto, on or off",
+        ),
+        (
+            m.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "'model.mixed_precision' must be auto, no, bf16 or fp16",
+        ),
+        (lo.r >= 1 and lo.alpha >= 1, "'lora.r' and 'lora.alpha' must be >= 1"),
+        (0.0 <= lo.dropout < 1.0, "'lora.dropout' must be in [0, 1)"),
+        (t.steps >= 1, "'train.steps' must be >= 1"),
+        (t.batch_size >= 1 and t.grad_accum >= 1, "'train.batch_size' and 'grad_accum' >= 1"),
+        (t.lr > 0, "'train.lr' must be > 0"),
+        (t.weight_decay >= 0, "'train.weight_decay' must be >= 0"),
+        (all(0 <= b < 1 for b in t.betas), "'train.betas' must be in [0, 1)"),
+        (0 <= t.warmup_steps, "'train.warmup_steps' must be >= 0"),
+        (
+            t.schedule in ("cosine", "linear", "constant"),
+            "'train.schedule' must be cosine, linear or constant",
+        ),
+        (0.0 <= t.min_lr_ratio <= 1.0, "'train.min_lr_ratio' must be in [0, 1]"),
+        (t.max_grad_norm >= 0, "'train.max_grad_norm' must be >= 0"),
+        (t.num_workers >= 0, "'train.num_workers' must be >= 0"),
+        (t.log_every >= 1, "'train.log_every' must be >= 1"),
+        (t.val_every >= 0 and t.save_every >= 0, "'train.val_every'/'save_every' must be >= 0"),
+        (t.val_samples >= 1, "'train.val_samples' must be >= 1"),
+        (t.keep_last >= 1, "'train.keep_last' must be >= 1"),
+        (t.device in ("auto", "cpu", "cuda"), "'train.device' must be auto, cpu or cuda"),
+        (bool(recipe.name.strip()), "'name' must not be empty"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(message)
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a YAML mapping, got {type(data).__name__}")
+    return validate(replace(_build(Recipe, data), source=source))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe file {path} is not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file {path} must hold a YAML mapping")
+    return recipe_from_dict(apply_overrides(data, list(overrides or [])), str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

@@ -1,0 +1,446 @@
+"""Finetuning on CPU with the tiny preset: recipes, data windows, objectives, LoRA,
+resume, learning, checkpoints that the policy (and the policy node) load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dream_vla_ros.finetune.adapters import apply_lora, head_modules, set_full_finetuning
+from dream_vla_ros.finetune.data import DemoData, WindowDataset, split_episodes
+from dream_vla_ros.finetune.export import merge_checkpoint
+from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
+from dream_vla_ros.finetune.recipe import (
+    DataConfig,
+    LoraSettings,
+    RecipeError,
+    load_recipe,
+)
+from dream_vla_ros.finetune.toy import write_toy_dataset
+from dream_vla_ros.finetune.trainer import (
+    Trainer,
+    TrainingError,
+    check_gradients,
+    check_optimizer_covers,
+)
+from dream_vla_ros.model import DreamVLA, preset
+from dream_vla_ros.policy import Observation, Policy
+from dream_vla_ros.policy.preprocess import ImagePreprocessor
+from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "config/finetune/piper_tiny_cpu.yaml"
+CAMERAS = ("observation.images.front", "observation.images.wrist")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy") / "ds", episodes=6, length=24)
+
+
+def recipe(toy: Path, out: Path, *overrides: str):
+    return load_recipe(
+        RECIPE,
+        [
+            f"data.dataset={toy}",
+            f"output_dir={out}",
+            "train.batch_size=4",
+            "train.val_every=0",
+            "train.save_every=0",
+            "train.log_every=1",
+            *overrides,
+        ],
+    )
+
+
+def tiny_inputs(head: str, toy: Path, batch: int = 3, lora: bool = False):
+    """A tiny model with `head` and one encoded batch of toy samples."""
+    data = DemoData(DataConfig(dataset=str(toy), chunk=8))
+    torch.manual_seed(0)
+    model = DreamVLA(preset("tiny", head=head, proprio_dim=7))
+    peft_model = apply_lora(model, LoraSettings(r=4, alpha=8), False) if lora else None
+    if not lora:
+        set_full_finetuning(model, freeze_vision=False)
+    cfg = model.cfg
+    encoder = BatchEncoder(model, PromptBuilder(byte_tokenizer(cfg.newline_token_id + 1), cfg))
+    samples = [data.sample("train", i) for i in range(batch)]
+    inputs = encoder(torch.utils.data.default_collate(samples), torch.device("cpu"))
+    noise = draw_noise(head, batch, cfg.action.chunk, cfg.action.action_dim, torch.Generator())
+    return model, peft_model, {**inputs, **noise}
+
+
+# -- recipes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted((ROOT / "config/finetune").glob("*.yaml")))
+def test_shipped_recipes_are_valid(path):
+    r = load_recipe(path)
+    assert r.model.head in ("flow", "discrete", "l1") and r.train.steps > 0
+
+
+def test_7b_recipe_is_the_paper_lora_setting():
+    r = load_recipe(ROOT / "config/finetune/piper_7b_lora.yaml")
+    assert (r.lora.enabled, r.lora.r, r.lora.alpha, r.model.head) == (True, 32, 16, "flow")
+    assert r.train.batch_size == 8 and r.model.gradient_checkpointing == "auto"
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["train.stepz=3"], "unknown recipe key 'train.stepz'"),
+        (["train.steps=many"], "'train.steps' must be an integer"),
+        (["train.steps=0"], "'train.steps' must be >= 1"),
+        (["model.head=diffusion"], "'model.head' must be one of"),
+        (["model.base=/nonexistent/ckpt"], "'model.base' must be a preset"),
+        (["data.cameras=[a, b, c]"], "'data.cameras' must list one or two"),
+        (["data.augment.crop_scale=[0.9]"], "'data.augment.crop_scale' must have 2 values"),
+        (["lora.enabled=maybe"], "'lora.enabled' must be true or false"),
+        (["train"], "is not of the form section.key=value"),
+        (["data=3"], "'data' must be a mapping"),
+    ],
+)
+def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(RECIPE, overrides)
+    message = str(info.value)
+    assert words in message and "\n" not in message
+
+
+def test_yaml_words_and_numbers_read_as_meant(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "data: {dataset: x}\nmodel: {gradient_checkpointing: off, mixed_precision: no}\n"
+        "train: {lr: 1e-3}\n"
+    )
+    r = load_recipe(path)
+    assert (r.model.gradient_checkpointing, r.model.mixed_precision) == ("off", "no")
+    assert r.train.lr == pytest.approx(1e-3)
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(RecipeError, match="YAML mapping"):
+        load_recipe(tmp_path / "list.yaml")
+
+
+def test_cli_reports_a_bad_recipe_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dream_vla_ros.cli", "train", str(RECIPE), "train.lr=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "dream-vla train: 'train.lr' must be > 0"
+
+
+# -- data --------------------------------------------------------------------------------
+def test_splits_are_by_episode_seeded_and_disjoint():
+    eps = list(range(10))
+    train, val = split_episodes(eps, 0.2, seed=3)
+    assert len(val) == 2 and sorted(train + val) == eps and not set(train) & set(val)
+    assert split_episodes(eps, 0.2, seed=3) == (train, val)
+    assert any(split_episodes(eps, 0.2, seed=s)[1] != val for s in range(4, 10))
+    assert split_episodes([5], 0.5, 0) == ([5], [])  # a single episode is never held out
+    assert split_episodes(eps, 0.0, 0) == (eps, [])
+
+
+def test_windows_pad_at_episode_end_and_normalise_with_train_stats(toy):
+    data = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2))
+    assert data.action_dim == 7 and data.proprio_dim == 7 and data.fps == 10
+    assert len(data.val_episodes) == 1 and not set(data.val_episodes) & set(data.train_episodes)
+    # q01/q99 over the training episodes only
+    train_actions = np.concatenate([data.episodes[e].action for e in data.train_episodes])
+    assert np.allclose(data.action_stats.q01, np.quantile(train_actions, 0.01, axis=0))
+    assert np.allclose(data.action_stats.q99, np.quantile(train_actions, 0.99, axis=0))
+    # every window of a 24-frame episode with offset 1: t = 0..22
+    ep = data.train_episodes[0]
+    windows = [w for w in data.windows["train"] if w[0] == ep]
+    assert [t for _, t in windows] == list(range(23))
+    last = data.windows["train"].index((ep, 20))
+    s = data.sample("train", last)
+    # rows 21, 22, 23 are real; the other five repeat row 23 and are marked as padding
+    assert s["pad"].tolist() == [True] * 3 + [False] * 5
+    raw = data.episodes[ep].action
+    assert np.allclose(s["raw_actions"].numpy(), raw[[21, 22, 23, 23, 23, 23, 23, 23]], atol=1e-6)
+    expected = data.action_stats.normalise(raw[[21, 22, 23, 23, 23, 23, 23, 23]])
+    assert np.allclose(s["actions"].numpy(), expected, atol=1e-6)
+    assert s["actions"].abs().max() <= 1.0
+    assert np.allclose(s["state"].numpy(), data.proprio_stats.normalise(data.episodes[ep].state[20]))
+    assert s["task"].startswith("reach the ") and s["images"].shape == (2, 3, 224, 224)
+
+
+def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(toy):
+    data = DemoData(DataConfig(dataset=str(toy), chunk=4))
+    ep = data.dataset.episodes[0]
+    decoded = data.dataset.images(ep, CAMERAS[1])[5]
+    policy_pixels = ImagePreprocessor().resized([decoded])[0]
+    i = data.windows["train"].index((ep.index, 5))
+    assert torch.equal(data.sample("train", i)["images"][1], policy_pixels)
+    train = WindowDataset(data, "train", data.cfg.augment)
+    plain = WindowDataset(data, "train", None)
+    a, b, c = train[(i, 11)], train[(i, 11)], train[(i, 12)]
+    assert torch.equal(a["images"], b["images"])  # seeded: a resumed run sees the same
+    assert not torch.equal(a["images"], c["images"])
+    diff = (a["images"].float() - plain[i]["images"].float()).abs().mean()
+    assert diff > 1.0  # augmented
+    assert torch.equal(plain[i]["images"], data.sample("train", i)["images"])
+    assert torch.equal(a["actions"], plain[i]["actions"])  # only pixels change
+
+
+def test_missing_camera_and_state_are_named(toy):
+    with pytest.raises(Exception, match="no camera 'observation.images.top'"):
+        DemoData(DataConfig(dataset=str(toy), cameras=("observation.images.top",)))
+    with pytest.raises(Exception, match="not a LeRobot dataset"):
+        DemoData(DataConfig(dataset=str(toy / "nothing")))
+
+
+# -- objectives and what trains --------------------------------------------------------
+@pytest.mark.parametrize("head", ["flow", "discrete", "l1"])
+def test_a_gradient_reaches_every_head(toy, head):
+    model, _, inputs = tiny_inputs(head, toy)
+    loss = TrainingObjective(model)(**inputs)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    heads = head_modules(model)
+    expected = {"flow": 3, "discrete": 1, "l1": 2}[head]
+    assert len(heads) == expected  # action head (+ noisy-action projector) + proprio
+    for name, module in heads.items():
+        for pname, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname}"
+    check_gradients(model)  # every trainable parameter got one
+    if head == "discrete":  # the action tokens' output rows learn
+        first = model.cfg.base_vocab_size
+        assert model.lm_head.weight.grad[first:].abs().sum() > 0
+    else:
+        assert not model.lm_head.weight.requires_grad  # unused by this head: frozen
+
+
+def test_a_head_left_out_of_the_optimizer_is_caught(toy):
+    model, _, inputs = tiny_inputs("flow", toy)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    check_optimizer_covers(model, torch.optim.AdamW(params))
+    # the official scripts' bug: the flow head built but not given to the optimizer
+    head_ids = {id(p) for p in model.action_head.parameters()}
+    without_head = [p for p in params if id(p) not in head_ids]
+    with pytest.raises(TrainingError, match="missing from the optimizer"):
+        check_optimizer_covers(model, torch.optim.AdamW(without_head))
+    model.action_head.requires_grad_(False)
+    with pytest.raises(TrainingError, match="the action_head is not in the optimizer"):
+        check_optimizer_covers(model, torch.optim.AdamW(without_head))
+    model.action_head.requires_grad_(True)
+    model.model.norm.weight.grad = None
+    (model.action_head.flow_predictor.mlp_resnet.fc2.bias.sum() * 0).backward()
+    with pytest.raises(TrainingError, match="got no gradient"):
+        check_gradients(model)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(toy):
+    grads = []
+    for on in (False, True):
+        model, _, inputs = tiny_inputs("flow", toy)
+        model.train()
+        model.set_gradient_checkpointing(on)
+        TrainingObjective(model)(**inputs).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+
+
+def test_lora_trains_only_adapters_and_heads(toy, tmp_path):
+    r = recipe(toy, tmp_path / "run", "lora.enabled=true", "lora.r=4", "train.steps=3")
+    trainer = Trainer(r, progress=False, log=lambda _: None)
+    result = trainer.run()
+    base = load_file(str(tmp_path / "run/base/model.safetensors"))
+    model = trainer.model  # the DreamVLA with LoRA layers injected
+    changed, same = [], []
+    for name, value in model.state_dict().items():
+        plain = name.replace(".base_layer", "")
+        if "lora_" in name:
+            continue
+        if plain.split(".")[0] in head_modules(model):
+            continue
+        (same if torch.equal(value, base[plain]) else changed).append(name)
+    assert not changed, changed[:5]
+    assert len(same) == len(base)  # every backbone tensor checked, none moved
+    lora_b = [v for n, v in model.state_dict().items() if "lora_B" in n]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # adapters moved off zero
+    start = load_file(str(tmp_path / "run/base/action_head.safetensors"))
+    end = load_file(str(result.final / "action_head.safetensors"))
+    assert all(not torch.equal(start[k], end[k]) for k in start)  # the head trained
+    files = sorted(p.name for p in result.final.iterdir())
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_two_steps_then_resume_equals_four_steps(toy, tmp_path, lora):
+    flags = ["lora.enabled=true", "lora.r=4"] if lora else ["lora.enabled=false"]
+    straight = Trainer(
+        recipe(toy, tmp_path / "a", *flags, "train.steps=4", "train.save_every=2"),
+        progress=False,
+        log=lambda _: None,
+    ).run()
+    assert (tmp_path / "a/checkpoint-000002").is_dir()
+    resumed = Trainer(
+        recipe(toy, tmp_path / "b", *flags, "train.steps=4"),
+        resume=tmp_path / "a/checkpoint-000002",
+        progress=False,
+        log=lambda _: None,
+    ).run()
+    assert [x for _, x in resumed.losses] == [x for _, x in straight.losses][2:]
+    names = [p.name for p in straight.final.glob("*.safetensors")]
+    assert len(names) >= 4
+    for name in names:
+        a = load_file(str(straight.final / name))
+        b = load_file(str(resumed.final / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key}"
+
+
+def test_resume_refuses_a_changed_recipe_and_a_used_output(toy, tmp_path):
+    r = recipe(toy, tmp_path / "a", "train.steps=2")
+    Trainer(r, progress=False, log=lambda _: None).run()
+    with pytest.raises(TrainingError, match="already holds checkpoints"):
+        Trainer(r, progress=False, log=lambda _: None).run()
+    changed = recipe(toy, tmp_path / "b", "train.steps=4", "model.freeze_vision=true")
+    with pytest.raises(TrainingError, match="trainable parameters differ"):
+        Trainer(changed, resume=tmp_path / "a/final", progress=False, log=lambda _: None).run()
+
+
+# -- learning, checkpoints, CLI ------------------------------------------------------------
+def test_tiny_model_learns_the_toy_demonstrations(toy, tmp_path):
+    """Figures (2-core CPU, flow head, full finetuning, 300 steps of 8): loss
+    FIRST -> LAST, open-loop joint MAE on the demonstrations BEFORE -> AFTER rad."""
+    r = recipe(
+        toy,
+        tmp_path / "run",
+        "data.val_fraction=0.0",
+        "train.steps=300",
+        "train.batch_size=8",
+        "train.lr=3e-3",
+        "train.log_every=10",
+        "train.val_every=300",
+    )
+    result = Trainer(r, progress=False, log=lambda _: None).run()
+    first, last = result.losses[0][1], result.losses[-1][1]
+    before, after = result.validations[0], result.validations[-1]
+    print(f"loss {first:.3f} -> {last:.3f}, MAE {before['joint_mae']:.3f} -> {after['joint_mae']:.3f}")
+    assert (before["step"], after["step"], after["split"]) == (0, 300, "train")
+    assert last < 0.4 * first
+    assert after["joint_mae"] < 0.4 * before["joint_mae"]
+    # the policy (the inference path) reproduces a demonstration from its first frame
+    policy = Policy.from_checkpoint(result.final)
+    data = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.0))
+    ep = data.dataset.episodes[0]
+    t = 6  # mid-move, where holding still would be far off
+    front = data.dataset.images(ep, CAMERAS[0])[t]
+    wrist = data.dataset.images(ep, CAMERAS[1])[t]
+    demo = data.episodes[ep.index]
+    chunk = policy.infer(Observation([front, wrist], ep.task, demo.state[t], stamp_s=1.0))
+    target = demo.action[t + 1 : t + 9, :6]  # rows t + 1 ... t + 8 (action_offset 1)
+    error = np.abs(chunk.actions[:, :6] - target).mean()
+    hold = np.abs(demo.state[t, :6] - target).mean()
+    print(f"policy chunk error {error:.3f} rad vs holding still {hold:.3f} rad")
+    assert error < 0.4 * hold, (error, hold)
+
+
+def test_cli_trains_merges_and_plots(toy, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dream_vla_ros.cli",
+            "train",
+            str(RECIPE),
+            f"data.dataset={toy}",
+            f"output_dir={tmp_path}/{{name}}",
+            "train.steps=4",
+            "train.batch_size=4",
+            "train.val_every=2",
+            "train.log_every=2",
+            "model.head=discrete",
+            "lora.enabled=true",
+            "lora.r=4",
+            "--merge",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "piper_tiny_cpu"
+    summary = [line for line in proc.stdout.splitlines() if "steps in" in line]
+    assert summary and "loss" in summary[0] and "joint MAE" in summary[0]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "joint_mae" in r] == [0, 2, 4]
+    assert (out / "curves.png").stat().st_size > 10_000
+    info = json.loads((out / "final/training.json").read_text())
+    assert info["step"] == 4 and info["adapter"] == "lora" and len(info["git_revision"]) >= 7
+    assert (out / "final/recipe.yaml").read_text() == (out / "final-merged/recipe.yaml").read_text()
+    # the adapter checkpoint and its merged export give the same actions
+    rng = np.random.default_rng(0)
+    obs = Observation(
+        [rng.integers(0, 256, (72, 96, 3), dtype=np.uint8) for _ in range(2)],
+        "reach the blue cube",
+        np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05]),
+    )
+    a = Policy.from_checkpoint(out / "final").infer(obs).actions
+    b = Policy.from_checkpoint(out / "final-merged").infer(obs).actions
+    assert np.allclose(a, b, atol=1e-5)
+    assert "model.safetensors" in {p.name for p in (out / "final-merged").iterdir()}
+    with pytest.raises(Exception, match="exists and is not empty"):
+        merge_checkpoint(out / "final", out / "final-merged")
+
+
+@pytest.mark.ros
+def test_a_trained_lora_checkpoint_drives_the_policy_node(toy, tmp_path):
+    from rosutil import NodeProcess, TestNode, wait_for
+    from test_policy_node import BASE_PARAMS, POLICY, Feeder, Watch, _wait_ready
+
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.ros.conversions import time_to_sec
+
+    r = recipe(toy, tmp_path / "run", "lora.enabled=true", "lora.r=4", "train.steps=2")
+    final = Trainer(r, progress=False, log=lambda _: None).run().final
+    client = TestNode("finetune_policy_test")
+    watch = Watch(client)
+    params = {
+        **BASE_PARAMS,
+        "model.allow_random_weights": False,
+        "model.checkpoint": str(final),
+        "instruction": "reach the red cube",
+        "cameras.topics": ["/ft/front", "/ft/wrist"],
+        "cameras.kinds": ["raw", "raw"],
+        "cameras.roles": ["front", "wrist"],
+    }
+    proc = NodeProcess(POLICY, params, "policy_finetuned")
+    feed = Feeder(client, {"front": "/ft/front", "wrist": "/ft/wrist"})
+    try:
+        _wait_ready(watch, proc)
+        wait_for(lambda: watch.n_chunks() >= 2, 30, "chunks from the finetuned checkpoint")
+        with watch.lock:
+            _, msg = watch.chunks[-1]
+        assert list(msg.joint_names) == list(JOINT_NAMES) and len(msg.points) == 8
+        assert time_to_sec(msg.header.stamp) in feed.stamps
+        # the checkpoint's action period: the toy dataset's 10 Hz
+        assert msg.points[1].time_from_start.nanosec == 200_000_000
+        data = DemoData(DataConfig(dataset=str(toy)))
+        lo, hi = data.action_stats.q01 - 1e-6, data.action_stats.q99 + 1e-6
+        for p in msg.points:
+            assert np.all((np.array(p.positions) >= lo) & (np.array(p.positions) <= hi))
+    finally:
+        feed.stop()
+        proc.stop()
+        client.close()
