@@ -1,7 +1,7 @@
 # Every target sets up .venv first (idempotent, fast when nothing changed).
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench bench-model bench-e2e clean
+.PHONY: setup demo test lint bench bench-model bench-e2e bench-train clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,9 @@ bench-model: setup
 
 bench-e2e: setup
 	$(VENV)/python bench/e2e_latency.py
+
+bench-train: setup
+	$(VENV)/python bench/train_step.py
 
 clean:
 	rm -rf .venv build *.egg-info

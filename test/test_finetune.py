@@ -172,7 +172,9 @@ def test_windows_pad_at_episode_end_and_normalise_with_train_stats(toy):
     expected = data.action_stats.normalise(raw[[21, 22, 23, 23, 23, 23, 23, 23]])
     assert np.allclose(s["actions"].numpy(), expected, atol=1e-6)
     assert s["actions"].abs().max() <= 1.0
-    assert np.allclose(s["state"].numpy(), data.proprio_stats.normalise(data.episodes[ep].state[20]))
+    assert np.allclose(
+        s["state"].numpy(), data.proprio_stats.normalise(data.episodes[ep].state[20])
+    )
     assert s["task"].startswith("reach the ") and s["images"].shape == (2, 3, 224, 224)
 
 
@@ -195,7 +197,7 @@ def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(
 
 
 def test_missing_camera_and_state_are_named(toy):
-    with pytest.raises(Exception, match="no camera 'observation.images.top'"):
+    with pytest.raises(Exception, match=r"no camera 'observation\.images\.top'"):
         DemoData(DataConfig(dataset=str(toy), cameras=("observation.images.top",)))
     with pytest.raises(Exception, match="not a LeRobot dataset"):
         DemoData(DataConfig(dataset=str(toy / "nothing")))
@@ -223,7 +225,7 @@ def test_a_gradient_reaches_every_head(toy, head):
 
 
 def test_a_head_left_out_of_the_optimizer_is_caught(toy):
-    model, _, inputs = tiny_inputs("flow", toy)
+    model, _, _ = tiny_inputs("flow", toy)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
     check_optimizer_covers(model, torch.optim.AdamW(params))
     # the official scripts' bug: the flow head built but not given to the optimizer
@@ -332,7 +334,9 @@ def test_tiny_model_learns_the_toy_demonstrations(toy, tmp_path):
     result = Trainer(r, progress=False, log=lambda _: None).run()
     first, last = result.losses[0][1], result.losses[-1][1]
     before, after = result.validations[0], result.validations[-1]
-    print(f"loss {first:.3f} -> {last:.3f}, MAE {before['joint_mae']:.3f} -> {after['joint_mae']:.3f}")
+    print(
+        f"loss {first:.3f} -> {last:.3f}, MAE {before['joint_mae']:.3f} -> {after['joint_mae']:.3f}"
+    )
     assert (before["step"], after["step"], after["split"]) == (0, 300, "train")
     assert last < 0.4 * first
     assert after["joint_mae"] < 0.4 * before["joint_mae"]
@@ -444,3 +448,66 @@ def test_a_trained_lora_checkpoint_drives_the_policy_node(toy, tmp_path):
         feed.stop()
         proc.stop()
         client.close()
+
+
+def test_accelerate_launch_runs_the_same_code_on_two_processes(toy, tmp_path):
+    """Data-parallel (DDP over gloo on CPU): what multi-GPU runs do, with no code change."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run(
+        [
+            str(accelerate),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "dream_vla_ros.finetune",
+            str(RECIPE),
+            f"data.dataset={toy}",
+            f"output_dir={tmp_path}/{{name}}",
+            "train.steps=3",
+            "train.batch_size=2",
+            "train.log_every=1",
+            "lora.enabled=true",
+            "lora.r=4",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "piper_tiny_cpu"
+    assert proc.stdout.count("steps in") == 1  # only the main process reports
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert json.loads((out / "final/training.json").read_text())["step"] == 3
+    Policy.from_checkpoint(out / "final")  # loads (adapter merged onto out/base)
+
+
+def test_bf16_lora_keeps_the_frozen_base_in_half_precision(toy, tmp_path):
+    r = recipe(
+        toy,
+        tmp_path / "run",
+        "lora.enabled=true",
+        "lora.r=4",
+        "train.steps=2",
+        "model.mixed_precision=bf16",
+    )
+    trainer = Trainer(r, progress=False, log=lambda _: None)
+    result = trainer.run()
+    dtypes = {p.requires_grad: set() for p in trainer.model.parameters()}
+    for p in trainer.model.parameters():
+        dtypes[p.requires_grad].add(p.dtype)
+    assert dtypes == {True: {torch.float32}, False: {torch.bfloat16}}
+    assert np.isfinite(result.losses[-1][1])
+    chunk = Policy.from_checkpoint(result.final).infer(
+        Observation([np.zeros((72, 96, 3), np.uint8)] * 2, "reach the red cube", np.zeros(7))
+    )
+    assert np.all(np.isfinite(chunk.actions))

@@ -144,7 +144,9 @@ class TrainingObjective(nn.Module):
             prompt, attention_mask, model.model.embed_tokens(x), proprio
         )
         logits = model.lm_head(hidden).float()
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+        ce = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+        )
         ce = ce.reshape(b, -1)
         real_tokens = pad[:, :, None].expand(b, chunk, dim).reshape(b, -1).to(ce.dtype)
         weight = masked.to(ce.dtype) * real_tokens / t.to(ce.dtype)[:, None]

@@ -8,6 +8,7 @@ problem raises `RecipeError` with one sentence naming the key and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -16,7 +17,6 @@ from typing import Any
 import yaml
 
 from dream_vla_ros.model.config import HEADS, PRESETS
-
 
 # string settings whose words YAML 1.1 reads as booleans: key -> (true word, false word)
 YAML_BOOL_WORDS = {
@@ -154,10 +154,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"'{key}' must be a number, got {value!r}")
         return float(value)
@@ -252,7 +250,7 @@ def validate(recipe: Recipe) -> Recipe:
         (t.lr > 0, "'train.lr' must be > 0"),
         (t.weight_decay >= 0, "'train.weight_decay' must be >= 0"),
         (all(0 <= b < 1 for b in t.betas), "'train.betas' must be in [0, 1)"),
-        (0 <= t.warmup_steps, "'train.warmup_steps' must be >= 0"),
+        (t.warmup_steps >= 0, "'train.warmup_steps' must be >= 0"),
         (
             t.schedule in ("cosine", "linear", "constant"),
             "'train.schedule' must be cosine, linear or constant",

@@ -112,10 +112,8 @@ def lr_factor(step: int, recipe: Recipe) -> float:
         return 1.0
     span = max(1, t.steps - t.warmup_steps)
     progress = min(1.0, (step - t.warmup_steps) / span)
-    if t.schedule == "linear":
-        shape = 1.0 - progress
-    else:
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    shape = 1.0 - progress if t.schedule == "linear" else cosine
     return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
 
 
@@ -211,7 +209,9 @@ class Trainer:
                 # the random initial weights the adapters were trained on
                 base_dir = adapter_base(self.resume)
                 if base_dir is None:
-                    raise TrainingError(f"cannot resume LoRA training: {self.resume} has no adapter")
+                    raise TrainingError(
+                        f"cannot resume LoRA training: {self.resume} has no adapter"
+                    )
                 load_base_weights(model, base_dir)
         else:
             base_dir = Path(r.model.base)
@@ -415,6 +415,12 @@ class Trainer:
         mixed = r.model.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if device == "cuda" else "no"
+        # accelerate keeps its settings in a process-wide singleton: a second run in
+        # the same process (tests, notebooks) with other settings must start afresh;
+        # the process group (PartialState) is kept
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
         accelerator = Accelerator(
             cpu=device == "cpu",
             mixed_precision=mixed,
@@ -442,6 +448,11 @@ class Trainer:
         else:
             set_full_finetuning(model, r.model.freeze_vision)
         self.base_dir = base_dir
+        if mixed in ("bf16", "fp16") and self.peft_model is not None:
+            # frozen base weights in half precision (a 7B base: 16 GB instead of 33);
+            # adapters and heads stay fp32 for the optimizer, autocast does the rest
+            half = torch.bfloat16 if mixed == "bf16" else torch.float16
+            freeze_to(model, half)
         checkpointing = r.model.gradient_checkpointing == "on" or (
             r.model.gradient_checkpointing == "auto" and device == "cuda"
         )
@@ -495,7 +506,7 @@ class Trainer:
             self.log(
                 f"train: {r.name}: {len(data.train_episodes)} train / {len(data.val_episodes)} "
                 f"val episodes, {len(data.windows['train'])} windows, head {r.model.head}, "
-                f"{'LoRA r=%d' % r.lora.r if r.lora.enabled else 'full finetuning'}, "
+                f"{f'LoRA r={r.lora.r}' if r.lora.enabled else 'full finetuning'}, "
                 f"{sum(p.numel() for p in params.values()):,} trainable parameters, "
                 f"device {accelerator.device}, from step {start_step}"
             )
@@ -556,7 +567,9 @@ class Trainer:
                 lr = scheduler.get_last_lr()[0]
                 self.losses.append((step, mean_loss))
                 if main:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}")
+                    bar.set_postfix(
+                        loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}"
+                    )
                     self._write_metrics(
                         {"step": step, "loss": mean_loss, "lr": lr, "samples_per_s": samples_per_s}
                     )
@@ -622,11 +635,20 @@ class Trainer:
         return ", ".join(parts)
 
 
+def freeze_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the parameters that do not train to `dtype` (in place)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            p.data = p.data.to(dtype)
+
+
 def check_optimizer_covers(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Every parameter that requires a gradient is in the optimizer, and every head
     module trains (the bug class where a head is built but never optimised)."""
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer
+    ]
     if missing:
         raise TrainingError(f"trainable parameters missing from the optimizer: {missing[:5]}")
     base = model

@@ -214,7 +214,9 @@ def check_tensors(
     return problems
 
 
-def read_group(found: dict[str, tuple[Path, torch.Size]], prefix: str = "") -> dict[str, torch.Tensor]:
+def read_group(
+    found: dict[str, tuple[Path, torch.Size]], prefix: str = ""
+) -> dict[str, torch.Tensor]:
     """Tensors of one file group, keys prefixed (e.g. 'action_head.')."""
     by_file: dict[Path, list[str]] = {}
     for name, (f, _) in found.items():
@@ -249,7 +251,7 @@ def load_base_weights(model: DreamVLA, path: str | Path) -> list[str]:
                 state.update(read_group(tensors, part + "."))
                 copied.append(part)
     with torch.no_grad():
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        _, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     return copied
 
