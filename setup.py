@@ -51,6 +51,7 @@ setup(
         "av>=12",
         "matplotlib>=3.7",
         "zstandard>=0.22",
+        "mujoco>=3.1",
     ],
     zip_safe=False,
     entry_points={
@@ -59,6 +60,7 @@ setup(
             "controller_node = dream_vla_ros.ros.controller_node:main",
             "policy_node = dream_vla_ros.ros.policy_node:main",
             "sim_camera_node = dream_vla_ros.ros.sim_camera_node:main",
+            "sim_world_node = dream_vla_ros.ros.sim_world_node:main",
             "teleop_node = dream_vla_ros.ros.teleop_node:main",
             "recorder_node = dream_vla_ros.ros.recorder_node:main",
             "demo_chunk_publisher = dream_vla_ros.ros.demo_publisher:main",

@@ -19,6 +19,18 @@ else
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   ros_reqs=(-r requirements/ros-wheels.txt)
 fi
+# MuJoCo renders off-screen through EGL; without a GPU that is Mesa's software EGL
+# (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri). Installed when missing and we may.
+if ! ldconfig -p 2>/dev/null | grep -q "libEGL_mesa.so.0"; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Mesa EGL for off-screen rendering (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null
+  else
+    echo "setup: WARNING: Mesa EGL is missing; install libegl1 libegl-mesa0 libgl1-mesa-dri" \
+      "for the MuJoCo world (or set MUJOCO_GL=osmesa with libosmesa6)" >&2
+  fi
+fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements/torch.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/torch.txt \

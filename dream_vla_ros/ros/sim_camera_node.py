@@ -24,8 +24,10 @@ from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
 
 
 class SimCameraNode(Node):
+    NAME = "sim_camera"
+
     def __init__(self) -> None:
-        super().__init__("sim_camera")
+        super().__init__(self.NAME)
 
         def declare(name, default, description, **extra):
             return self.declare_parameter(
@@ -48,7 +50,7 @@ class SimCameraNode(Node):
         wrist = declare("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic ('' = none)")
         joints = declare("joint_state_topic", "/joint_states", "Joint states to render")
 
-        self.scene = SchematicScene(camera=CameraModel(width=width, height=height))
+        self.scene = self.make_scene(width, height)
         msg_type = Image if self.kind == "raw" else CompressedImage
         self.pub_front = self.create_publisher(msg_type, front, qos_profile_sensor_data)
         self.pub_wrist = (
@@ -61,9 +63,13 @@ class SimCameraNode(Node):
         self.create_subscription(JointState, joints, self._on_state, 10)
         self.create_timer(1.0 / rate, self._render)
         self.get_logger().info(
-            f"sim_camera up: {width}x{height} {self.kind} at {rate} Hz on {front}"
+            f"{self.NAME} up: {width}x{height} {self.kind} at {rate} Hz on {front}"
             + (f" and {wrist}" if wrist else "")
         )
+
+    def make_scene(self, width: int, height: int):
+        """The renderer: anything with render_front(q) and render_wrist(q)."""
+        return SchematicScene(camera=CameraModel(width=width, height=height))
 
     def _on_state(self, msg: JointState) -> None:
         index = {n: i for i, n in enumerate(msg.name)}

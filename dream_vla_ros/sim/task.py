@@ -1,0 +1,188 @@
+"""The "touch the {colour} cube" task: random layouts, success, a scripted expert.
+
+A layout is three cubes (red, green, blue) at seeded random places on the table
+in front of the arm (x 0.22-0.36 m, y -0.16-0.16 m, centres at least 9 cm
+apart) and the colour named in the instruction. **Success**: the fingertip (the
+tip of the closed fingers, 6 cm along the flange z axis) comes within
+`SUCCESS_DISTANCE_M` (3 cm) of the named cube's top face centre, before it comes
+that close to another cube's.
+
+The expert solves it from joint space: inverse kinematics (damped least
+squares on the DH forward kinematics) for a pose 6 cm above the cube with the
+fingers pointing down, then for the touch pose 1 cm above the top face; it moves
+home -> above -> touch with minimum-jerk profiles and holds. It implements the
+teleop interface (robot/teleop.py), so the recorder records it like a person on
+a leader arm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.robot.teleop import minimum_jerk
+
+COLOURS = ("red", "green", "blue")
+CUBE_SIZE = 0.04
+FINGER_LENGTH = 0.06
+SUCCESS_DISTANCE_M = 0.03
+HOME = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05])
+X_RANGE = (0.22, 0.36)
+Y_RANGE = (-0.16, 0.16)
+MIN_SEPARATION_M = 0.09
+
+
+@dataclass(frozen=True)
+class Layout:
+    seed: int
+    cubes: dict[str, np.ndarray]  # colour -> centre (x, y, z) [m]
+    target: str  # the colour to touch
+
+    @property
+    def instruction(self) -> str:
+        return f"touch the {self.target} cube"
+
+    def top(self, colour: str) -> np.ndarray:
+        return self.cubes[colour] + np.array([0.0, 0.0, CUBE_SIZE / 2])
+
+
+def sample_layout(seed: int) -> Layout:
+    rng = np.random.default_rng([seed, 20261122])
+    cubes: dict[str, np.ndarray] = {}
+    for colour in COLOURS:
+        for _ in range(1000):
+            p = np.array([rng.uniform(*X_RANGE), rng.uniform(*Y_RANGE), CUBE_SIZE / 2])
+            if all(np.linalg.norm(p[:2] - o[:2]) >= MIN_SEPARATION_M for o in cubes.values()):
+                cubes[colour] = p
+                break
+        else:  # pragma: no cover - the region fits three cubes easily
+            raise RuntimeError(f"cannot place the {colour} cube for seed {seed}")
+    target = COLOURS[int(rng.integers(len(COLOURS)))]
+    return Layout(seed, cubes, target)
+
+
+def fingertip(chain: DHChain, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fingertip position and the fingers' pointing direction (flange z) in the base frame."""
+    pose = chain.end_effector(q)
+    return pose[:3, 3] + FINGER_LENGTH * pose[:3, 2], pose[:3, 2]
+
+
+@dataclass
+class Outcome:
+    success: bool
+    touched: str  # the first cube the fingertip reached ('' = none)
+    distance_m: float  # closest approach to the target cube's top
+
+
+class SuccessMonitor:
+    """Follows the fingertip along an episode and decides success."""
+
+    def __init__(self, layout: Layout, chain: DHChain | None = None) -> None:
+        self.layout = layout
+        self.chain = chain or DHChain.load()
+        self.touched = ""
+        self.closest = float("inf")
+
+    def update(self, q: np.ndarray) -> None:
+        tip, _ = fingertip(self.chain, q)
+        for colour in COLOURS:
+            d = float(np.linalg.norm(tip - self.layout.top(colour)))
+            if colour == self.layout.target:
+                self.closest = min(self.closest, d)
+            if not self.touched and d < SUCCESS_DISTANCE_M:
+                self.touched = colour
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.touched == self.layout.target, self.touched, self.closest)
+
+
+def solve_ik(
+    chain: DHChain,
+    target: np.ndarray,
+    q0: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    iterations: int = 200,
+) -> np.ndarray:
+    """Joints (6) that put the fingertip at `target` with the fingers pointing down.
+    Damped least squares on a numerical Jacobian; raises if it does not converge."""
+    q = np.clip(np.asarray(q0, dtype=np.float64)[:6].copy(), lower, upper)
+    down = np.array([0.0, 0.0, -1.0])
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        tip, axis = fingertip(chain, x)
+        return np.r_[tip - target, 0.3 * (axis - down)]
+
+    for _ in range(iterations):
+        r = residual(q)
+        if np.linalg.norm(r[:3]) < 1e-4 and np.linalg.norm(r[3:]) < 3e-3:
+            return q
+        jac = np.empty((6, 6))
+        for j in range(6):
+            dq = np.zeros(6)
+            dq[j] = 1e-6
+            jac[:, j] = (residual(q + dq) - r) / 1e-6
+        step = np.linalg.solve(jac.T @ jac + 1e-4 * np.eye(6), -jac.T @ r)
+        q = np.clip(q + np.clip(step, -0.2, 0.2), lower, upper)
+    r = residual(q)
+    if np.linalg.norm(r[:3]) > 2e-3:
+        raise RuntimeError(
+            f"IK did not reach {np.round(target, 3)} (error {np.linalg.norm(r[:3]):.4f} m)"
+        )
+    return q
+
+
+class TouchExpert:
+    """Scripted expert for one layout, as a teleop source (robot/teleop.py)."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        approach_s: float = 2.5,
+        descend_s: float = 1.2,
+        chain: DHChain | None = None,
+    ) -> None:
+        self.layout = layout
+        self.chain = chain or DHChain.load()
+        self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
+        self.approach_s, self.descend_s = approach_s, descend_s
+        top = layout.top(layout.target)
+        self.above = solve_ik(self.chain, top + [0, 0, 0.06], HOME, self.lower, self.upper)
+        self.touch = solve_ik(self.chain, top + [0, 0, 0.01], self.above, self.lower, self.upper)
+        self._start: tuple[float, np.ndarray] | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return self.approach_s + self.descend_s
+
+    def start(self, now_s: float, current: np.ndarray) -> None:
+        self._start = (now_s, np.asarray(current, dtype=np.float64).copy())
+
+    def _at(self, t: float) -> np.ndarray:
+        assert self._start is not None
+        t0, q0 = self._start
+        s = t - t0
+        gripper = 0.0  # fingers closed: the fingertip is one point
+        if s <= self.approach_s:
+            a = float(minimum_jerk(s / self.approach_s))
+            q = q0[:6] + a * (self.above - q0[:6])
+        else:
+            a = float(minimum_jerk((s - self.approach_s) / self.descend_s))
+            q = self.above + a * (self.touch - self.above)
+        return np.r_[q, gripper]
+
+    def command(self, now_s: float) -> np.ndarray | None:
+        return None if self._start is None else self._at(now_s)
+
+    def preview(self, now_s: float, times_s: np.ndarray) -> np.ndarray | None:
+        if self._start is None:
+            return None
+        return np.stack([self._at(float(t)) for t in times_s])
+
+    def close(self) -> None:
+        self._start = None

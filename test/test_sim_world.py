@@ -1,0 +1,203 @@
+"""The MuJoCo world, the touch task and its expert, and the sim_world node."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.sim.task import (
+    COLOURS,
+    HOME,
+    MIN_SEPARATION_M,
+    SuccessMonitor,
+    TouchExpert,
+    fingertip,
+    sample_layout,
+)
+from dream_vla_ros.sim.world import PiperWorld
+
+W, H = 160, 120
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = PiperWorld(width=W, height=H)
+    yield w
+    w.close()
+
+
+def colour_mask(image: np.ndarray, colour: str) -> np.ndarray:
+    rgb = image.astype(int)
+    channel = {"red": 0, "green": 1, "blue": 2}[colour]
+    others = [c for c in range(3) if c != channel]
+    return (rgb[..., channel] > 120) & np.all(rgb[..., others] < 0.6 * rgb[..., [channel]], -1)
+
+
+def test_world_kinematics_equal_the_dh_chain(world):
+    chain = DHChain.load()
+    rng = np.random.default_rng(0)
+    limits = load_safety_config()
+    for _ in range(20):
+        q = rng.uniform(limits.soft_lower, limits.soft_upper)
+        world.set_joints(q)
+        assert np.allclose(world.flange_pose(), chain.end_effector(q), atol=1e-5)
+        assert np.allclose(world.fingertip(), fingertip(chain, q)[0], atol=1e-5)
+
+
+def test_images_change_with_the_arm_and_with_the_objects(world):
+    layout = sample_layout(3)
+    world.set_cubes(layout.cubes)
+    front = world.render_front(HOME)
+    wrist = world.render_wrist(HOME)
+    for image in (front, wrist):
+        assert image.shape == (H, W, 3) and image.dtype == np.uint8
+        assert image.std() > 15  # not black, not flat
+    # every cube is visible from the front camera
+    for colour in COLOURS:
+        assert colour_mask(front, colour).sum() > 10, colour
+    # the arm moves: both views change
+    moved = HOME + np.array([0.5, 0.3, -0.2, 0.0, 0.2, 0.0, 0.0])
+    assert np.abs(world.render_front(moved).astype(int) - front).mean() > 1.0
+    assert np.abs(world.render_wrist(moved).astype(int) - wrist).mean() > 5.0
+    # an object moves: the red pixels move with it
+    before = np.argwhere(colour_mask(front, "red")).mean(0)
+    shifted = dict(layout.cubes)
+    shifted["red"] = layout.cubes["red"] + np.array(
+        [0.0, 0.12 if layout.cubes["red"][1] < 0 else -0.12, 0.0]
+    )
+    world.set_cubes(shifted)
+    after_image = world.render_front(HOME)
+    after = np.argwhere(colour_mask(after_image, "red")).mean(0)
+    assert np.linalg.norm(after - before) > 5, (before, after)
+    world.set_cubes(layout.cubes)
+    assert np.array_equal(world.render_front(HOME), front)  # and nothing else changed
+
+
+def test_layouts_are_seeded_and_separated():
+    a, b = sample_layout(11), sample_layout(11)
+    assert a.target == b.target and all(np.array_equal(a.cubes[c], b.cubes[c]) for c in COLOURS)
+    targets = set()
+    for seed in range(40):
+        layout = sample_layout(seed)
+        targets.add(layout.target)
+        pts = [layout.cubes[c][:2] for c in COLOURS]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert np.linalg.norm(pts[i] - pts[j]) >= MIN_SEPARATION_M
+        assert layout.instruction == f"touch the {layout.target} cube"
+    assert targets == set(COLOURS)
+
+
+def test_the_expert_touches_the_named_cube_and_only_it():
+    limits = load_safety_config()
+    lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
+    for seed in range(20):
+        layout = sample_layout(seed)
+        expert = TouchExpert(layout, lower, upper)
+        expert.start(10.0, HOME)
+        monitor = SuccessMonitor(layout)
+        times = 10.0 + np.arange(0.0, expert.duration_s + 0.3, 0.02)
+        poses = expert.preview(10.0, times)
+        assert np.all(poses[:, :6] >= lower[:6]) and np.all(poses[:, :6] <= upper[:6])
+        assert np.abs(np.diff(poses[:, :6], axis=0)).max() / 0.02 < 1.5  # joint speed limit
+        for q in poses:
+            monitor.update(q)
+        assert monitor.outcome.success, (seed, monitor.outcome)
+        # a monitor watching a different target calls the same motion a failure
+        other = next(c for c in COLOURS if c != layout.target)
+        wrong = SuccessMonitor(type(layout)(layout.seed, layout.cubes, other))
+        for q in poses:
+            wrong.update(q)
+        assert not wrong.outcome.success and wrong.outcome.touched == layout.target
+
+
+@pytest.mark.ros
+def test_sim_world_node_publishes_cameras_and_the_task():
+    import threading
+    import time
+
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+    from rosutil import NodeProcess, TestNode, wait_for
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.ros.conversions import joint_state
+
+    client = TestNode("sim_world_test")
+    lock = threading.Lock()
+    images: dict[str, list[Image]] = {"front": [], "wrist": []}
+    tasks: list[dict] = []
+
+    def keep(role):
+        def on(msg):
+            with lock:
+                images[role].append(msg)
+
+        return on
+
+    node = client.node
+    node.create_subscription(Image, "/w/front", keep("front"), qos_profile_sensor_data)
+    node.create_subscription(Image, "/w/wrist", keep("wrist"), qos_profile_sensor_data)
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    node.create_subscription(
+        String, "/sim_world/task", lambda m: tasks.append(json.loads(m.data)), latched
+    )
+    states = node.create_publisher(JointState, "/w/joint_states", 10)
+    proc = NodeProcess(
+        "dream_vla_ros.ros.sim_world_node",
+        {
+            "width": W,
+            "height": H,
+            "rate_hz": 10.0,
+            "front_topic": "/w/front",
+            "wrist_topic": "/w/wrist",
+            "joint_state_topic": "/w/joint_states",
+            "task.seed": 4,
+        },
+        "sim_world",
+    )
+    try:
+        wait_for(lambda: bool(tasks), 60, f"the task layout\n{proc.output()}")
+        assert tasks[-1]["seed"] == 4 and tasks[-1]["instruction"] == sample_layout(4).instruction
+        stamp = client.now()
+        for _ in range(60):
+            stamp = client.now()
+            states.publish(joint_state(stamp, JOINT_NAMES, HOME))
+            time.sleep(0.05)
+            with lock:
+                if images["front"] and images["wrist"]:
+                    break
+        assert images["front"] and images["wrist"], proc.output()
+        with lock:
+            first = np.frombuffer(bytes(images["front"][-1].data), np.uint8).reshape(H, W, 3)
+        assert first.std() > 15
+        # a new layout at run time: new task message, new picture
+        seed = Parameter(
+            name="task.seed",
+            value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=9),
+        )
+        request = SetParameters.Request(parameters=[seed])
+        reply = client.call(SetParameters, "/sim_world/set_parameters", request, timeout=20.0)
+        assert reply.results[0].successful
+        wait_for(lambda: tasks[-1]["seed"] == 9, 20, "the new layout")
+        with lock:
+            images["front"].clear()
+        for _ in range(60):
+            states.publish(joint_state(client.now(), JOINT_NAMES, HOME))
+            time.sleep(0.05)
+            with lock:
+                if images["front"]:
+                    break
+        with lock:
+            second = np.frombuffer(bytes(images["front"][-1].data), np.uint8).reshape(H, W, 3)
+        assert np.abs(second.astype(int) - first).mean() > 0.5
+    finally:
+        proc.stop()
+        client.close()
