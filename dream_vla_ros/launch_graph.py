@@ -250,7 +250,41 @@ COLLECT_PIPER = Graph(
     ),
 )
 
-GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER)}
+_SIM_WORLD = _ros_node(
+    "sim_world",
+    ("sim_world.yaml",),
+    (
+        Override("task.seed", "{task_seed}", "int"),
+        Override("rate_hz", "{camera_rate_hz}", "float"),
+        Override("width", "{camera_width}", "int"),
+        Override("height", "{camera_height}", "int"),
+    ),
+    nice=5,
+)
+
+COLLECT_WORLD = Graph(
+    name="collect_world",
+    description="Touch-the-cube demonstrations in the MuJoCo world: simulated PiPER, sim_world "
+    "cameras, the scripted expert (teleop source touch_expert, layout = task.seed on sim_world "
+    "and teleop), recorder",
+    arguments=(
+        Argument("output_dir", "episodes", "Folder of the recorded episodes"),
+        Argument("instruction", "touch the red cube", "Instruction stored with each episode"),
+        Argument("task_seed", "0", "Initial layout seed (sim_world)"),
+        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
+        Argument("camera_width", "320", "Camera width [px]"),
+        Argument("camera_height", "240", "Camera height [px]"),
+    ),
+    nodes=(
+        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
+        _SIM_WORLD,
+        _ros_node("teleop", ("teleop.yaml",), (Override("source", "touch_expert"),)),
+        _RECORDER,
+    ),
+)
+
+GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER, COLLECT_WORLD)}
 REQUIRED = {("bringup", "checkpoint")}
 
 

@@ -201,3 +201,74 @@ def test_sim_world_node_publishes_cameras_and_the_task():
     finally:
         proc.stop()
         client.close()
+
+
+def _set_int(client, node: str, name: str, value: int):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    param = Parameter(
+        name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    )
+    reply = client.call(
+        SetParameters, f"/{node}/set_parameters", SetParameters.Request(parameters=[param]), 20.0
+    )
+    assert reply.results[0].successful, reply.results[0].reason
+
+
+@pytest.mark.ros
+def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(tmp_path):
+    """teleop (touch_expert) -> controller -> piper_sdk -> virtual CAN -> firmware
+    simulator -> /joint_states: the measured arm touches the named cube."""
+    import threading
+    import time
+
+    from rosutil import TestNode, wait_for
+    from sensor_msgs.msg import JointState
+
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.launch_graph import COLLECT_WORLD, Graph, parse_arguments
+    from dream_vla_ros.launcher import Launcher
+
+    g = Graph("world", "controller, sim_world, expert", (), COLLECT_WORLD.nodes[:3])
+    values = parse_arguments(COLLECT_WORLD, ["camera_width:=96", "camera_height:=72"])
+    log = open(tmp_path / "world.log", "w")  # noqa: SIM115
+    launcher = Launcher(g, values, out=log, grace_s=5.0).start()
+    client = TestNode("expert_test")
+    lock = threading.Lock()
+    latest: list[np.ndarray] = []
+    monitor: list[SuccessMonitor] = []
+
+    def on_state(msg: JointState) -> None:
+        index = {n: i for i, n in enumerate(msg.name)}
+        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        with lock:
+            latest[:] = [q]
+            if monitor:
+                monitor[0].update(q)
+
+    client.node.create_subscription(JointState, "/joint_states", on_state, 50)
+
+    def at_home() -> bool:
+        with lock:
+            return bool(latest) and np.abs(latest[0][:6] - HOME[:6]).max() < 0.03
+
+    try:
+        wait_for(at_home, 90, "the expert to bring the arm home")
+        for seed in (2, 5):
+            layout = sample_layout(seed)
+            with lock:
+                monitor[:] = [SuccessMonitor(layout)]
+            _set_int(client, "sim_world", "task.seed", seed)
+            _set_int(client, "teleop", "task.seed", seed)
+            time.sleep(3.7 + 2.0)  # the expert's move plus tracking lag
+            with lock:
+                outcome = monitor[0].outcome
+                monitor.clear()
+            assert outcome.success, (seed, outcome)
+            _set_int(client, "teleop", "task.seed", -1)
+            wait_for(at_home, 30, "home again")
+    finally:
+        client.close()
+        launcher.shutdown()
+        log.close()

@@ -12,6 +12,7 @@ is forwarded and the controller's watchdog decelerates and holds.
 from __future__ import annotations
 
 import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -34,7 +35,7 @@ class TeleopNode(Node):
         super().__init__("teleop")
         names: list[str] = []
         declare = parameter_declarer(self, names)
-        declare("source", "scripted", "scripted | piper_leader")
+        declare("source", "scripted", "scripted | piper_leader | touch_expert (sim task)")
         declare("rate_hz", 50.0, "Command rate [Hz]", floating_point_range=float_range(1.0, 500.0))
         declare("chunk_points", 10, "Points per forwarded chunk", integer_range=int_range(1, 200))
         declare("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic")
@@ -57,10 +58,23 @@ class TeleopNode(Node):
         )
         declare("limits_file", "", "Joint limits (empty: the package's config/piper.yaml)")
         p = {n: self.get_parameter(n).value for n in names}
+        self.declare_parameter(
+            "task.seed",
+            -1,
+            ParameterDescriptor(
+                description="touch_expert: layout seed of the episode (sim/task.py); -1 = go "
+                "home and hold. Setting it restarts the expert from the measured pose",
+                integer_range=int_range(-1, 2**31 - 1),
+            ),
+        )
 
-        cfg = load_safety_config(p["limits_file"] or None)
+        self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
-        if p["source"] == "scripted":
+        self._measured: np.ndarray | None = None
+        if p["source"] == "touch_expert":
+            self.source = self._expert(int(self.get_parameter("task.seed").value))
+            self.add_on_set_parameters_callback(self._on_set)
+        elif p["source"] == "scripted":
             self.source = ScriptedTeleop(
                 ScriptedSettings(
                     seed=p["scripted.seed"],
@@ -73,7 +87,9 @@ class TeleopNode(Node):
         elif p["source"] == "piper_leader":
             self.source = PiperLeaderTeleop(p["leader.can_name"], p["leader.bustype"])
         else:
-            raise ValueError(f"source must be scripted or piper_leader, got '{p['source']}'")
+            raise ValueError(
+                f"source must be scripted, piper_leader or touch_expert, got '{p['source']}'"
+            )
         self.dt = 1.0 / p["rate_hz"]
         self.horizon = np.arange(1, p["chunk_points"] + 1) * self.dt
         self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
@@ -89,13 +105,36 @@ class TeleopNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def _expert(self, seed: int) -> TeleopSource:
+        from dream_vla_ros.sim.task import TouchExpert, sample_layout
+
+        layout = None if seed < 0 else sample_layout(seed)
+        return TouchExpert(layout, self.cfg.soft_lower, self.cfg.soft_upper)
+
+    def _on_set(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "task.seed":
+                try:
+                    source = self._expert(int(param.value))
+                except RuntimeError as exc:  # IK failure: say so, keep the old source
+                    return SetParametersResult(successful=False, reason=str(exc))
+                self.source.close()
+                self.source = source
+                self.started = False
+                if self._measured is not None:  # restart from where the arm is now
+                    self._begin(self._measured)
+        return SetParametersResult(successful=True)
+
     def _on_state(self, msg: JointState) -> None:
-        if self.started:
-            return
         index = {n: i for i, n in enumerate(msg.name)}
         if not all(n in index for n in JOINT_NAMES) or len(msg.position) != len(msg.name):
             return
         q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        self._measured = q
+        if not self.started:
+            self._begin(q)
+
+    def _begin(self, q: np.ndarray) -> None:
         try:
             self.source.start(self._now(), q)
         except TeleopError as exc:

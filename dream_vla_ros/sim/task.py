@@ -136,11 +136,14 @@ def solve_ik(
 
 
 class TouchExpert:
-    """Scripted expert for one layout, as a teleop source (robot/teleop.py)."""
+    """Scripted expert for one layout, as a teleop source (robot/teleop.py). With no
+    layout it only returns the arm home (between episodes) and holds there."""
+
+    name = "touch_expert"
 
     def __init__(
         self,
-        layout: Layout,
+        layout: Layout | None,
         lower: np.ndarray,
         upper: np.ndarray,
         approach_s: float = 2.5,
@@ -151,9 +154,14 @@ class TouchExpert:
         self.chain = chain or DHChain.load()
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
         self.approach_s, self.descend_s = approach_s, descend_s
-        top = layout.top(layout.target)
-        self.above = solve_ik(self.chain, top + [0, 0, 0.06], HOME, self.lower, self.upper)
-        self.touch = solve_ik(self.chain, top + [0, 0, 0.01], self.above, self.lower, self.upper)
+        if layout is None:
+            self.above = self.touch = np.clip(HOME[:6], self.lower, self.upper)
+        else:
+            top = layout.top(layout.target)
+            self.above = solve_ik(self.chain, top + [0, 0, 0.06], HOME, self.lower, self.upper)
+            self.touch = solve_ik(
+                self.chain, top + [0, 0, 0.01], self.above, self.lower, self.upper
+            )
         self._start: tuple[float, np.ndarray] | None = None
 
     @property
@@ -167,7 +175,7 @@ class TouchExpert:
         assert self._start is not None
         t0, q0 = self._start
         s = t - t0
-        gripper = 0.0  # fingers closed: the fingertip is one point
+        gripper = HOME[6] if self.layout is None else 0.0  # closed: the tip is one point
         if s <= self.approach_s:
             a = float(minimum_jerk(s / self.approach_s))
             q = q0[:6] + a * (self.above - q0[:6])
