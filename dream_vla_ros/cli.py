@@ -12,6 +12,7 @@ dream-vla launch
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 
 from dream_vla_ros.launch_graph import GRAPHS, LaunchError, graph, node_command, parse_arguments
 from dream_vla_ros.launcher import Launcher, launch
+from dream_vla_ros.paths import config_path
 
 
 class _Monitor:
@@ -301,6 +303,78 @@ def _train_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _sim_command(args: argparse.Namespace) -> int:
+    from dream_vla_ros.data.lerobot import DatasetError
+    from dream_vla_ros.finetune.recipe import RecipeError
+    from dream_vla_ros.finetune.trainer import TrainingError
+    from dream_vla_ros.model.checkpoint import CheckpointError
+    from dream_vla_ros.ros.closed_loop import ClosedLoopError, collect, evaluate
+
+    errors = (ClosedLoopError, DatasetError, RecipeError, TrainingError, CheckpointError, OSError)
+    camera = (args.camera_width, args.camera_height)
+    seeds = list(range(args.eval_seed0, args.eval_seed0 + args.seeds))
+    try:
+        if args.action == "collect":
+            summary = collect(args.out, args.episodes, args.seed0, camera)
+            print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
+            return 0
+        if args.action == "evaluate":
+            summary = evaluate(args.checkpoint, args.out, seeds, args.timeout, camera)
+            print(f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds")
+            return 0
+        return _pipeline(args, camera, seeds)
+    except KeyboardInterrupt:
+        return 130
+    except errors as exc:
+        print(f"dream-vla sim {args.action}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int]) -> int:
+    """collect -> dataset build -> train -> evaluate, all under OUT."""
+    from dream_vla_ros.data.build import BuildSettings, build_dataset
+    from dream_vla_ros.finetune.recipe import load_recipe
+    from dream_vla_ros.finetune.trainer import Trainer
+    from dream_vla_ros.ros.closed_loop import collect, evaluate
+
+    out = Path(args.out)
+    start = time.monotonic()
+    times: dict[str, float] = {}
+    expert = collect(out / "episodes", args.episodes, args.seed0, camera)
+    times["collect_s"] = time.monotonic() - start
+    t = time.monotonic()
+    # 10 Hz cameras on a busy machine: a frame can be a period late, not more
+    settings = BuildSettings(fps=10, image_tolerance_s=0.3, state_tolerance_s=0.2)
+    report = build_dataset(out / "episodes", out / "dataset", settings)
+    print(report.summary())
+    times["build_s"] = time.monotonic() - t
+    t = time.monotonic()
+    overrides = [f"data.dataset={out / 'dataset'}", f"output_dir={out / 'run'}", *args.overrides]
+    result = Trainer(load_recipe(args.recipe, overrides), progress=not args.no_progress).run()
+    times["train_s"] = time.monotonic() - t
+    t = time.monotonic()
+    summary = evaluate(result.final, out / "eval", seeds, args.timeout, camera)
+    times["evaluate_s"] = time.monotonic() - t
+    times["total_s"] = time.monotonic() - start
+    final = {
+        "expert_success_rate": expert["expert_success_rate"],
+        "policy_success_rate": summary["success_rate"],
+        "episodes": args.episodes,
+        "seeds": len(seeds),
+        "checkpoint": str(result.final),
+        **{k: round(v, 1) for k, v in times.items()},
+    }
+    (out / "pipeline.json").write_text(json.dumps(final, indent=2))
+    print(
+        f"pipeline: expert {final['expert_success_rate']:.0%}, policy "
+        f"{final['policy_success_rate']:.0%} over {len(seeds)} seeds, "
+        f"{times['total_s'] / 60:.1f} min (collect {times['collect_s']:.0f} s, build "
+        f"{times['build_s']:.0f} s, train {times['train_s']:.0f} s, evaluate "
+        f"{times['evaluate_s']:.0f} s); results in {out}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="dream-vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -367,7 +441,29 @@ def main(argv: list[str] | None = None) -> None:
     p_merge = sub.add_parser("merge", help="LoRA checkpoint -> one with merged weights")
     p_merge.add_argument("checkpoint")
     p_merge.add_argument("out_dir")
+    p_sim = sub.add_parser("sim", help="touch-the-cube world: collect, evaluate, pipeline")
+    sim_sub = p_sim.add_subparsers(dest="action", required=True)
+    p_col = sim_sub.add_parser("collect", help="OUT: record expert episodes in the world")
+    p_col.add_argument("out")
+    p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
+    p_ev.add_argument("checkpoint")
+    p_ev.add_argument("out")
+    p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
+    p_pipe.add_argument("out")
+    p_pipe.add_argument("--recipe", default=str(config_path("finetune/touch_tiny_cpu.yaml")))
+    p_pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p_pipe.add_argument("--no-progress", action="store_true")
+    for p in (p_col, p_ev, p_pipe):
+        p.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
+        p.add_argument("--seed0", type=int, default=1000, help="first layout seed of collection")
+        p.add_argument("--seeds", type=int, default=20, help="evaluation layouts")
+        p.add_argument("--eval-seed0", type=int, default=5000, help="first evaluation seed")
+        p.add_argument("--timeout", type=float, default=8.0, help="[s] per evaluation rollout")
+        p.add_argument("--camera-width", type=int, default=320)
+        p.add_argument("--camera-height", type=int, default=240)
     args = parser.parse_args(argv)
+    if args.command == "sim":
+        sys.exit(_sim_command(args))
     if args.command in ("train", "merge"):
         sys.exit(_train_command(args))
     if args.command in ("dataset", "play", "eval-bag"):

@@ -284,7 +284,40 @@ COLLECT_WORLD = Graph(
     ),
 )
 
-GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER, COLLECT_WORLD)}
+SIM_WORLD = Graph(
+    name="sim_world",
+    description="The MuJoCo world (touch the cube): simulated PiPER, sim_world cameras, policy, "
+    "controller; layout = sim_world task.seed, instruction = the policy's",
+    arguments=(
+        Argument("checkpoint", "", "Checkpoint directory; empty: random weights of `preset`"),
+        Argument("preset", "tiny", "Preset of the random-weights model"),
+        Argument("head", "flow", "Head of the random-weights model", ("discrete", "flow", "l1")),
+        *_common("cpu", "fp32"),
+        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        Argument("task_seed", "0", "Layout seed (sim_world)"),
+        Argument("policy_enabled", "true", "Policy publishes chunks at start", ("true", "false")),
+        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
+        Argument("camera_width", "320", "Camera width [px]"),
+        Argument("camera_height", "240", "Camera height [px]"),
+    ),
+    nodes=(
+        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
+        _SIM_WORLD,
+        _ros_node(
+            "policy",
+            ("policy.yaml", "policy_sim.yaml"),
+            (
+                *_POLICY_MODEL,
+                Override("model.preset", "{preset}"),
+                Override("model.head", "{head}"),
+                Override("enabled", "{policy_enabled}", "bool"),
+            ),
+            nice=10,
+        ),
+    ),
+)
+
+GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER, COLLECT_WORLD, SIM_WORLD)}
 REQUIRED = {("bringup", "checkpoint")}
 
 

@@ -31,7 +31,7 @@ from dream_vla_ros.finetune.trainer import (
     check_gradients,
     check_optimizer_covers,
 )
-from dream_vla_ros.model import DreamVLA, preset
+from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.policy import Observation, Policy
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer
@@ -279,6 +279,10 @@ def test_lora_trains_only_adapters_and_heads(toy, tmp_path):
     assert all(not torch.equal(start[k], end[k]) for k in start)  # the head trained
     files = sorted(p.name for p in result.final.iterdir())
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    # an adapter whose base is gone is named as such, not half-loaded
+    (tmp_path / "run/base").rename(tmp_path / "run/base-moved")
+    with pytest.raises(CheckpointError, match=r"base checkpoint .* does not exist"):
+        Policy.from_checkpoint(result.final)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -68,6 +68,7 @@ class PolicyRunner:
         self.ready = False
         self.problem = "warming up"
         self.extra_delay_s = self.settings.extra_delay_s  # adjustable while running
+        self.paused = False  # True: no inference, nothing published (frames are dropped)
         self._warmup_observation = warmup_observation
         self._instruction = instruction
         self._lock = threading.Lock()
@@ -114,6 +115,10 @@ class PolicyRunner:
         self.log(f"policy ready after {self.settings.warmup_iterations} warm-up inference(s)")
         next_allowed = 0.0
         while not self._stop.is_set():
+            if self.paused:
+                self.buffer.clear()
+                time.sleep(self.settings.poll_s)
+                continue
             if not self.buffer.wait_for_new(self.settings.poll_s):
                 self._note_problem(self.buffer.input_problem(self.now()))
                 continue

@@ -42,7 +42,8 @@ DEMO_BOX = (  # the random-weights policy acts inside this box around the home p
 )
 
 
-DYNAMIC = ("debug.inference_delay_s",)  # settable while running; the rest are read-only
+# settable while running; the rest are read-only
+DYNAMIC = ("debug.inference_delay_s", "enabled")
 
 
 def _floats(lo: float, hi: float) -> dict:
@@ -153,7 +154,9 @@ class PolicyNode(Node):
             warmup,
             runner_settings,
             log=lambda text: self.get_logger().warning(text),
-        ).start()
+        )
+        self.runner.paused = not p["enabled"]
+        self.runner.start()
         self.get_logger().info(
             f"policy up: checkpoint={checkpoint} head={cfg.head} device={p['device']} "
             f"dtype={p['dtype']} cameras={[c.topic for c in self.cameras]} "
@@ -183,6 +186,7 @@ class PolicyNode(Node):
             "Seed of the random weights and of the action sampler",
             **_ints(0, 2**31 - 1),
         )
+        declare("enabled", True, "Infer and publish chunks (false: idle, nothing published)")
         declare("device", "cpu", "Torch device: cpu, cuda, cuda:N")
         declare("dtype", "fp32", "Model dtype: fp32 | bf16 | fp16")
         declare("torch_threads", 0, "CPU threads for torch (0: torch's default)", **_ints(0, 256))
@@ -357,6 +361,11 @@ class PolicyNode(Node):
         for param in params:
             if param.name == "debug.inference_delay_s":
                 self.runner.extra_delay_s = float(param.value)
+            elif param.name == "enabled":
+                if param.value and self.runner.paused:
+                    self.policy.reset()  # a new episode: fresh sampler, fresh frames
+                    self.buffer.clear()
+                self.runner.paused = not param.value
         return SetParametersResult(successful=True)
 
     def _srv_reset(self, _request, response):

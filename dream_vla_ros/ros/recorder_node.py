@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -103,6 +104,7 @@ class RecorderNode(Node):
         )
         self.create_service(Trigger, "~/discard", self._discard, callback_group=services)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.5, self._discover, callback_group=services)
         self.create_timer(1.0, self._guard, callback_group=services)
@@ -156,6 +158,13 @@ class RecorderNode(Node):
         writer = self.writer
         if writer is not None:
             writer.write(topic, data, self.get_clock().now().nanoseconds)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "instruction":  # the latest of parameter and topic wins
+                self.instruction = str(param.value)
+                self.get_logger().info(f"instruction of the next episode: '{param.value}'")
+        return SetParametersResult(successful=True)
 
     def _on_instruction(self, msg: String) -> None:
         self.instruction = msg.data

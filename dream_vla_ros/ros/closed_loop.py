@@ -1,0 +1,386 @@
+"""Closed-loop work in the MuJoCo world through the real ROS graph (docs/sim.md):
+
+- `collect`: the `collect_world` graph (simulated controller, sim_world, the
+  touch expert behind the teleop node, the recorder); per episode: new layout,
+  record the expert's move, flag success from the measured joints, return home.
+- `evaluate`: controller + sim_world + policy (a checkpoint); per seed: the
+  policy idles while this driver brings the arm home with a chunk, then the
+  layout and instruction change, the policy is enabled, and the measured
+  joints decide success. Writes results.json, trajectories.png and rollout.gif.
+
+The driver is a node in this process (on the graph's DDS domain); every node of
+the graph is its own process started by the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dream_vla_ros.control import JOINT_NAMES
+from dream_vla_ros.launch_graph import COLLECT_WORLD, SIM_WORLD, parse_arguments
+from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.sim.task import HOME, Layout, SuccessMonitor, fingertip, sample_layout
+
+HOME_TOLERANCE_RAD = 0.03
+
+
+class ClosedLoopError(RuntimeError):
+    """The graph did not do what the driver needs; the message says what and where."""
+
+
+class GraphClient:
+    """An rclpy node in this process, spun on a background thread."""
+
+    def __init__(self, name: str) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image, JointState
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.q: np.ndarray | None = None
+        self.on_state: Callable[[float, np.ndarray], None] | None = None
+        self.frames: list[np.ndarray] | None = None  # front images, when recording a GIF
+        self.node.create_subscription(JointState, "/joint_states", self._state, 50)
+        self.node.create_subscription(
+            Image, "/camera/front/image_raw", self._image, qos_profile_sensor_data
+        )
+        self._pubs: dict[tuple[type, str], Any] = {}
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # the context shut down while spinning
+            pass
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _state(self, msg) -> None:
+        index = {n: i for i, n in enumerate(msg.name)}
+        if not all(n in index for n in JOINT_NAMES):
+            return
+        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        with self.lock:
+            self.q = q
+            hook = self.on_state
+        if hook is not None:
+            hook(self.now(), q)
+
+    def _image(self, msg) -> None:
+        with self.lock:
+            if self.frames is not None and len(self.frames) < 400:
+                image = np.frombuffer(bytes(msg.data), np.uint8)
+                self.frames.append(image.reshape(msg.height, msg.width, 3).copy())
+
+    def measured(self) -> np.ndarray | None:
+        with self.lock:
+            return None if self.q is None else self.q.copy()
+
+    def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise ClosedLoopError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.02)
+
+    def at_home(self) -> bool:
+        q = self.measured()
+        return q is not None and float(np.abs(q[:6] - HOME[:6]).max()) < HOME_TOLERANCE_RAD
+
+    def call(self, srv_type, name: str, request=None, timeout_s: float = 20.0):
+        client = self.node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout_s):
+                raise ClosedLoopError(f"service {name} is not available")
+            future = client.call_async(request or srv_type.Request())
+            self.wait(future.done, timeout_s, f"an answer from {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_param(self, node: str, name: str, value: bool | int | str) -> None:
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        if isinstance(value, bool):
+            pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+        elif isinstance(value, int):
+            pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+        else:
+            pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+        request = SetParameters.Request(parameters=[Parameter(name=name, value=pv)])
+        reply = self.call(SetParameters, f"/{node}/set_parameters", request)
+        if not reply.results[0].successful:
+            raise ClosedLoopError(f"{node}: {name} := {value!r} refused: {reply.results[0].reason}")
+
+    def trigger(self, service: str) -> str:
+        from std_srvs.srv import Trigger
+
+        reply = self.call(Trigger, service)
+        if not reply.success:
+            raise ClosedLoopError(f"{service}: {reply.message}")
+        return reply.message
+
+    def publish(self, msg_type, topic: str, msg) -> None:
+        key = (msg_type, topic)
+        if key not in self._pubs:
+            pub = self.node.create_publisher(msg_type, topic, 10)
+            self.wait(lambda: pub.get_subscription_count() > 0, 20, f"a subscriber of {topic}")
+            self._pubs[key] = pub
+        self._pubs[key].publish(msg)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(2)
+
+
+def _home_chunk(client: GraphClient, seconds: float = 2.0, dt: float = 0.05) -> None:
+    """Publish one chunk that brings the arm home with a minimum-jerk move."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    from dream_vla_ros.robot.teleop import minimum_jerk
+    from dream_vla_ros.ros.conversions import chunk_message
+
+    q = client.measured()
+    if q is None:
+        raise ClosedLoopError("no /joint_states from the controller")
+    s = minimum_jerk(np.arange(1, int(seconds / dt) + 1) * dt / seconds)[:, None]
+    points = q + s * (HOME - q)
+    msg = chunk_message(client.now(), JOINT_NAMES, points, dt)
+    client.publish(JointTrajectory, "/dream_vla/action_chunk", msg)
+
+
+@dataclass
+class Rollout:
+    seed: int
+    instruction: str
+    success: bool
+    touched: str
+    distance_m: float
+    seconds: float
+    tip_path: list[list[float]] = field(default_factory=list)
+
+
+def _track(client: GraphClient, layout: Layout) -> tuple[SuccessMonitor, list]:
+    from dream_vla_ros.control.kinematics import DHChain
+
+    chain = DHChain.load()
+    monitor = SuccessMonitor(layout, chain)
+    path: list[list[float]] = []
+
+    def hook(_t: float, q: np.ndarray) -> None:
+        monitor.update(q)
+        if len(path) < 5000:
+            path.append(fingertip(chain, q)[0].tolist())
+
+    client.on_state = hook
+    return monitor, path
+
+
+def _launch(graph, argv: list[str], log_path: Path) -> tuple[Launcher, Any]:
+    values = parse_arguments(graph, argv)
+    log = log_path.open("w")
+    launcher = Launcher(graph, values, out=log, grace_s=5.0)
+    os.environ.update(launcher.env)  # this process joins the graph's DDS domain
+    launcher.start()
+    return launcher, log
+
+
+def collect(
+    out_dir: str | Path,
+    episodes: int,
+    seed0: int = 1000,
+    camera: tuple[int, int] = (320, 240),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Record `episodes` expert episodes (layout seeds seed0, seed0 + 1, ...)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [f"output_dir:={out}", f"camera_width:={camera[0]}", f"camera_height:={camera[1]}"]
+    launcher, graph_log = _launch(COLLECT_WORLD, argv, out / "graph.log")
+    client = GraphClient("closed_loop_collect")
+    results = []
+    try:
+        client.wait(client.at_home, 120, "the expert to bring the arm home (see graph.log)")
+        for i in range(episodes):
+            if launcher.check() != 0:
+                raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            seed = seed0 + i
+            layout = sample_layout(seed)
+            client.set_param("sim_world", "task.seed", seed)
+            client.set_param("recorder", "instruction", layout.instruction)
+            time.sleep(0.3)  # the new layout reaches the cameras
+            monitor, _ = _track(client, layout)
+            client.trigger("/recorder/start")
+            client.set_param("teleop", "task.seed", seed)
+            time.sleep(3.7 + 0.8)  # the expert's move and the arm's lag
+            outcome = monitor.outcome
+            client.on_state = None
+            client.trigger("/recorder/stop" if outcome.success else "/recorder/stop_failed")
+            results.append({"seed": seed, "success": outcome.success, "touched": outcome.touched})
+            verdict = "success" if outcome.success else f"FAILED ({outcome.touched or 'none'})"
+            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
+            client.set_param("teleop", "task.seed", -1)
+            client.wait(client.at_home, 30, "the arm to return home")
+    finally:
+        client.close()
+        launcher.shutdown()
+        graph_log.close()
+    summary = {
+        "episodes": episodes,
+        "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+        "results": results,
+    }
+    (out / "collect.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    seeds: list[int],
+    timeout_s: float = 8.0,
+    camera: tuple[int, int] = (320, 240),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Closed-loop success rate of a checkpoint over layout seeds."""
+    from std_msgs.msg import String
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [
+        f"checkpoint:={Path(checkpoint).resolve()}",
+        f"camera_width:={camera[0]}",
+        f"camera_height:={camera[1]}",
+        "policy_enabled:=false",
+    ]
+    launcher, graph_log = _launch(SIM_WORLD, argv, out / "graph.log")
+    client = GraphClient("closed_loop_eval")
+    rollouts: list[Rollout] = []
+    gif_frames: list[np.ndarray] = []
+    try:
+        client.wait(lambda: client.measured() is not None, 120, "/joint_states")
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        ready = threading.Event()
+
+        def on_diag(msg) -> None:
+            for s in msg.status:
+                values = {kv.key: kv.value for kv in s.values}
+                if s.name == "dream_vla/policy" and values.get("ready") == "True":
+                    ready.set()
+
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        client.wait(ready.is_set, 180, "the policy to warm up (see graph.log)")
+        for k, seed in enumerate(seeds):
+            if launcher.check() != 0:
+                raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            client.set_param("policy", "enabled", False)
+            _home_chunk(client)
+            client.wait(client.at_home, 30, "the arm to return home")
+            layout = sample_layout(seed)
+            client.set_param("sim_world", "task.seed", seed)
+            msg = String()
+            msg.data = layout.instruction
+            client.publish(String, "/policy/instruction", msg)
+            time.sleep(0.4)  # the new layout and instruction arrive before the policy runs
+            monitor, path = _track(client, layout)
+            if k == 0:
+                with client.lock:
+                    client.frames = []
+            start = time.monotonic()
+            client.set_param("policy", "enabled", True)
+            while time.monotonic() - start < timeout_s and not monitor.touched:
+                time.sleep(0.05)
+            client.set_param("policy", "enabled", False)
+            elapsed = time.monotonic() - start
+            client.on_state = None
+            if k == 0:
+                with client.lock:
+                    gif_frames, client.frames = client.frames or [], None
+            o = monitor.outcome
+            rollouts.append(
+                Rollout(seed, layout.instruction, o.success, o.touched, o.distance_m, elapsed, path)
+            )
+            log(
+                f"evaluate: seed {seed}: {layout.instruction}: "
+                f"{'success' if o.success else 'failure'} (touched {o.touched or 'nothing'}, "
+                f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s)"
+            )
+    finally:
+        client.close()
+        launcher.shutdown()
+        graph_log.close()
+    rate = float(np.mean([r.success for r in rollouts])) if rollouts else 0.0
+    summary = {
+        "checkpoint": str(checkpoint),
+        "seeds": seeds,
+        "success_rate": rate,
+        "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    _plot_trajectories(rollouts, out / "trajectories.png")
+    if gif_frames:
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in gif_frames[::2]]
+        images[0].save(
+            out / "rollout.gif", save_all=True, append_images=images[1:], duration=200, loop=0
+        )
+    return summary
+
+
+def _plot_trajectories(rollouts: list[Rollout], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rollouts)
+    cols = min(5, max(1, n))
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax, r in zip(axes.ravel(), rollouts):
+        layout = sample_layout(r.seed)
+        for colour, centre in layout.cubes.items():
+            ax.add_patch(
+                plt.Rectangle(
+                    (centre[1] - 0.02, centre[0] - 0.02), 0.04, 0.04, color=colour, alpha=0.8
+                )
+            )
+        if r.tip_path:
+            tip = np.array(r.tip_path)
+            ax.plot(tip[:, 1], tip[:, 0], "k-", lw=1)
+        ax.set_xlim(-0.25, 0.25)
+        ax.set_ylim(0.1, 0.45)
+        ax.set_aspect("equal")
+        ax.set_title(f"{r.seed}: {layout.target} {'ok' if r.success else 'x'}", fontsize=9)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.suptitle("fingertip paths seen from above (x forward, y left)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
