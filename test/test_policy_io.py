@@ -233,6 +233,52 @@ def test_runner_warms_up_then_publishes_stamped_chunks():
     assert runner.summary()["chunks_published"] == "1"
 
 
+def test_a_paused_runner_neither_infers_nor_publishes_and_resumes_on_fresh_frames():
+    from dream_vla_ros.policy.policy import ActionChunk, Observation
+    from dream_vla_ros.policy.runner import PolicyRunner, RunnerSettings
+
+    calls: list[float] = []
+
+    def infer(obs: Observation) -> ActionChunk:
+        calls.append(obs.stamp_s)
+        return ActionChunk(np.tile(obs.state, (4, 1)), obs.stamp_s, 0.05, latency_s=0.001)
+
+    published: list[ActionChunk] = []
+    buf = filled(cams=CAMS[:1], max_age_s=100.0)
+    warm = Observation([rgb()], "warm", np.zeros(7), 0.0)
+    runner = PolicyRunner(
+        infer,
+        buf,
+        published.append,
+        lambda: 10.0,
+        "pick",
+        lambda: warm,
+        RunnerSettings(warmup_iterations=1),
+    )
+    runner.paused = True
+    runner.start()
+    try:
+        deadline = time.monotonic() + 5.0
+        while not runner.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for k in range(5):
+            buf.add_frame("front", frame(9.90 + 0.01 * k))
+            time.sleep(0.05)
+        assert published == [] and calls == [0.0]  # only the warm-up ran
+        assert runner.summary()["enabled"] == "False"
+        runner.paused = False
+        time.sleep(0.35)  # > poll_s: the loop has seen the resume before new inputs come
+        for k in range(5):  # the arm's states keep coming (the pause dropped the old ones)
+            buf.add_joint_state(9.93 + 0.01 * k, NAMES, [0.0] * 7)
+        buf.add_frame("front", frame(9.97))
+        deadline = time.monotonic() + 5.0
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        runner.stop()
+    assert [c.stamp_s for c in published] == [9.97]  # a frame from after the pause
+
+
 # -- launch graph ---------------------------------------------------------------------------
 def test_graph_arguments_and_commands():
     g = graph("sim")

@@ -193,6 +193,7 @@ class PolicyRunner:
         buf = self.buffer.stats
         values = {
             "ready": str(self.ready),
+            "enabled": str(not self.paused),
             "instruction": self.instruction,
             "chunks_published": str(self.stats.chunks),
             "chunk_rate_hz": f"{self.chunk_rate_hz():.2f}",

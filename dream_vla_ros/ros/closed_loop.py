@@ -42,6 +42,7 @@ class GraphClient:
 
     def __init__(self, name: str) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
@@ -56,7 +57,9 @@ class GraphClient:
         self.q: np.ndarray | None = None
         self.on_state: Callable[[float, np.ndarray], None] | None = None
         self.frames: list[np.ndarray] | None = None  # front images, when recording a GIF
+        self.diag: dict[str, dict[str, str]] = {}  # status name -> values (+ "message")
         self.node.create_subscription(JointState, "/joint_states", self._state, 50)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 20)
         self.node.create_subscription(
             Image, "/camera/front/image_raw", self._image, qos_profile_sensor_data
         )
@@ -85,6 +88,27 @@ class GraphClient:
         if hook is not None:
             hook(self.now(), q)
 
+    def _diag(self, msg) -> None:
+        with self.lock:
+            for s in msg.status:
+                self.diag[s.name] = {"message": s.message, **{kv.key: kv.value for kv in s.values}}
+
+    def status(self, name: str) -> dict[str, str]:
+        with self.lock:
+            return dict(self.diag.get(name, {}))
+
+    def recover_controller(self, log: Callable[[str], None]) -> bool:
+        """Reset a faulted controller (a starved host can trip its tracking or
+        feedback timeouts) and enable it again; True when it had to."""
+        mode = self.status("dream_vla/controller").get("mode", "running")
+        if mode == "running":
+            return False
+        log(f"controller in {mode} ({self.status('dream_vla/controller').get('message')}): reset")
+        if mode in ("fault", "estop"):
+            self.trigger("/controller/reset_fault")
+        self.trigger("/controller/enable")
+        return True
+
     def _image(self, msg) -> None:
         with self.lock:
             if self.frames is not None and len(self.frames) < 400:
@@ -95,12 +119,21 @@ class GraphClient:
         with self.lock:
             return None if self.q is None else self.q.copy()
 
-    def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    def wait(
+        self, predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             if time.monotonic() > deadline:
-                raise ClosedLoopError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+                text = what() if callable(what) else what
+                raise ClosedLoopError(f"timed out after {timeout_s:.0f} s waiting for {text}")
             time.sleep(0.02)
+
+    def where(self) -> str:
+        q = self.measured()
+        mode = self.status("dream_vla/controller").get("mode", "?")
+        where = None if q is None else np.round(q, 3).tolist()
+        return f"the arm to return home (at {where}, controller {mode})"
 
     def at_home(self) -> bool:
         q = self.measured()
@@ -223,6 +256,7 @@ def collect(
     launcher, graph_log = _launch(COLLECT_WORLD, argv, out / "graph.log")
     client = GraphClient("closed_loop_collect")
     results = []
+    faults = 0
     try:
         client.wait(client.at_home, 120, "the expert to bring the arm home (see graph.log)")
         for i in range(episodes):
@@ -243,8 +277,9 @@ def collect(
             results.append({"seed": seed, "success": outcome.success, "touched": outcome.touched})
             verdict = "success" if outcome.success else f"FAILED ({outcome.touched or 'none'})"
             log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
+            faults += client.recover_controller(log)
             client.set_param("teleop", "task.seed", -1)
-            client.wait(client.at_home, 30, "the arm to return home")
+            client.wait(client.at_home, 30, client.where)
     finally:
         client.close()
         launcher.shutdown()
@@ -252,6 +287,7 @@ def collect(
     summary = {
         "episodes": episodes,
         "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+        "controller_resets": faults,
         "results": results,
     }
     (out / "collect.json").write_text(json.dumps(summary, indent=2))
@@ -281,26 +317,21 @@ def evaluate(
     client = GraphClient("closed_loop_eval")
     rollouts: list[Rollout] = []
     gif_frames: list[np.ndarray] = []
+    faults = 0
     try:
         client.wait(lambda: client.measured() is not None, 120, "/joint_states")
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        ready = threading.Event()
-
-        def on_diag(msg) -> None:
-            for s in msg.status:
-                values = {kv.key: kv.value for kv in s.values}
-                if s.name == "dream_vla/policy" and values.get("ready") == "True":
-                    ready.set()
-
-        client.node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
-        client.wait(ready.is_set, 180, "the policy to warm up (see graph.log)")
+        client.wait(
+            lambda: client.status("dream_vla/policy").get("ready") == "True",
+            180,
+            "the policy to warm up (see graph.log)",
+        )
         for k, seed in enumerate(seeds):
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
             client.set_param("policy", "enabled", False)
+            faults += client.recover_controller(log)
             _home_chunk(client)
-            client.wait(client.at_home, 30, "the arm to return home")
+            client.wait(client.at_home, 30, client.where)
             layout = sample_layout(seed)
             client.set_param("sim_world", "task.seed", seed)
             msg = String()
@@ -339,6 +370,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "seeds": seeds,
         "success_rate": rate,
+        "controller_resets": faults,
         "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
