@@ -1,7 +1,7 @@
 # Every target sets up .venv first (idempotent, fast when nothing changed).
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench bench-model bench-e2e bench-train clean
+.PHONY: setup demo test lint bench bench-model bench-e2e bench-train closed-loop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,10 @@ bench-e2e: setup
 
 bench-train: setup
 	$(VENV)/python bench/train_step.py
+
+# collect -> dataset -> finetune -> closed-loop evaluation in the MuJoCo world (docs/sim.md)
+closed-loop: setup
+	$(VENV)/dream-vla sim pipeline runs/closed_loop --episodes 60 --seeds 20 --no-progress
 
 clean:
 	rm -rf .venv build *.egg-info
