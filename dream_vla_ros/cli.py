@@ -274,46 +274,52 @@ def _data_command(args: argparse.Namespace) -> int:
         return 2
 
 
-def _train_command(args: argparse.Namespace) -> int:
-    from dream_vla_ros.data.lerobot import DatasetError
-    from dream_vla_ros.finetune.recipe import RecipeError, load_recipe
-    from dream_vla_ros.finetune.trainer import Trainer, TrainingError
-    from dream_vla_ros.model.checkpoint import CheckpointError
-
-    errors = (RecipeError, TrainingError, DatasetError, CheckpointError, OSError)
-    try:
-        if args.command == "merge":
-            from dream_vla_ros.finetune.export import merge_checkpoint
-
-            out = merge_checkpoint(args.checkpoint, args.out_dir)
-            print(f"merge: {args.checkpoint} -> {out}")
-            return 0
-        recipe = load_recipe(args.recipe, args.overrides)
-        result = Trainer(recipe, resume=args.resume, progress=not args.no_progress).run()
-        if args.merge:
-            from dream_vla_ros.finetune.export import merge_checkpoint
-
-            out = merge_checkpoint(result.final, result.output / "final-merged")
-            print(f"merge: {result.final} -> {out}")
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except errors as exc:
-        print(f"dream-vla {args.command}: {exc}", file=sys.stderr)
-        return 2
-
-
-def _sim_command(args: argparse.Namespace) -> int:
+def _training_errors() -> tuple[type[BaseException], ...]:
     from dream_vla_ros.data.lerobot import DatasetError
     from dream_vla_ros.finetune.recipe import RecipeError
     from dream_vla_ros.finetune.trainer import TrainingError
     from dream_vla_ros.model.checkpoint import CheckpointError
+
+    return (RecipeError, TrainingError, DatasetError, CheckpointError, OSError)
+
+
+def _guarded(label: str, errors: tuple[type[BaseException], ...], body) -> int:
+    """Run a command: its known errors become one line on stderr and exit status 2."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        return 130
+    except errors as exc:
+        print(f"dream-vla {label}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from dream_vla_ros.finetune.export import merge_checkpoint
+    from dream_vla_ros.finetune.recipe import load_recipe
+    from dream_vla_ros.finetune.trainer import Trainer
+
+    def body() -> int:
+        if args.command == "merge":
+            print(f"merge: {args.checkpoint} -> {merge_checkpoint(args.checkpoint, args.out_dir)}")
+            return 0
+        recipe = load_recipe(args.recipe, args.overrides)
+        result = Trainer(recipe, resume=args.resume, progress=not args.no_progress).run()
+        if args.merge:
+            out = merge_checkpoint(result.final, result.output / "final-merged")
+            print(f"merge: {result.final} -> {out}")
+        return 0
+
+    return _guarded(args.command, _training_errors(), body)
+
+
+def _sim_command(args: argparse.Namespace) -> int:
     from dream_vla_ros.ros.closed_loop import ClosedLoopError, collect, evaluate
 
-    errors = (ClosedLoopError, DatasetError, RecipeError, TrainingError, CheckpointError, OSError)
     camera = (args.camera_width, args.camera_height)
     seeds = list(range(args.eval_seed0, args.eval_seed0 + args.seeds))
-    try:
+
+    def body() -> int:
         if args.action == "collect":
             summary = collect(args.out, args.episodes, args.seed0, camera)
             print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
@@ -323,11 +329,8 @@ def _sim_command(args: argparse.Namespace) -> int:
             print(f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds")
             return 0
         return _pipeline(args, camera, seeds)
-    except KeyboardInterrupt:
-        return 130
-    except errors as exc:
-        print(f"dream-vla sim {args.action}: {exc}", file=sys.stderr)
-        return 2
+
+    return _guarded(f"sim {args.action}", (ClosedLoopError, *_training_errors()), body)
 
 
 def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int]) -> int:

@@ -97,20 +97,34 @@ _POLICY_MODEL = (
     Override("debug.inference_delay_s", "{inference_delay_s}", "float"),
 )
 
+
+def _simulated_policy_args(head: str) -> tuple[Argument, ...]:
+    """Arguments of a simulated graph's policy: a checkpoint or random weights."""
+    return (
+        Argument("checkpoint", "", "Checkpoint directory; empty: random weights of `preset`"),
+        Argument("preset", "tiny", "Preset of the random-weights model"),
+        Argument("head", head, "Head of the random-weights model", ("discrete", "flow", "l1")),
+        *_common("cpu", "fp32"),
+        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+    )
+
+
+def _camera_args(width: int, height: int) -> tuple[Argument, ...]:
+    return (
+        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
+        Argument("camera_width", str(width), "Camera width [px]"),
+        Argument("camera_height", str(height), "Camera height [px]"),
+    )
+
+
 SIM = Graph(
     name="sim",
     description="Simulated PiPER (CAN-level firmware simulator), schematic cameras, policy, "
     "controller; needs no arm, no GPU and no downloaded weights",
     arguments=(
-        Argument("checkpoint", "", "Checkpoint directory; empty: random weights of `preset`"),
-        Argument("preset", "tiny", "Preset of the random-weights model"),
-        Argument("head", "l1", "Head of the random-weights model", ("discrete", "flow", "l1")),
-        *_common("cpu", "fp32"),
-        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        *_simulated_policy_args("l1"),
         Argument("camera_format", "raw", "Camera messages", ("raw", "compressed")),
-        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
-        Argument("camera_width", "640", "Camera width [px]"),
-        Argument("camera_height", "480", "Camera height [px]"),
+        *_camera_args(640, 480),
     ),
     nodes=(
         _ros_node(
@@ -208,9 +222,7 @@ COLLECT = Graph(
         Argument("seed", "0", "Seed of the scripted teleop"),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
         Argument("camera_format", "raw", "Camera messages", ("raw", "compressed")),
-        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
-        Argument("camera_width", "640", "Camera width [px]"),
-        Argument("camera_height", "480", "Camera height [px]"),
+        *_camera_args(640, 480),
     ),
     nodes=(
         SIM.nodes[0],  # the simulated controller, exactly as in `sim`
@@ -272,9 +284,7 @@ COLLECT_WORLD = Graph(
         Argument("instruction", "touch the red cube", "Instruction stored with each episode"),
         Argument("task_seed", "0", "Initial layout seed (sim_world)"),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
-        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
-        Argument("camera_width", "320", "Camera width [px]"),
-        Argument("camera_height", "240", "Camera height [px]"),
+        *_camera_args(320, 240),
     ),
     nodes=(
         SIM.nodes[0],  # the simulated controller, exactly as in `sim`
@@ -289,16 +299,10 @@ SIM_WORLD = Graph(
     description="The MuJoCo world (touch the cube): simulated PiPER, sim_world cameras, policy, "
     "controller; layout = sim_world task.seed, instruction = the policy's",
     arguments=(
-        Argument("checkpoint", "", "Checkpoint directory; empty: random weights of `preset`"),
-        Argument("preset", "tiny", "Preset of the random-weights model"),
-        Argument("head", "flow", "Head of the random-weights model", ("discrete", "flow", "l1")),
-        *_common("cpu", "fp32"),
-        Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        *_simulated_policy_args("flow"),
         Argument("task_seed", "0", "Layout seed (sim_world)"),
         Argument("policy_enabled", "true", "Policy publishes chunks at start", ("true", "false")),
-        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
-        Argument("camera_width", "320", "Camera width [px]"),
-        Argument("camera_height", "240", "Camera height [px]"),
+        *_camera_args(320, 240),
     ),
     nodes=(
         SIM.nodes[0],  # the simulated controller, exactly as in `sim`

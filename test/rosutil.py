@@ -6,14 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
+from dream_vla_ros.ros.client import BackgroundNode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,30 +61,14 @@ class NodeProcess:
         return self.proc.returncode
 
 
-class TestNode:
+class TestNode(BackgroundNode):
     __test__ = False  # a helper, not a test class
 
     """An rclpy node in the test process, spun on a background thread."""
 
     def __init__(self, name: str = "test_client") -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__(name)
         self._publishers: dict[tuple, object] = {}
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down while spinning
-            pass
-
-    def now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
 
     def publisher(self, msg_type, topic: str, depth: int = 10, timeout: float = 10.0):
         """A publisher that is already matched to a subscriber.
@@ -100,25 +81,6 @@ class TestNode:
             wait_for(lambda: pub.get_subscription_count() > 0, timeout, f"a subscriber of {topic}")
             self._publishers[key] = pub
         return self._publishers[key]
-
-    def call(self, srv_type, name: str, request=None, timeout: float = 10.0):
-        client = self.node.create_client(srv_type, name)
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {name} not available")
-        future = client.call_async(request or srv_type.Request())
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service {name} did not answer")
-            time.sleep(0.01)
-        self.node.destroy_client(client)
-        return future.result()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(2)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

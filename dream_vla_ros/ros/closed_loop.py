@@ -28,6 +28,7 @@ import numpy as np
 from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.launch_graph import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.ros.client import BackgroundNode
 from dream_vla_ros.sim.task import HOME, Layout, SuccessMonitor, fingertip, sample_layout
 
 HOME_TOLERANCE_RAD = 0.03
@@ -37,22 +38,15 @@ class ClosedLoopError(RuntimeError):
     """The graph did not do what the driver needs; the message says what and where."""
 
 
-class GraphClient:
-    """An rclpy node in this process, spun on a background thread."""
+class GraphClient(BackgroundNode):
+    """The driver's node: measured joints, diagnostics, parameters, services."""
 
     def __init__(self, name: str) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__(name)
         self.lock = threading.Lock()
         self.q: np.ndarray | None = None
         self.on_state: Callable[[float, np.ndarray], None] | None = None
@@ -64,18 +58,6 @@ class GraphClient:
             Image, "/camera/front/image_raw", self._image, qos_profile_sensor_data
         )
         self._pubs: dict[tuple[type, str], Any] = {}
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # the context shut down while spinning
-            pass
-
-    def now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
 
     def _state(self, msg) -> None:
         index = {n: i for i, n in enumerate(msg.name)}
@@ -139,16 +121,11 @@ class GraphClient:
         q = self.measured()
         return q is not None and float(np.abs(q[:6] - HOME[:6]).max()) < HOME_TOLERANCE_RAD
 
-    def call(self, srv_type, name: str, request=None, timeout_s: float = 20.0):
-        client = self.node.create_client(srv_type, name)
+    def call(self, srv_type, name: str, request=None, timeout: float = 20.0):
         try:
-            if not client.wait_for_service(timeout_sec=timeout_s):
-                raise ClosedLoopError(f"service {name} is not available")
-            future = client.call_async(request or srv_type.Request())
-            self.wait(future.done, timeout_s, f"an answer from {name}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+            return super().call(srv_type, name, request, timeout)
+        except TimeoutError as exc:
+            raise ClosedLoopError(str(exc)) from exc
 
     def set_param(self, node: str, name: str, value: bool | int | str) -> None:
         from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
@@ -180,14 +157,6 @@ class GraphClient:
             self.wait(lambda: pub.get_subscription_count() > 0, 20, f"a subscriber of {topic}")
             self._pubs[key] = pub
         self._pubs[key].publish(msg)
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(2)
 
 
 def _home_chunk(client: GraphClient, seconds: float = 2.0, dt: float = 0.05) -> None:
