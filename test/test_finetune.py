@@ -515,3 +515,31 @@ def test_bf16_lora_keeps_the_frozen_base_in_half_precision(toy, tmp_path):
         Observation([np.zeros((72, 96, 3), np.uint8)] * 2, "reach the red cube", np.zeros(7))
     )
     assert np.all(np.isfinite(chunk.actions))
+
+
+def test_a_checkpoint_base_keeps_its_backbone_and_gets_a_new_head(toy, tmp_path):
+    from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
+
+    base = write_random_checkpoint(tmp_path / "base", "tiny", seed=3, head="discrete")
+    r = recipe(
+        toy,
+        tmp_path / "run",
+        f"model.base={base}",
+        "train.steps=1",
+        "lora.enabled=true",
+        "lora.r=4",
+    )
+    trainer = Trainer(r, progress=False, log=lambda _: None)
+    result = trainer.run()
+    backbone = load_file(str(base / "model.safetensors"))
+    state = trainer.model.state_dict()
+    for name, value in backbone.items():  # LoRA (enabled in this recipe) left them alone
+        key = name if name in state else name.replace(".weight", ".base_layer.weight")
+        key = key if key in state else key.replace(".bias", ".base_layer.bias")
+        assert torch.equal(state[key], value), name
+    head = trainer.model.action_head.flow_predictor.mlp_resnet.fc1.weight
+    assert torch.isfinite(head).all() and head.std() > 0  # the new flow head was initialised
+    chunk = Policy.from_checkpoint(result.final).infer(
+        Observation([np.zeros((72, 96, 3), np.uint8)] * 2, "reach the red cube", np.zeros(7))
+    )
+    assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))

@@ -53,6 +53,7 @@ from dream_vla_ros.model.checkpoint import (
     load_base_weights,
     load_config,
     load_norm_stats,
+    reset_non_persistent_buffers,
     save_checkpoint,
 )
 from dream_vla_ros.model.config import PRESETS, preset
@@ -217,8 +218,19 @@ class Trainer:
             base_dir = Path(r.model.base)
             base_cfg = load_config(base_dir)
             cfg = replace(base_cfg, action=replace(base_cfg.action, **action))
-            model = DreamVLA(cfg)
+            # built on the meta device and filled from the checkpoint: a 7B base is
+            # never randomly initialised first; parts the checkpoint does not have
+            # (a new head) get their default initialisation, seeded by init_seed
+            with torch.device("meta"):
+                model = DreamVLA(cfg)
+            model = model.to_empty(device="cpu")
             copied = load_base_weights(model, base_dir)
+            for name, module in head_modules(model).items():
+                if name not in copied:
+                    for sub in module.modules():
+                        if hasattr(sub, "reset_parameters"):
+                            sub.reset_parameters()
+            reset_non_persistent_buffers(model)
             self.log(f"train: weights from {base_dir}: {', '.join(copied)}")
             from tokenizers import Tokenizer
 

@@ -341,14 +341,14 @@ def load_checkpoint(
     for group, found in sources.items():
         state.update(read_group(found, "" if group == "backbone" else group + "."))
     model.load_state_dict(state, strict=True, assign=False)
-    _reset_non_persistent_buffers(model)
+    reset_non_persistent_buffers(model)
     if base is not None:
         model = merge_adapter(model, path)
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     return LoadedCheckpoint(model, cfg, action_stats, proprio_stats, path)
 
 
-def _reset_non_persistent_buffers(model: DreamVLA) -> None:
+def reset_non_persistent_buffers(model: DreamVLA) -> None:
     """The rotary inverse frequencies are not saved (and were built on the meta
     device): recreate both rotary modules on the model's device."""
     device = model.lm_head.weight.device
