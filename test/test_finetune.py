@@ -30,6 +30,7 @@ from dream_vla_ros.finetune.trainer import (
     TrainingError,
     check_gradients,
     check_optimizer_covers,
+    lr_factor,
 )
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.policy import Observation, Policy
@@ -543,3 +544,15 @@ def test_a_checkpoint_base_keeps_its_backbone_and_gets_a_new_head(toy, tmp_path)
         Observation([np.zeros((72, 96, 3), np.uint8)] * 2, "reach the red cube", np.zeros(7))
     )
     assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_group(toy, tmp_path):
+    r = recipe(toy, tmp_path / "run", "train.steps=2", "train.grad_accum=3", "train.batch_size=2")
+    trainer = Trainer(r, progress=False, log=lambda _: None)
+    result = trainer.run()
+    assert [s for s, _ in result.losses] == [1, 2]
+    state = json.loads((result.final / "trainer_state.json").read_text())
+    assert state["step"] == 2
+    steps = load_file(str(result.final / "trainer_state.safetensors"))
+    assert {float(v) for k, v in steps.items() if k.endswith(".step")} == {2.0}  # AdamW steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(r.train.lr * lr_factor(2, r))
