@@ -21,7 +21,8 @@ else
 fi
 # MuJoCo renders off-screen through EGL; without a GPU that is Mesa's software EGL
 # (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri). Installed when missing and we may.
-if ! ldconfig -p 2>/dev/null | grep -q "libEGL_mesa.so.0"; then
+if ! ldconfig -p 2>/dev/null | grep "libEGL_mesa.so.0" >/dev/null \
+    || ! compgen -G "/usr/lib/*/dri/swrast_dri.so" >/dev/null; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     echo "setup: installing Mesa EGL for off-screen rendering (apt-get)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
