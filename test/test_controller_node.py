@@ -202,18 +202,22 @@ def test_chunks_from_another_process_are_followed(controller):
 
     sent = [(t, q) for t, q, _ in commands if t0 + 0.3 < t < t0 + 3.0]
     assert len(sent) > MIN_SAMPLES, f"only {len(sent)} commands in 2.7 s"
-    for what, samples, p90_bound, lag_bound in (
-        ("command", sent, 0.05, 0.1),
-        ("measured", states, 0.1, 0.25),
+    # A controller that does not follow (or lags by 300 ms) is off by 0.1-0.4 rad on
+    # most samples: the medians catch it. The tails only bound what host stalls
+    # (the test process publishing late, the controller's ticks coming late) do.
+    for what, samples, p50_bound, p90_bound, lag_bound in (
+        ("command", sent, 0.03, 0.15, 0.15),
+        ("measured", states, 0.06, 0.2, 0.25),
     ):
-        now_err = aligned(samples)
+        now_err = aligned(samples)[:, :6].max(axis=1)
         lag_err = lagged(samples)  # (N, lags, 7)
-        joint_p90 = np.percentile(now_err[:, :6].max(axis=1), 90)
-        joint_lag = lag_err[:, :, :6].max(axis=2).min(axis=1).max()
-        grip_lag = lag_err[:, :, 6].min(axis=1).max()
+        joint_p50, joint_p90 = np.percentile(now_err, [50, 90])
+        joint_lag = np.percentile(lag_err[:, :, :6].max(axis=2).min(axis=1), 95)
+        grip_lag = np.percentile(lag_err[:, :, 6].min(axis=1), 95)
+        assert joint_p50 < p50_bound, f"{what} joint error p50 {joint_p50:.4f} rad"
         assert joint_p90 < p90_bound, f"{what} joint error p90 {joint_p90:.4f} rad"
-        assert joint_lag < lag_bound, f"{what} joint error {joint_lag:.4f} rad (150 ms lag allowed)"
-        assert grip_lag < 0.003, f"{what} gripper error {grip_lag:.4f} m (150 ms lag allowed)"
+        assert joint_lag < lag_bound, f"{what} joint error p95 {joint_lag:.4f} rad (150 ms lag)"
+        assert grip_lag < 0.003, f"{what} gripper error p95 {grip_lag:.4f} m (150 ms lag)"
     moved = np.abs(states[-1][1] - START)
     assert moved[:6].max() > 0.1, "the arm did not move"
     check_limits(commands)

@@ -357,7 +357,10 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     assert min(clocks) >= meta.start_time_s - 1 and max(clocks) <= meta.end_time_s + 1
     sim_now = np.array([r[0] for r in received])
     stamps = np.array([r[1] for r in received])
-    assert np.all(np.abs(sim_now - stamps) < 0.3)  # sim time ~ the recorded stamp
+    # sim time ~ the recorded stamp: a sim clock on wall time would be minutes off;
+    # a starved host delays a few callbacks (and /clock) by a few hundred ms
+    lag = np.abs(sim_now - stamps)
+    assert np.median(lag) < 0.1 and np.percentile(lag, 95) < 0.3, np.percentile(lag, [50, 95, 100])
     # rate 2: about half the recorded duration (plus start-up)
     assert wall < meta.duration_s / 2 + 8
 
