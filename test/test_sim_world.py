@@ -120,8 +120,6 @@ def test_sim_world_node_publishes_cameras_and_the_task():
     import threading
     import time
 
-    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
     from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
     from rosutil import NodeProcess, TestNode, wait_for
     from sensor_msgs.msg import Image, JointState
@@ -179,13 +177,7 @@ def test_sim_world_node_publishes_cameras_and_the_task():
             first = np.frombuffer(bytes(images["front"][-1].data), np.uint8).reshape(H, W, 3)
         assert first.std() > 15
         # a new layout at run time: new task message, new picture
-        seed = Parameter(
-            name="task.seed",
-            value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=9),
-        )
-        request = SetParameters.Request(parameters=[seed])
-        reply = client.call(SetParameters, "/sim_world/set_parameters", request, timeout=20.0)
-        assert reply.results[0].successful
+        _set_int(client, "sim_world", "task.seed", 9)
         wait_for(lambda: tasks[-1]["seed"] == 9, 20, "the new layout")
         with lock:
             images["front"].clear()

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter
+from dream_vla_ros.robot.teleop import minimum_jerk
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
+from dream_vla_ros.sim.task import HOME  # the same start pose as the touch task
 
-NAMES = ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
-HOME = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05])
 GOALS = {  # joint goals that bring the flange above each cube
     "red": np.array([-0.38, 1.35, -1.05, 0.0, 0.55, 0.0, 0.0]),
     "green": np.array([0.17, 1.45, -1.15, 0.0, 0.60, 0.0, 0.0]),
@@ -30,17 +31,12 @@ GOALS = {  # joint goals that bring the flange above each cube
 CAMERAS = ("observation.images.front", "observation.images.wrist")
 
 
-def min_jerk(s: np.ndarray) -> np.ndarray:
-    s = np.clip(s, 0.0, 1.0)
-    return 10 * s**3 - 15 * s**4 + 6 * s**5
-
-
 def toy_episode(colour: str, length: int, rng: np.random.Generator) -> np.ndarray:
     """(length + 1, 7) poses from a jittered home to the colour's goal, then a hold."""
     start = HOME + np.r_[rng.uniform(-0.08, 0.08, 6), 0.0]
     goal = GOALS[colour] + np.r_[rng.uniform(-0.03, 0.03, 6), 0.0]
     move = max(2, int(0.8 * length))
-    s = min_jerk(np.arange(length + 1) / move)[:, None]
+    s = minimum_jerk(np.arange(length + 1) / move)[:, None]
     return start + s * (goal - start)
 
 
@@ -56,7 +52,7 @@ def write_toy_dataset(
     rng = np.random.default_rng(seed)
     scene = SchematicScene(camera=CameraModel(width=size[0], height=size[1]))
     cams = [CameraSpec(key, size[1], size[0]) for key in CAMERAS]
-    writer = LeRobotWriter(root, fps, cams, NAMES, codec=codec)
+    writer = LeRobotWriter(root, fps, cams, list(JOINT_NAMES), codec=codec)
     colours = list(GOALS)
     for e in range(episodes):
         colour = colours[e % len(colours)]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.sim.schematic import look_at
 from dream_vla_ros.sim.task import CUBE_SIZE, FINGER_LENGTH
 
 RGB = {
@@ -69,14 +70,10 @@ def _vec(v) -> str:
 
 
 def _look_at_xyaxes(eye, target) -> str:
-    """MuJoCo camera xyaxes (camera x right, y up, looking along -z) for a view."""
-    eye, target = np.asarray(eye, float), np.asarray(target, float)
-    forward = target - eye
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    return _vec(np.r_[right, up])
+    """MuJoCo camera xyaxes (x right, y up; it looks along -z) for a view: the
+    optical frame of `look_at` (x right, y down) with y flipped."""
+    pose = look_at(np.asarray(eye, float), np.asarray(target, float))
+    return _vec(np.r_[pose[:3, 0], -pose[:3, 1]])
 
 
 def piper_mjcf(chain: DHChain, colours: tuple[str, ...], fov_deg: float = 60.0) -> str:
