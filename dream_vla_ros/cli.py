@@ -1,8 +1,8 @@
 """The `dream-vla` command.
 
-dream-vla demo [--seconds S] [arg:=value ...]
-    the simulated graph (arm simulator, cameras, policy, controller) for S seconds,
-    with a live view and a summary of what the arm did
+dream-vla demo [--seeds N] [--out DIR] [--checkpoint DIR]
+    the closed loop in the MuJoCo world (controller with the CAN-level arm simulator,
+    cameras, policy with the shipped checkpoint) on N "touch the cube" layouts
 dream-vla launch GRAPH [arg:=value ...] [--print]
     run a node graph (sim | bringup) without ros2 launch; --print shows the commands
 dream-vla launch
@@ -13,162 +13,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from dream_vla_ros.launch_graph import GRAPHS, LaunchError, graph, node_command, parse_arguments
-from dream_vla_ros.launcher import Launcher, launch
-from dream_vla_ros.paths import config_path
+from dream_vla_ros.launcher import launch
+from dream_vla_ros.paths import config_path, model_path
+
+DEMO_CHECKPOINT = "touch_tiny"  # models/touch_tiny: trained by `dream-vla sim pipeline`
 
 
-class _Monitor:
-    """What the demo shows: arm state, commands, and both nodes' diagnostics."""
+def demo(seeds: int, out: str, checkpoint: str, timeout_s: float) -> int:
+    """The closed loop in the MuJoCo world with the shipped checkpoint."""
+    from dream_vla_ros.ros.closed_loop import ClosedLoopError, evaluate
 
-    def __init__(self, node) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from sensor_msgs.msg import JointState
-        from trajectory_msgs.msg import JointTrajectory
+    ckpt = Path(checkpoint) if checkpoint else model_path(DEMO_CHECKPOINT)
+    print(
+        f"dream-vla demo: 'touch the cube' in the MuJoCo world, {seeds} layouts, policy {ckpt}\n"
+        "  graph sim_world: controller (CAN-level PiPER simulator) <- policy node (Dream-VLA, "
+        "CPU) <- sim_world cameras (front + wrist, rendered from the measured joints)"
+    )
 
-        self.lock = threading.Lock()
-        self.measured: list[np.ndarray] = []
-        self.commands: list[tuple[float, np.ndarray, np.ndarray]] = []
-        self.chunks = 0
-        self.diag: dict[str, dict[str, str]] = {}
-        self.messages: dict[str, str] = {}
-        node.create_subscription(JointState, "/joint_states", self._on_state, 50)
-        node.create_subscription(JointState, "/controller/command", self._on_command, 200)
-        node.create_subscription(JointTrajectory, "/dream_vla/action_chunk", self._on_chunk, 10)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-
-    def _on_state(self, msg) -> None:
-        with self.lock:
-            self.measured.append(np.array(msg.position))
-
-    def _on_command(self, msg) -> None:
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-        with self.lock:
-            self.commands.append((stamp, np.array(msg.position), np.array(msg.velocity)))
-
-    def _on_chunk(self, _msg) -> None:
-        with self.lock:
-            self.chunks += 1
-
-    def _on_diag(self, msg) -> None:
-        with self.lock:
-            for status in msg.status:
-                self.diag[status.name] = {kv.key: kv.value for kv in status.values}
-                self.messages[status.name] = status.message
-
-    def get(self, name: str, key: str) -> str:
-        with self.lock:
-            return self.diag.get("dream_vla/" + name, {}).get(key, "?")
-
-
-def demo(seconds: float, argv: list[str]) -> int:
-    g = graph("sim")
-    values = parse_arguments(g, argv)
-    launcher = Launcher(g, values)
-    os.environ.update(launcher.env)  # this process joins the graph's DDS domain
-    import rclpy
-    from rclpy.node import Node
-
-    from dream_vla_ros.control import load_safety_config
-
-    cfg = load_safety_config()
-    print(f"dream-vla demo: graph 'sim' for {seconds:.0f} s: {launcher.describe()}")
-    print(f"  instruction: '{values['instruction']}'")
-    if not values["checkpoint"]:
+    def body() -> int:
+        summary = evaluate(ckpt, out, list(range(5000, 5000 + seeds)), timeout_s)
+        policy, controller = summary["diagnostics"]["policy"], summary["diagnostics"]["controller"]
         print(
-            f"  model: RANDOM WEIGHTS ({values['preset']} preset, {values['head']} head): the "
-            "arm moves inside a small box near home; a trained checkpoint lands with the sim world"
+            f"demo: success {summary['success_rate']:.0%} over {seeds} layouts; inference p50 "
+            f"{policy.get('inference_p50_ms', '?')} ms; controller {controller.get('mode', '?')}, "
+            f"chunks accepted {controller.get('chunks_accepted', '?')} / rejected "
+            f"{controller.get('chunks_rejected', '?')}, resets {summary['controller_resets']}\n"
+            f"  {out}/results.json, {out}/trajectories.png, {out}/rollout.gif"
         )
-    launcher.start()
-    rclpy.init()
-    node = Node("dream_vla_demo_monitor")
-    mon = _Monitor(node)
-    code = 0
-    start = time.monotonic()
-    end = start + seconds
-    next_report = start + 3.0
-    try:
-        while time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.05)
-            code = launcher.check()
-            if code:
-                break
-            if time.monotonic() >= next_report:
-                next_report += 3.0
-                with mon.lock:
-                    q = mon.measured[-1][:6] if mon.measured else None
-                joints = (
-                    np.array2string(q, precision=2, suppress_small=True) if q is not None else "-"
-                )
-                print(
-                    f"  t={time.monotonic() - start:4.1f}s  "
-                    f"policy: ready={mon.get('policy', 'ready')} "
-                    f"chunks={mon.get('policy', 'chunks_published')} "
-                    f"p50={mon.get('policy', 'inference_p50_ms')} ms  "
-                    f"controller: {mon.get('controller', 'mode')} "
-                    f"accepted={mon.get('controller', 'chunks_accepted')}  joints={joints}"
-                )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-        clean = launcher.shutdown()
-    if not code and not clean:
-        code = 1
-    return _summary(mon, cfg) or code
+        return 0
 
-
-def _summary(mon: _Monitor, cfg) -> int:
-    with mon.lock:
-        commands = list(mon.commands)
-        measured = list(mon.measured)
-    if len(commands) < 2 or not measured:
-        print("no commands were executed", file=sys.stderr)
-        return 1
-    stamps = np.array([c[0] for c in commands])
-    q = np.array([c[1] for c in commands])
-    v = np.array([c[2] for c in commands])
-    period = 1.0 / 200.0
-    consecutive = np.abs(np.diff(stamps) - period) < 0.5 * period
-    dv = np.abs(np.diff(v, axis=0))[consecutive]
-    travel = float(np.ptp(np.array(measured)[:, :6], axis=0).max())
-    p, c = "policy", "controller"
-    rows = [
-        ("camera frames used (front)", mon.get(p, "frames.front")),
-        ("chunks published / received", f"{mon.get(p, 'chunks_published')} / {mon.chunks}"),
-        (
-            "inference p50 / p95 (ms)",
-            f"{mon.get(p, 'inference_p50_ms')} / {mon.get(p, 'inference_p95_ms')}",
-        ),
-        ("chunk rate (Hz)", mon.get(p, "chunk_rate_hz")),
-        ("refused observations", mon.get(p, "refused_observations")),
-        (
-            "chunks accepted / rejected",
-            f"{mon.get(c, 'chunks_accepted')} / {mon.get(c, 'chunks_rejected')}",
-        ),
-        ("commands sent", f"{len(commands)}"),
-        ("measured joint travel (max, rad)", f"{travel:.3f}"),
-        ("peak |velocity| / limit", f"{np.max(np.abs(v) / cfg.vmax):.2f}"),
-        ("peak |accel| / limit", f"{np.max(dv / (cfg.amax * period)) if len(dv) else 0:.2f}"),
-        ("inside soft limits", str(bool(np.all((q >= cfg.soft_lower) & (q <= cfg.soft_upper))))),
-        ("controller mode", mon.get(c, "mode")),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print("\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
-    ok = mon.get(c, "mode") == "running" and mon.get(c, "chunks_accepted") not in ("?", "0")
-    if not ok:
-        print("the arm did not run on policy chunks; see the node output above", file=sys.stderr)
-    return 0 if ok else 1
+    return _guarded("demo", (ClosedLoopError,), body)
 
 
 def _list_graphs() -> None:
@@ -321,7 +201,9 @@ def _sim_command(args: argparse.Namespace) -> int:
 
     def body() -> int:
         if args.action == "collect":
-            summary = collect(args.out, args.episodes, args.seed0, camera)
+            summary = collect(
+                args.out, args.episodes, args.seed0, camera, per_layout=args.per_layout
+            )
             print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
             return 0
         if args.action == "evaluate":
@@ -343,7 +225,9 @@ def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int
     out = Path(args.out)
     start = time.monotonic()
     times: dict[str, float] = {}
-    expert = collect(out / "episodes", args.episodes, args.seed0, camera)
+    expert = collect(
+        out / "episodes", args.episodes, args.seed0, camera, per_layout=args.per_layout
+    )
     times["collect_s"] = time.monotonic() - start
     t = time.monotonic()
     # 10 Hz cameras on a busy machine: a frame can be a period late, not more
@@ -363,6 +247,7 @@ def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int
         "expert_success_rate": expert["expert_success_rate"],
         "policy_success_rate": summary["success_rate"],
         "episodes": args.episodes,
+        "per_layout": args.per_layout,
         "seeds": len(seeds),
         "checkpoint": str(result.final),
         **{k: round(v, 1) for k, v in times.items()},
@@ -383,9 +268,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="dream-vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the simulated graph and summarise what the arm did")
-    p_demo.add_argument("--seconds", type=float, default=30.0)
-    p_demo.add_argument("args", nargs="*", help="launch arguments of the sim graph, name:=value")
+    p_demo = sub.add_parser("demo", help="the trained policy touching cubes in the MuJoCo world")
+    p_demo.add_argument("--seeds", type=int, default=5, help="layouts to try")
+    p_demo.add_argument("--out", default="demo_out", help="results, trajectories, GIF")
+    p_demo.add_argument("--checkpoint", default="", help=f"default: models/{DEMO_CHECKPOINT}")
+    p_demo.add_argument("--timeout", type=float, default=8.0, help="[s] per layout")
     p_launch = sub.add_parser("launch", help="run a node graph without ros2 launch")
     p_launch.add_argument("graph", nargs="?", help=f"one of {sorted(GRAPHS)}; none: list them")
     p_launch.add_argument(
@@ -459,6 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     for p in (p_col, p_ev, p_pipe):
         p.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
         p.add_argument("--seed0", type=int, default=1000, help="first layout seed of collection")
+        p.add_argument(
+            "--per-layout",
+            type=int,
+            default=3,
+            help="episodes per layout, each naming a different cube (1-3)",
+        )
         p.add_argument("--seeds", type=int, default=20, help="evaluation layouts")
         p.add_argument("--eval-seed0", type=int, default=5000, help="first evaluation seed")
         p.add_argument("--timeout", type=float, default=8.0, help="[s] per evaluation rollout")
@@ -473,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_data_command(args))
     try:
         if args.command == "demo":
-            sys.exit(demo(args.seconds, args.args))
+            sys.exit(demo(args.seeds, args.out, args.checkpoint, args.timeout))
         if args.graph is None:
             _list_graphs()
             return

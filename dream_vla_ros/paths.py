@@ -35,3 +35,8 @@ def share_dir() -> Path:
 def config_path(name: str) -> Path:
     """A file under config/, e.g. config_path('piper.yaml')."""
     return share_dir() / "config" / name
+
+
+def model_path(name: str) -> Path:
+    """A checkpoint folder under models/, e.g. model_path('touch_tiny')."""
+    return share_dir() / "models" / name

@@ -13,19 +13,23 @@ from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
 from dream_vla_ros.ros.closed_loop import collect, evaluate
-from dream_vla_ros.sim.task import HOME, sample_layout
+from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout
 
 pytestmark = pytest.mark.ros
 
 
 def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
-    summary = collect(tmp_path / "episodes", episodes=2, seed0=1000, camera=(96, 72))
+    summary = collect(tmp_path / "episodes", 2, seed0=1000, camera=(96, 72), per_layout=2)
     assert summary["expert_success_rate"] == 1.0, summary
     folders = list_episodes(tmp_path / "episodes")
     assert len(folders) == 2
-    for folder, seed in zip(folders, (1000, 1001)):
+    # one layout, demonstrated twice: its own target, then the next colour
+    own = sample_layout(1000).target
+    other = COLOURS[(COLOURS.index(own) + 1) % 3]
+    assert [(r["seed"], r["target"]) for r in summary["results"]] == [(1000, own), (1000, other)]
+    for folder, colour in zip(folders, (own, other)):
         meta = read_meta(folder)
-        assert meta.instruction == sample_layout(seed).instruction
+        assert meta.instruction == f"touch the {colour} cube"
         assert meta.status == "finished" and meta.success is True
         assert meta.message_counts["/camera/front/image_raw"] >= 10
     report = build_dataset(
@@ -39,7 +43,10 @@ def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
     # the recorded actions start near home and end near the expert's touch pose
     assert np.abs(frames["action"][0, :6] - HOME[:6]).max() < 0.1
     assert np.abs(frames["action"][-1, :6] - frames["action"][0, :6]).max() > 0.3
-    assert set(ds.tasks.values()) == {sample_layout(s).instruction for s in (1000, 1001)}
+    assert set(ds.tasks.values()) == {f"touch the {c} cube" for c in (own, other)}
+    # same layout, different cubes: the two demonstrations end in different poses
+    last = [ds.frames(e)["action"][-1, :6] for e in ds.episodes]
+    assert np.abs(last[0] - last[1]).max() > 0.1
 
 
 def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):

@@ -90,13 +90,20 @@ def test_layouts_are_seeded_and_separated():
                 assert np.linalg.norm(pts[i] - pts[j]) >= MIN_SEPARATION_M
         assert layout.instruction == f"touch the {layout.target} cube"
     assert targets == set(COLOURS)
+    # a named target keeps the seed's cubes
+    for colour in COLOURS:
+        named = sample_layout(11, colour)
+        assert named.target == colour and named.instruction == f"touch the {colour} cube"
+        assert all(np.array_equal(named.cubes[c], a.cubes[c]) for c in COLOURS)
+    with pytest.raises(ValueError, match="unknown target colour 'purple'"):
+        sample_layout(11, "purple")
 
 
 def test_the_expert_touches_the_named_cube_and_only_it():
     limits = load_safety_config()
     lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
-    for seed in range(20):
-        layout = sample_layout(seed)
+    for seed, colour in [(s, c) for s in range(12) for c in COLOURS]:
+        layout = sample_layout(seed, colour)
         expert = TouchExpert(layout, lower, upper)
         expert.start(10.0, HOME)
         monitor = SuccessMonitor(layout)
@@ -177,8 +184,18 @@ def test_sim_world_node_publishes_cameras_and_the_task():
             first = np.frombuffer(bytes(images["front"][-1].data), np.uint8).reshape(H, W, 3)
         assert first.std() > 15
         # a new layout at run time: new task message, new picture
-        _set_int(client, "sim_world", "task.seed", 9)
+        _set(client, "sim_world", "task.seed", 9)
         wait_for(lambda: tasks[-1]["seed"] == 9, 20, "the new layout")
+        assert tasks[-1]["target"] == sample_layout(9).target
+        # another cube named at run time: same cubes, new instruction; bad colours refused
+        other = next(c for c in COLOURS if c != sample_layout(9).target)
+        _set(client, "sim_world", "task.target", other)
+        wait_for(lambda: tasks[-1]["target"] == other, 20, "the new target")
+        assert tasks[-1]["instruction"] == f"touch the {other} cube"
+        assert tasks[-1]["cubes"] == {c: p.tolist() for c, p in sample_layout(9).cubes.items()}
+        reason = _set(client, "sim_world", "task.target", "purple", expect=False)
+        assert "unknown target colour 'purple'" in reason
+        assert tasks[-1]["target"] == other
         with lock:
             images["front"].clear()
         for _ in range(60):
@@ -195,17 +212,20 @@ def test_sim_world_node_publishes_cameras_and_the_task():
         client.close()
 
 
-def _set_int(client, node: str, name: str, value: int):
+def _set(client, node: str, name: str, value: int | str, expect: bool = True) -> str:
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
-    param = Parameter(
-        name=name, value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
-    )
+    if isinstance(value, int):
+        pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
+    else:
+        pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
+    param = Parameter(name=name, value=pv)
     reply = client.call(
         SetParameters, f"/{node}/set_parameters", SetParameters.Request(parameters=[param]), 20.0
     )
-    assert reply.results[0].successful, reply.results[0].reason
+    assert reply.results[0].successful == expect, reply.results[0].reason
+    return reply.results[0].reason
 
 
 @pytest.mark.ros
@@ -251,14 +271,14 @@ def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(
             layout = sample_layout(seed)
             with lock:
                 monitor[:] = [SuccessMonitor(layout)]
-            _set_int(client, "sim_world", "task.seed", seed)
-            _set_int(client, "teleop", "task.seed", seed)
+            _set(client, "sim_world", "task.seed", seed)
+            _set(client, "teleop", "task.seed", seed)
             time.sleep(3.7 + 2.0)  # the expert's move plus tracking lag
             with lock:
                 outcome = monitor[0].outcome
                 monitor.clear()
             assert outcome.success, (seed, outcome)
-            _set_int(client, "teleop", "task.seed", -1)
+            _set(client, "teleop", "task.seed", -1)
             wait_for(at_home, 30, "home again")
     finally:
         client.close()

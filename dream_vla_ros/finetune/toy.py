@@ -21,8 +21,8 @@ from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter
 from dream_vla_ros.robot.teleop import minimum_jerk
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
-from dream_vla_ros.sim.task import HOME  # the same start pose as the touch task
 
+START = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05])  # arm up, well inside the limits
 GOALS = {  # joint goals that bring the flange above each cube
     "red": np.array([-0.38, 1.35, -1.05, 0.0, 0.55, 0.0, 0.0]),
     "green": np.array([0.17, 1.45, -1.15, 0.0, 0.60, 0.0, 0.0]),
@@ -33,7 +33,7 @@ CAMERAS = ("observation.images.front", "observation.images.wrist")
 
 def toy_episode(colour: str, length: int, rng: np.random.Generator) -> np.ndarray:
     """(length + 1, 7) poses from a jittered home to the colour's goal, then a hold."""
-    start = HOME + np.r_[rng.uniform(-0.08, 0.08, 6), 0.0]
+    start = START + np.r_[rng.uniform(-0.08, 0.08, 6), 0.0]
     goal = GOALS[colour] + np.r_[rng.uniform(-0.03, 0.03, 6), 0.0]
     move = max(2, int(0.8 * length))
     s = minimum_jerk(np.arange(length + 1) / move)[:, None]

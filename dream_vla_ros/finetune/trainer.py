@@ -58,7 +58,7 @@ from dream_vla_ros.model.checkpoint import (
 )
 from dream_vla_ros.model.config import PRESETS, preset
 from dream_vla_ros.model.modeling import DreamVLA
-from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer
+from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
@@ -204,7 +204,9 @@ class Trainer:
         if r.model.base in PRESETS:
             cfg = preset(r.model.base, **action)
             model = DreamVLA(cfg)
-            tokenizer = byte_tokenizer(cfg.newline_token_id + 1)
+            # the dataset's instruction words get their own ids (see byte_tokenizer)
+            words = instruction_words(e.task for e in data.episodes.values())
+            tokenizer = byte_tokenizer(cfg.newline_token_id + 1, words, cfg.base_vocab_size)
             base_dir = None
             if self.resume is not None and r.lora.enabled:
                 # the random initial weights the adapters were trained on

@@ -13,6 +13,8 @@ never have to be recognised as specials by the tokenizer.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -24,8 +26,12 @@ SYSTEM = "You are a helpful assistant."
 QUESTION = "What action should the robot take to {instruction}?"
 
 
+def _normalised(instruction: str) -> str:
+    return instruction.strip().rstrip("?.!").lower()
+
+
 def question(instruction: str) -> str:
-    return QUESTION.format(instruction=instruction.strip().rstrip("?.!").lower())
+    return QUESTION.format(instruction=_normalised(instruction))
 
 
 class PromptBuilder:
@@ -66,11 +72,39 @@ class PromptBuilder:
         return self._cache[key]
 
 
-def byte_tokenizer(first_id: int) -> Tokenizer:
-    """A byte-level tokenizer (256 ids from `first_id`) for tiny models and tests."""
+def instruction_words(instructions: Iterable[str]) -> list[str]:
+    """The words of `instructions` as the prompt writes them (lower case), most
+    frequent first: the word list of a tiny model's tokenizer."""
+    counts: Counter[str] = Counter()
+    for text in instructions:
+        counts.update(w.strip("?.!,;:") for w in _normalised(text).split())
+    counts.pop("", None)
+    return sorted(counts, key=lambda w: (-counts[w], w))
+
+
+def byte_tokenizer(first_id: int, words: Sequence[str] = (), end_id: int = 0) -> Tokenizer:
+    """A byte-level tokenizer for tiny models and tests: 256 byte ids from `first_id`,
+    then ids (BPE merges) that make each word of `words` with its leading space one
+    token, for the words that fit below `end_id` (0: no limit). Whole-word ids
+    matter to a model trained from scratch: spelt out byte by byte, "red" and "blue"
+    differ only in a few character tokens at shifted positions, which a 2-layer
+    model learns to tell apart slowly if at all."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {ch: first_id + i for i, ch in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges: list[tuple[str, str]] = []
+    space = "\u0120"  # the byte-level alphabet's space
+    for word in words:
+        text = space + word
+        if any(ch not in vocab for ch in text):  # not plain text in the byte alphabet
+            continue
+        prefixes = [text[: k + 1] for k in range(1, len(text))]  # "Ġr", "Ġre", "Ġred"
+        missing = [p for p in prefixes if p not in vocab]
+        if end_id and first_id + len(vocab) + len(missing) > end_id:
+            continue  # no room for this one; a shorter word may still fit
+        for prefix in missing:
+            vocab[prefix] = first_id + len(vocab)
+            merges.append((prefix[:-1], prefix[-1]))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = tk_decoders.ByteLevel()
     return tok

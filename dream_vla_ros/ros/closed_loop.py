@@ -29,7 +29,16 @@ from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.launch_graph import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.ros.client import BackgroundNode
-from dream_vla_ros.sim.task import HOME, Layout, SuccessMonitor, fingertip, sample_layout
+from dream_vla_ros.sim.task import (
+    APPROACH_S,
+    COLOURS,
+    DESCEND_S,
+    HOME,
+    Layout,
+    SuccessMonitor,
+    fingertip,
+    sample_layout,
+)
 
 HOME_TOLERANCE_RAD = 0.03
 
@@ -159,8 +168,10 @@ class GraphClient(BackgroundNode):
         self._pubs[key].publish(msg)
 
 
-def _home_chunk(client: GraphClient, seconds: float = 2.0, dt: float = 0.05) -> None:
-    """Publish one chunk that brings the arm home with a minimum-jerk move."""
+def _go_home(client: GraphClient, peak_speed: float = 0.8, dt: float = 0.05) -> None:
+    """Bring the arm home along one minimum-jerk path (peak joint speed `peak_speed`
+    rad/s), streamed as chunks every 0.2 s: the controller holds when no chunk has
+    arrived for its chunk timeout (0.5 s), whatever the last one's horizon."""
     from trajectory_msgs.msg import JointTrajectory
 
     from dream_vla_ros.robot.teleop import minimum_jerk
@@ -169,10 +180,19 @@ def _home_chunk(client: GraphClient, seconds: float = 2.0, dt: float = 0.05) -> 
     q = client.measured()
     if q is None:
         raise ClosedLoopError("no /joint_states from the controller")
-    s = minimum_jerk(np.arange(1, int(seconds / dt) + 1) * dt / seconds)[:, None]
-    points = q + s * (HOME - q)
-    msg = chunk_message(client.now(), JOINT_NAMES, points, dt)
-    client.publish(JointTrajectory, "/dream_vla/action_chunk", msg)
+    distance = float(np.abs(HOME[:6] - q[:6]).max())
+    seconds = max(1.0, 1.875 * distance / peak_speed)  # min-jerk peak speed 1.875 d / T
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        times = elapsed + np.arange(1, int((seconds - elapsed) / dt) + 2) * dt
+        s = minimum_jerk(np.clip(times / seconds, 0.0, 1.0))[:, None]
+        msg = chunk_message(client.now(), JOINT_NAMES, q + s * (HOME - q), dt)
+        client.publish(JointTrajectory, "/dream_vla/action_chunk", msg)
+        if elapsed >= seconds:
+            break
+        time.sleep(0.2)
+    client.wait(client.at_home, 30, client.where)
 
 
 @dataclass
@@ -217,8 +237,14 @@ def collect(
     seed0: int = 1000,
     camera: tuple[int, int] = (320, 240),
     log: Callable[[str], None] = print,
+    per_layout: int = 1,
 ) -> dict[str, Any]:
-    """Record `episodes` expert episodes (layout seeds seed0, seed0 + 1, ...)."""
+    """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
+    demonstrated `per_layout` times (1-3) with a different named cube, starting with
+    the seed's own (the same images with different instructions and actions: the
+    colour word is what decides)."""
+    if not 1 <= per_layout <= len(COLOURS):
+        raise ValueError(f"per_layout must be 1 to {len(COLOURS)}, got {per_layout}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     argv = [f"output_dir:={out}", f"camera_width:={camera[0]}", f"camera_height:={camera[1]}"]
@@ -231,19 +257,33 @@ def collect(
         for i in range(episodes):
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
-            seed = seed0 + i
-            layout = sample_layout(seed)
+            seed = seed0 + i // per_layout
+            own = COLOURS.index(sample_layout(seed).target)
+            layout = sample_layout(seed, COLOURS[(own + i % per_layout) % len(COLOURS)])
+            client.set_param("sim_world", "task.target", layout.target)
             client.set_param("sim_world", "task.seed", seed)
+            client.set_param("teleop", "task.target", layout.target)
             client.set_param("recorder", "instruction", layout.instruction)
             time.sleep(0.3)  # the new layout reaches the cameras
             monitor, _ = _track(client, layout)
             client.trigger("/recorder/start")
             client.set_param("teleop", "task.seed", seed)
-            time.sleep(3.7 + 0.8)  # the expert's move and the arm's lag
+            # the expert's move and the arm's lag, then a short hold at the touch
+            deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
+            while not monitor.touched and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.6)
             outcome = monitor.outcome
             client.on_state = None
             client.trigger("/recorder/stop" if outcome.success else "/recorder/stop_failed")
-            results.append({"seed": seed, "success": outcome.success, "touched": outcome.touched})
+            results.append(
+                {
+                    "seed": seed,
+                    "target": layout.target,
+                    "success": outcome.success,
+                    "touched": outcome.touched,
+                }
+            )
             verdict = "success" if outcome.success else f"FAILED ({outcome.touched or 'none'})"
             log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
             faults += client.recover_controller(log)
@@ -255,6 +295,7 @@ def collect(
         graph_log.close()
     summary = {
         "episodes": episodes,
+        "per_layout": per_layout,
         "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
         "controller_resets": faults,
         "results": results,
@@ -299,8 +340,7 @@ def evaluate(
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
             client.set_param("policy", "enabled", False)
             faults += client.recover_controller(log)
-            _home_chunk(client)
-            client.wait(client.at_home, 30, client.where)
+            _go_home(client)
             layout = sample_layout(seed)
             client.set_param("sim_world", "task.seed", seed)
             msg = String()
@@ -330,6 +370,7 @@ def evaluate(
                 f"{'success' if o.success else 'failure'} (touched {o.touched or 'nothing'}, "
                 f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s)"
             )
+        diagnostics = {n: client.status(f"dream_vla/{n}") for n in ("policy", "controller")}
     finally:
         client.close()
         launcher.shutdown()
@@ -340,6 +381,7 @@ def evaluate(
         "seeds": seeds,
         "success_rate": rate,
         "controller_resets": faults,
+        "diagnostics": diagnostics,  # the nodes' last /diagnostics values
         "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))

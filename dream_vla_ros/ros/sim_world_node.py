@@ -3,9 +3,10 @@ the measured /joint_states, published as a front and a wrist camera, with the
 "touch the cube" task's layout.
 
 Images are stamped like the schematic `sim_camera` node's (the joint state they
-show). `task.seed` (settable at run time) places the cubes (sim/task.py); the
-node publishes the layout on `~/task` (std_msgs/String, JSON: seed, instruction,
-target, cube centres; transient local, so a late subscriber gets the current one).
+show). `task.seed` (settable at run time) places the cubes (sim/task.py),
+`task.target` names the cube to touch (empty: the seed's own); the node publishes
+the layout on `~/task` (std_msgs/String, JSON: seed, instruction, target, cube
+centres; transient local, so a late subscriber gets the current one).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ class SimWorldNode(SimCameraNode):
                 integer_range=int_range(0, 2**31 - 1),
             ),
         ).value
+        target = self.declare_parameter(
+            "task.target",
+            "",
+            ParameterDescriptor(
+                description="The colour to touch (red | green | blue); empty: the seed's own"
+            ),
+        ).value
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_task = self.create_publisher(String, "~/task", latched)
-        self._apply(int(seed))
+        self._apply(int(seed), str(target))
         self.add_on_set_parameters_callback(self._on_set)
 
     def make_scene(self, width: int, height: int):
@@ -45,8 +53,8 @@ class SimWorldNode(SimCameraNode):
 
         return PiperWorld(width=width, height=height)
 
-    def _apply(self, seed: int) -> None:
-        layout = sample_layout(seed)
+    def _apply(self, seed: int, target: str) -> None:
+        layout = sample_layout(seed, target)  # ValueError on an unknown colour
         with self._lock:
             self.scene.set_cubes(layout.cubes)
             self._last_rendered_stamp = -1.0  # the next frame shows the new layout
@@ -63,9 +71,14 @@ class SimWorldNode(SimCameraNode):
         self.pub_task.publish(msg)
 
     def _on_set(self, params) -> SetParametersResult:
-        for p in params:
-            if p.name == "task.seed":
-                self._apply(int(p.value))
+        new = {p.name: p.value for p in params if p.name in ("task.seed", "task.target")}
+        if new:
+            seed = int(new.get("task.seed", self.layout.seed))
+            target = str(new.get("task.target", self.get_parameter("task.target").value))
+            try:
+                self._apply(seed, target)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
 

@@ -68,11 +68,23 @@ class TeleopNode(Node):
             ),
         )
 
+        self.declare_parameter(
+            "task.target",
+            "",
+            ParameterDescriptor(
+                description="touch_expert: the colour to touch (red | green | blue); empty: "
+                "the seed's own. Takes effect with the next task.seed"
+            ),
+        )
+
         self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
         self._measured: np.ndarray | None = None
         if p["source"] == "touch_expert":
-            self.source = self._expert(int(self.get_parameter("task.seed").value))
+            self.source = self._expert(
+                int(self.get_parameter("task.seed").value),
+                str(self.get_parameter("task.target").value),
+            )
             self.add_on_set_parameters_callback(self._on_set)
         elif p["source"] == "scripted":
             self.source = ScriptedTeleop(
@@ -105,18 +117,28 @@ class TeleopNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _expert(self, seed: int) -> TeleopSource:
+    def _expert(self, seed: int, target: str) -> TeleopSource:
         from dream_vla_ros.sim.task import TouchExpert, sample_layout
 
-        layout = None if seed < 0 else sample_layout(seed)
+        layout = None if seed < 0 else sample_layout(seed, target)
         return TouchExpert(layout, self.cfg.soft_lower, self.cfg.soft_upper)
 
     def _on_set(self, params) -> SetParametersResult:
+        new = {p.name: p.value for p in params}
+        if "task.target" in new and "task.seed" not in new:
+            from dream_vla_ros.sim.task import COLOURS
+
+            if new["task.target"] not in ("", *COLOURS):
+                return SetParametersResult(
+                    successful=False,
+                    reason=f"task.target must be empty or one of {list(COLOURS)}",
+                )
         for param in params:
             if param.name == "task.seed":
+                target = new.get("task.target", self.get_parameter("task.target").value)
                 try:
-                    source = self._expert(int(param.value))
-                except RuntimeError as exc:  # IK failure: say so, keep the old source
+                    source = self._expert(int(param.value), str(target))
+                except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
                     return SetParametersResult(successful=False, reason=str(exc))
                 self.source.close()
                 self.source = source

@@ -28,10 +28,12 @@ COLOURS = ("red", "green", "blue")
 CUBE_SIZE = 0.04
 FINGER_LENGTH = 0.06
 SUCCESS_DISTANCE_M = 0.03
-HOME = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05])
+HOME = np.array([0.0, 1.54, -1.0608, 0.0, 1.1788, 0.0, 0.05])
 X_RANGE = (0.22, 0.36)
 Y_RANGE = (-0.16, 0.16)
 MIN_SEPARATION_M = 0.09
+APPROACH_S = 1.6  # the expert's move from home to 6 cm above the cube
+DESCEND_S = 1.0  # ... and down to the touch pose
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,11 @@ class Layout:
         return self.cubes[colour] + np.array([0.0, 0.0, CUBE_SIZE / 2])
 
 
-def sample_layout(seed: int) -> Layout:
+def sample_layout(seed: int, target: str = "") -> Layout:
+    """The seed's cube positions; the cube to touch is `target` when given (one of
+    COLOURS), else drawn from the seed."""
+    if target and target not in COLOURS:
+        raise ValueError(f"unknown target colour '{target}'; choose one of {list(COLOURS)}")
     rng = np.random.default_rng([seed, 20261122])
     cubes: dict[str, np.ndarray] = {}
     for colour in COLOURS:
@@ -59,8 +65,8 @@ def sample_layout(seed: int) -> Layout:
                 break
         else:  # pragma: no cover - the region fits three cubes easily
             raise RuntimeError(f"cannot place the {colour} cube for seed {seed}")
-    target = COLOURS[int(rng.integers(len(COLOURS)))]
-    return Layout(seed, cubes, target)
+    drawn = COLOURS[int(rng.integers(len(COLOURS)))]
+    return Layout(seed, cubes, target or drawn)
 
 
 def fingertip(chain: DHChain, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +152,8 @@ class TouchExpert:
         layout: Layout | None,
         lower: np.ndarray,
         upper: np.ndarray,
-        approach_s: float = 2.5,
-        descend_s: float = 1.2,
+        approach_s: float = APPROACH_S,
+        descend_s: float = DESCEND_S,
         chain: DHChain | None = None,
     ) -> None:
         self.layout = layout

@@ -32,8 +32,8 @@ RGB = {
     "blue": (0.12, 0.24, 0.80),
     "yellow": (0.85, 0.75, 0.10),
 }
-FRONT_EYE = (0.85, 0.0, 0.55)
-FRONT_TARGET = (0.22, 0.0, 0.05)
+FRONT_EYE = (0.62, 0.0, 0.5)
+FRONT_TARGET = (0.27, 0.0, 0.0)
 WRIST_OFFSET = (0.0, -0.062, 0.0)  # camera in the flange frame (beside the palm), along flange z
 
 
