@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from dream_vla_ros.finetune.adapters import apply_lora, head_modules, set_full_finetuning
 from dream_vla_ros.finetune.data import DemoData, WindowDataset, split_episodes
@@ -35,7 +36,7 @@ from dream_vla_ros.finetune.trainer import (
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.policy import Observation, Policy
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
-from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer
+from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words, question
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "config/finetune/piper_tiny_cpu.yaml"
@@ -323,6 +324,30 @@ def test_resume_refuses_a_changed_recipe_and_a_used_output(toy, tmp_path):
 
 
 # -- learning, checkpoints, CLI ------------------------------------------------------------
+def test_tiny_tokenizers_give_instruction_words_their_own_ids(toy, tmp_path):
+    words = instruction_words(["Touch the red cube.", "touch the blue cube", "touch the red cube"])
+    assert words == ["cube", "the", "touch", "red", "blue"]  # most frequent first
+    tok = byte_tokenizer(8, words, 512)
+    enc = {c: tok.encode(question(f"touch the {c} cube")) for c in ("red", "blue", "green")}
+    # known words are one token each (with their space), unknown ones stay bytes
+    assert enc["red"].tokens[-5:] == ["\u0120touch", "\u0120the", "\u0120red", "\u0120cube", "?"]
+    assert "\u0120green" not in enc["green"].tokens
+    assert len(enc["red"].ids) == len(enc["blue"].ids)  # they differ in one position only
+    assert sum(a != b for a, b in zip(enc["red"].ids, enc["blue"].ids)) == 1
+    for colour, e in enc.items():
+        assert tok.decode(e.ids) == question(f"touch the {colour} cube")
+        assert max(e.ids) < 512 and min(e.ids) >= 8
+    # the id budget holds: words that do not fit stay spelt out
+    small = byte_tokenizer(8, words, 8 + 256 + 6)
+    assert small.get_vocab_size() <= 256 + 6
+    assert byte_tokenizer(8).get_vocab_size() == 256  # no words: bytes only
+    # a checkpoint trained on the toy dataset carries them
+    r = recipe(toy, tmp_path / "run", "train.steps=1", "train.val_every=0")
+    final = Trainer(r, progress=False, log=lambda _: None).run().final
+    saved = Tokenizer.from_file(str(final / "tokenizer.json"))
+    assert "\u0120red" in saved.encode(question("reach the red cube")).tokens
+
+
 def test_tiny_model_learns_the_toy_demonstrations(toy, tmp_path):
     """Figures (2-core CPU, flow head, full finetuning, 300 steps of 8): loss
     FIRST -> LAST, open-loop joint MAE on the demonstrations BEFORE -> AFTER rad."""

@@ -128,15 +128,12 @@ def piper_mjcf(chain: DHChain, colours: tuple[str, ...], fov_deg: float = 60.0) 
   <visual><global offwidth="1280" offheight="960"/><quality shadowsize="0" offsamples="0"/>
     <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5" specular="0 0 0"/></visual>
   <asset>
-    <texture name="checker" type="2d" builtin="checker" rgb1="0.75 0.63 0.47"
-             rgb2="0.67 0.55 0.39" width="256" height="256"/>
-    <material name="table" texture="checker" texrepeat="11 12"/>
     <texture name="sky" type="skybox" builtin="gradient" rgb1="0.6 0.67 0.78"
              rgb2="0.85 0.86 0.9" width="64" height="64"/>
   </asset>
   <worldbody>
     <light pos="0.3 0 1.5" dir="0 0 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
-    <geom name="table" type="box" pos="0.25 0 -0.01" size="0.55 0.6 0.01" material="table"/>
+    <geom name="table" type="box" pos="0.25 0 -0.01" size="0.55 0.6 0.01" rgba="0.72 0.6 0.45 1"/>
     <geom type="cylinder" size="0.06 0.03" pos="0 0 0.03" rgba="0.3 0.3 0.35 1"/>
     <camera name="front" pos="{_vec(FRONT_EYE)}" xyaxes="{_look_at_xyaxes(FRONT_EYE, FRONT_TARGET)}"
             fovy="{fov_deg}"/>
