@@ -87,9 +87,9 @@ def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
     out = tmp_path / "pipeline"
     cmd = [
         *(sys.executable, "-m", "dream_vla_ros.cli", "sim", "pipeline", str(out)),
+        *PIPELINE_OVERRIDES,
         *("--episodes", str(PIPELINE_EPISODES), "--per-layout", "1"),
         *("--seeds", str(PIPELINE_SEEDS), "--eval-seed0", "1000", "--no-progress"),
-        *PIPELINE_OVERRIDES,
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
