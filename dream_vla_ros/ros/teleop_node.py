@@ -126,13 +126,12 @@ class TeleopNode(Node):
     def _on_set(self, params) -> SetParametersResult:
         new = {p.name: p.value for p in params}
         if "task.target" in new and "task.seed" not in new:
-            from dream_vla_ros.sim.task import COLOURS
+            from dream_vla_ros.sim.task import check_target
 
-            if new["task.target"] not in ("", *COLOURS):
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"task.target must be empty or one of {list(COLOURS)}",
-                )
+            try:
+                check_target(str(new["task.target"]))
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
         for param in params:
             if param.name == "task.seed":
                 target = new.get("task.target", self.get_parameter("task.target").value)

@@ -50,11 +50,17 @@ class Layout:
         return self.cubes[colour] + np.array([0.0, 0.0, CUBE_SIZE / 2])
 
 
+def check_target(target: str) -> str:
+    """`target` if it is empty (the seed's own) or one of COLOURS, else ValueError."""
+    if target and target not in COLOURS:
+        raise ValueError(f"unknown target colour '{target}'; choose one of {list(COLOURS)}")
+    return target
+
+
 def sample_layout(seed: int, target: str = "") -> Layout:
     """The seed's cube positions; the cube to touch is `target` when given (one of
     COLOURS), else drawn from the seed."""
-    if target and target not in COLOURS:
-        raise ValueError(f"unknown target colour '{target}'; choose one of {list(COLOURS)}")
+    check_target(target)
     rng = np.random.default_rng([seed, 20261122])
     cubes: dict[str, np.ndarray] = {}
     for colour in COLOURS:
