@@ -134,9 +134,11 @@ def test_dataset_build_refuses_a_non_empty_output_and_reports_gaps(episodes, tmp
     with pytest.raises(DatasetError, match="not empty"):
         build_dataset(episodes, tmp_path / "x", BuildSettings(fps=FPS))
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
-    # a tolerance tighter than the camera period: every episode has a "gap" and is skipped
+    # a tolerance tighter than the camera period on a grid that does not divide it (7 fps
+    # vs 10 Hz frames: grid points fall 14-86 ms after a frame; at 10 fps they can land
+    # within a millisecond of every frame on a quiet host): every episode has a "gap"
     with pytest.raises(Exception, match="has a gap"):
-        build_dataset(episodes, tmp_path / "y", BuildSettings(fps=FPS, image_tolerance_s=0.001))
+        build_dataset(episodes, tmp_path / "y", BuildSettings(fps=7, image_tolerance_s=0.001))
 
 
 def _write_v21(root: Path) -> dict:
@@ -327,10 +329,13 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     clocks: list[float] = []
     lock = threading.Lock()
 
+    arrivals: list[float] = []  # monotonic wall time of each message
+
     def on_state(msg):
         with lock:
             now = sim.get_clock().now().nanoseconds * 1e-9
             got.append((now, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+            arrivals.append(time.monotonic())
 
     sim.create_subscription(JointState, "/joint_states", on_state, 1000)
     client.node.create_subscription(
@@ -361,8 +366,11 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     # a starved host delays a few callbacks (and /clock) by a few hundred ms
     lag = np.abs(sim_now - stamps)
     assert np.median(lag) < 0.1 and np.percentile(lag, 95) < 0.3, np.percentile(lag, [50, 95, 100])
-    # rate 2: about half the recorded duration (plus start-up)
-    assert wall < meta.duration_s / 2 + 8
+    # rate 2: the messages arrive over about half the time they span (the process's
+    # start-up, slow on a cold cache, is not part of it)
+    ratio = (arrivals[-1] - arrivals[0]) / (stamps[-1] - stamps[0])
+    assert 0.35 < ratio < 0.8, ratio
+    assert wall < meta.duration_s / 2 + 60
 
 
 # ----------------------------------------------------------------------- eval-bag

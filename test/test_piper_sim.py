@@ -184,6 +184,60 @@ def test_driver_decodes_faults_and_feedback_loss(arm):
     assert wait_until(lambda: driver.read_state().ok)
 
 
+_STALL_CHILD = """
+import json, sys, time
+import numpy as np
+from dream_vla_ros.control.config import load_safety_config
+from dream_vla_ros.robot.piper import PiperArm, PiperSettings
+from dream_vla_ros.robot.piper_sim import FirmwareParams, PiperFirmwareSim
+
+name, timeout, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+start = np.array([0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.02])
+sim = PiperFirmwareSim(name, FirmwareParams.from_safety_config(load_safety_config(None)), start)
+sim.start()
+driver = PiperArm(PiperSettings(can_name=name, bustype="virtual", feedback_timeout_s=timeout))
+driver.connect()
+print("ready", flush=True)
+faults, end = set(), time.monotonic() + seconds
+while time.monotonic() < end:  # the control loop's reads
+    faults.update(driver.read_state().faults)
+    time.sleep(0.005)
+print(json.dumps({"faults": sorted(faults), "stalls": driver.stalls}), flush=True)
+driver.close()
+sim.stop()
+"""
+
+
+def test_a_stalled_process_is_not_a_lost_can_link():
+    """The whole process (controller loop, SDK reader, in-process simulator) stopped
+    for 4 feedback timeouts by SIGSTOP, as a starved host does: the silence clock
+    restarts when it runs again, so no feedback fault; the stall is counted."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    timeout = 0.2
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALL_CHILD, f"stall-{next(_names)}", str(timeout), "3.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        child.send_signal(signal.SIGSTOP)
+        time.sleep(4 * timeout)
+        child.send_signal(signal.SIGCONT)
+        report = json.loads(child.stdout.readline())
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+        child.wait()
+    assert report["faults"] == [], report
+    assert report["stalls"] >= 1, report
+
+
 def test_driver_enable_timeout_and_missing_arm():
     name = f"absent-{next(_names)}"
     driver = PiperArm(PiperSettings(can_name=name, bustype="virtual", connect_timeout_s=0.2))

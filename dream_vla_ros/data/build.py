@@ -37,7 +37,7 @@ from dream_vla_ros.data.bags import (
     read_joint_series,
 )
 from dream_vla_ros.data.episode import EpisodeError, list_episodes, needs_recovery, read_meta
-from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter
+from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter, check_output_folder
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,7 @@ def _frames(folder: Path, s: BuildSettings, topic: str, picks: np.ndarray) -> It
 
 
 def build_dataset(episodes_dir: str | Path, out_dir: str | Path, s: BuildSettings) -> BuildReport:
+    check_output_folder(Path(out_dir))  # before minutes of work, not after
     folders = list_episodes(episodes_dir)
     if not folders:
         raise EpisodeError(f"no episodes in {episodes_dir}")

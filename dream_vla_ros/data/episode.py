@@ -23,7 +23,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ class EpisodeWriter:
         root: str | Path,
         topics: dict[str, str],
         instruction: str,
-        start_time_s: float,
+        start_time_s: float | Callable[[], float],
         robot: dict[str, Any] | None = None,
         cameras: Sequence[dict[str, Any]] = (),
         flush_period_s: float = 0.5,
@@ -144,7 +144,7 @@ class EpisodeWriter:
         self.meta = EpisodeMeta(
             index=index,
             instruction=instruction,
-            start_time_s=start_time_s,
+            start_time_s=0.0 if callable(start_time_s) else float(start_time_s),
             wall_start=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             topics=dict(topics),
             message_counts={t: 0 for t in topics},
@@ -166,6 +166,10 @@ class EpisodeWriter:
             self._writer.abort()
             shutil.rmtree(self.folder, ignore_errors=True)
             raise
+        if callable(start_time_s):
+            # a clock: the episode starts now that the bag is open (opening it and
+            # registering the types can take most of a second on a busy host)
+            self.meta.start_time_s = float(start_time_s())
         write_json_atomic(self.folder / EPISODE_FILE, asdict(self.meta))
         self._queue: queue.Queue[tuple[str, bytes, int] | None] = queue.Queue(queue_size)
         self._flush_period = flush_period_s

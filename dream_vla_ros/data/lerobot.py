@@ -76,6 +76,12 @@ class CameraSpec:
     width: int
 
 
+def check_output_folder(root: Path) -> None:
+    """A dataset is written into a new or empty folder, never over anything."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise DatasetError(f"output folder {root} exists and is not empty")
+
+
 class LeRobotWriter:
     """Builds a v3.0 dataset one episode at a time; `finish()` writes the metadata."""
 
@@ -89,8 +95,7 @@ class LeRobotWriter:
         codec: str = "",
     ) -> None:
         self.root = Path(root)
-        if self.root.exists() and any(self.root.iterdir()):
-            raise DatasetError(f"output folder {self.root} exists and is not empty")
+        check_output_folder(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fps = int(fps)
         self.cameras = list(cameras)

@@ -88,16 +88,31 @@ class GraphClient(BackgroundNode):
         with self.lock:
             return dict(self.diag.get(name, {}))
 
-    def recover_controller(self, log: Callable[[str], None]) -> bool:
+    def controller_mode(self) -> str:
+        return self.status("dream_vla/controller").get("mode", "running")
+
+    def recover_controller(self, log: Callable[[str], None], attempts: int = 5) -> bool:
         """Reset a faulted controller (a starved host can trip its tracking or
-        feedback timeouts) and enable it again; True when it had to."""
-        mode = self.status("dream_vla/controller").get("mode", "running")
+        feedback timeouts) and enable it again; True when it had to. A reset the arm
+        refuses (it still reports the fault) is retried for a few seconds."""
+        mode = self.controller_mode()
         if mode == "running":
             return False
+        from std_srvs.srv import Trigger
+
         log(f"controller in {mode} ({self.status('dream_vla/controller').get('message')}): reset")
-        if mode in ("fault", "estop"):
-            self.trigger("/controller/reset_fault")
-        self.trigger("/controller/enable")
+        for attempt in range(attempts):
+            reply = self.call(Trigger, "/controller/reset_fault")
+            if reply.success or "no fault" in reply.message:  # or it was only disabled
+                reply = self.call(Trigger, "/controller/enable")
+            if reply.success:
+                break
+            if attempt == attempts - 1:
+                raise ClosedLoopError(f"the controller did not recover: {reply.message}")
+            log(f"controller refused to recover ({reply.message}); retrying")
+            time.sleep(1.0)
+        # the next /diagnostics must not report the old mode as current
+        self.wait(lambda: self.controller_mode() == "running", 10, "the controller to run")
         return True
 
     def _image(self, msg) -> None:
@@ -125,6 +140,9 @@ class GraphClient(BackgroundNode):
         mode = self.status("dream_vla/controller").get("mode", "?")
         where = None if q is None else np.round(q, 3).tolist()
         return f"the arm to return home (at {where}, controller {mode})"
+
+    def faulted(self) -> bool:
+        return self.controller_mode() in ("fault", "estop")
 
     def at_home(self) -> bool:
         q = self.measured()
@@ -192,7 +210,25 @@ def _go_home(client: GraphClient, peak_speed: float = 0.8, dt: float = 0.05) -> 
         if elapsed >= seconds:
             break
         time.sleep(0.2)
-    client.wait(client.at_home, 30, client.where)
+    client.wait(lambda: client.at_home() or client.faulted(), 30, client.where)
+
+
+def _home(
+    client: GraphClient,
+    log: Callable[[str], None],
+    move: Callable[[], None] | None = None,
+    attempts: int = 3,
+) -> int:
+    """Bring the arm home with `move` (default: stream the path from here, _go_home);
+    a controller fault on the way (a host stall, see docs/controller.md) is reset and
+    the move restarted. Returns how many resets it took."""
+    resets = 0
+    for _ in range(attempts):
+        resets += client.recover_controller(log)
+        (move or (lambda: _go_home(client)))()
+        if client.at_home() and not client.faulted():
+            return resets
+    raise ClosedLoopError(f"gave up after {attempts} attempts waiting for {client.where()}")
 
 
 @dataclass
@@ -204,6 +240,7 @@ class Rollout:
     distance_m: float
     seconds: float
     tip_path: list[list[float]] = field(default_factory=list)
+    controller_fault: bool = False  # the controller faulted during the rollout
 
 
 def _track(client: GraphClient, layout: Layout) -> tuple[SuccessMonitor, list]:
@@ -252,8 +289,14 @@ def collect(
     client = GraphClient("closed_loop_collect")
     results = []
     faults = 0
+
+    def expert_home() -> None:
+        client.set_param("teleop", "task.seed", -1)  # from the measured pose
+        client.wait(lambda: client.at_home() or client.faulted(), 30, client.where)
+
     try:
-        client.wait(client.at_home, 120, "the expert to bring the arm home (see graph.log)")
+        client.wait(lambda: client.measured() is not None, 120, "/joint_states (see graph.log)")
+        faults += _home(client, log, expert_home)
         for i in range(episodes):
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
@@ -275,20 +318,23 @@ def collect(
             time.sleep(0.6)
             outcome = monitor.outcome
             client.on_state = None
-            client.trigger("/recorder/stop" if outcome.success else "/recorder/stop_failed")
+            # an episode the controller stopped is not a demonstration of the task
+            fault = client.faulted()
+            success = outcome.success and not fault
+            client.trigger("/recorder/stop" if success else "/recorder/stop_failed")
             results.append(
                 {
                     "seed": seed,
                     "target": layout.target,
-                    "success": outcome.success,
+                    "success": success,
                     "touched": outcome.touched,
+                    "controller_fault": fault,
                 }
             )
-            verdict = "success" if outcome.success else f"FAILED ({outcome.touched or 'none'})"
+            verdict = "success" if success else f"FAILED ({outcome.touched or 'none'})"
+            verdict += " (controller fault)" if fault else ""
             log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
-            faults += client.recover_controller(log)
-            client.set_param("teleop", "task.seed", -1)
-            client.wait(client.at_home, 30, client.where)
+            faults += _home(client, log, expert_home)
     finally:
         client.close()
         launcher.shutdown()
@@ -339,8 +385,7 @@ def evaluate(
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
             client.set_param("policy", "enabled", False)
-            faults += client.recover_controller(log)
-            _go_home(client)
+            faults += _home(client, log)
             layout = sample_layout(seed)
             client.set_param("sim_world", "task.seed", seed)
             msg = String()
@@ -362,13 +407,24 @@ def evaluate(
                 with client.lock:
                     gif_frames, client.frames = client.frames or [], None
             o = monitor.outcome
+            fault = client.faulted()  # counted as a failure, and said so
             rollouts.append(
-                Rollout(seed, layout.instruction, o.success, o.touched, o.distance_m, elapsed, path)
+                Rollout(
+                    seed,
+                    layout.instruction,
+                    o.success,
+                    o.touched,
+                    o.distance_m,
+                    elapsed,
+                    path,
+                    fault,
+                )
             )
             log(
                 f"evaluate: seed {seed}: {layout.instruction}: "
                 f"{'success' if o.success else 'failure'} (touched {o.touched or 'nothing'}, "
-                f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s)"
+                f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s"
+                f"{', controller fault' if fault else ''})"
             )
         diagnostics = {n: client.status(f"dream_vla/{n}") for n in ("policy", "controller")}
     finally:

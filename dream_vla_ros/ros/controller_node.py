@@ -359,6 +359,8 @@ class ControllerNode(Node):
             "limited_ticks": str(stats.limited_ticks),
             "watchdog_holds": str(stats.watchdog_holds),
             "loop_overruns": str(self.loop.overruns),
+            # process stalls seen by the driver (its feedback silence clock restarted)
+            "arm_stalls": str(getattr(self.arm, "stalls", 0)),
             "loop_errors": str(self._loop_errors),
             "arm_faults": "; ".join(self._arm_faults) or "none",
         }

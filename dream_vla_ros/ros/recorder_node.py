@@ -201,7 +201,7 @@ class RecorderNode(Node):
                     self.root,
                     {t: self.types[t] for t in self.p["topics"]},
                     instruction,
-                    self._now_s(),
+                    self._now_s,  # read once the bag is open: nothing is recorded before
                     robot={"type": self.p["robot_type"]},
                     cameras=cameras,
                     flush_period_s=self.p["flush_period_s"],
