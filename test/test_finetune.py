@@ -3,6 +3,7 @@ resume, learning, checkpoints that the policy (and the policy node) load."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from dream_vla_ros.finetune.adapters import apply_lora, head_modules, set_full_finetuning
-from dream_vla_ros.finetune.data import DemoData, WindowDataset, split_episodes
+from dream_vla_ros.finetune.data import DemoData, WindowDataset, split_episodes, swap_colours
 from dream_vla_ros.finetune.export import merge_checkpoint
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
 from dream_vla_ros.finetune.recipe import (
@@ -103,6 +104,7 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.cameras=[a, b, c]"], "'data.cameras' must list one or two"),
         (["data.augment.crop_scale=[0.9]"], "'data.augment.crop_scale' must have 2 values"),
         (["lora.enabled=maybe"], "'lora.enabled' must be true or false"),
+        (["data.augment.colour_words=[red, red, blue]"], "'data.augment.colour_words' must be"),
         (["train"], "is not of the form section.key=value"),
         (["data=3"], "'data' must be a mapping"),
     ],
@@ -196,6 +198,44 @@ def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(
     assert diff > 1.0  # augmented
     assert torch.equal(plain[i]["images"], data.sample("train", i)["images"])
     assert torch.equal(a["actions"], plain[i]["actions"])  # only pixels change
+
+
+def test_colour_swap_moves_pixels_and_words_together(toy):
+    """A pure-red patch called red: after the swap the patch is in the channel whose word
+    the instruction now uses, for every camera; other samples' words are untouched."""
+    words = ("red", "green", "blue")
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0, 2:4, 2:4] = 200  # a red cube in both cameras
+    images[:, 2, 5:7, 5:7] = 150  # and a blue one
+    seen = set()
+    for seed in range(40):
+        out, task = swap_colours(images, "Touch the red cube, not the Blue one", words, (
+            torch.Generator().manual_seed(seed)
+        ))  # fmt: skip
+        first, second = task.split()[2], task.split()[-2]
+        assert task.startswith("Touch the ") and second[0].isupper()
+        red_now, blue_now = words.index(first), words.index(second.lower())
+        assert red_now != blue_now
+        for cam in range(2):
+            assert int(out[cam, red_now, 2, 2]) == 200 and int(out[cam, red_now].sum()) == 800
+            assert int(out[cam, blue_now, 5, 5]) == 150
+        seen.add(first)
+    assert seen == set(words)  # every renaming happens
+    # in training samples: the recipe switch, seeded like the other augmentations
+    data = DemoData(DataConfig(dataset=str(toy), chunk=4))  # "reach the <colour> cube"
+    plain = WindowDataset(data, "train", data.cfg.augment)
+    swapped = WindowDataset(
+        data, "train", dataclasses.replace(data.cfg.augment, colour_words=words)
+    )
+    renamed = 0
+    for seed in range(12):
+        a, b = swapped[(0, seed)], plain[(0, seed)]
+        before, after = b["task"].split()[2], a["task"].split()[2]
+        renamed += before != after
+        # the channel now named `after` shows what the channel named `before` showed
+        assert torch.equal(a["images"][:, words.index(after)], b["images"][:, words.index(before)])
+        assert torch.equal(a["actions"], b["actions"])
+    assert renamed > 0
 
 
 def test_missing_camera_and_state_are_named(toy):

@@ -25,6 +25,8 @@ and epoch, so a resumed run sees the same pixels.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,21 +161,45 @@ class DemoData:
         pad = rows < ep.length
         actions = ep.action[np.minimum(rows, ep.length - 1)]
         images = ep.frames[t]
+        task = ep.task
         if augment is not None:
             g = torch.Generator().manual_seed(seed)
             images = torch.stack([augment_frame(f, augment, g) for f in images])
+            if augment.colour_words:
+                images, task = swap_colours(images, task, augment.colour_words, g)
         out: dict[str, Any] = {
             "images": images,
             "actions": torch.from_numpy(self.action_stats.normalise(actions)).float(),
             "raw_actions": torch.from_numpy(actions).float(),
             "pad": torch.from_numpy(pad),
-            "task": ep.task,
+            "task": task,
             "episode": episode_index,
             "t": t,
         }
         if self.proprio_stats is not None:
             out["state"] = torch.from_numpy(self.proprio_stats.normalise(ep.state[t])).float()
         return out
+
+
+def swap_colours(
+    images: torch.Tensor, task: str, words: Sequence[str], g: torch.Generator
+) -> tuple[torch.Tensor, str]:
+    """(cameras, 3, S, S) images with their channels permuted at random (the same way
+    for every camera) and `task` with the channels' colour words swapped to match.
+
+    New channel c shows old channel perm[c], so what was called words[perm[c]] is
+    now called words[c]. Whole words only, case kept for the first letter."""
+    perm = torch.randperm(3, generator=g)
+    if bool((perm == torch.arange(3)).all()):
+        return images, task
+    rename = {words[int(perm[c])].lower(): words[c] for c in range(3)}
+
+    def replace(match: re.Match[str]) -> str:
+        word = rename[match.group(0).lower()]
+        return word.capitalize() if match.group(0)[0].isupper() else word.lower()
+
+    pattern = r"\b(" + "|".join(re.escape(w) for w in rename) + r")\b"
+    return images[:, perm], re.sub(pattern, replace, task, flags=re.IGNORECASE)
 
 
 def augment_frame(frame: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:

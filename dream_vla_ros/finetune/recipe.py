@@ -37,6 +37,11 @@ class AugmentConfig:
     brightness: float = 0.2  # factor drawn from [1 - b, 1 + b]
     contrast: float = 0.2
     saturation: float = 0.2
+    # Words naming the colours of the red, green and blue channels (e.g. [red, green,
+    # blue]); when set, each sample's image channels are permuted at random and those
+    # words in its instruction swapped to match: a red cube turns green and is called
+    # green. For tasks whose instruction names colours (docs/sim.md); empty: off.
+    colour_words: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,16 @@ def validate(recipe: Recipe) -> Recipe:
             "'data.augment.brightness' and 'contrast' must be in [0, 1)",
         ),
         (0.0 <= d.augment.saturation < 1.0, "'data.augment.saturation' must be in [0, 1)"),
+        (
+            not d.augment.colour_words
+            or (
+                len(d.augment.colour_words) == 3
+                and len({w.lower() for w in d.augment.colour_words}) == 3
+                and all(w.isalpha() for w in d.augment.colour_words)
+            ),
+            "'data.augment.colour_words' must be empty or three different words "
+            "(the colours of the red, green and blue channels)",
+        ),
         (d.max_cache_gb > 0, "'data.max_cache_gb' must be > 0"),
         (m.head in HEADS, f"'model.head' must be one of {list(HEADS)}, got '{m.head}'"),
         (
