@@ -231,6 +231,21 @@ def _home(
     raise ClosedLoopError(f"gave up after {attempts} attempts waiting for {client.where()}")
 
 
+def _start_recording(client: GraphClient, timeout_s: float = 60.0) -> None:
+    """/recorder/start, retried while the recorder has not yet discovered a publisher
+    on each of its topics (the cameras come up last); any other refusal is an error."""
+    from std_srvs.srv import Trigger
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = client.call(Trigger, "/recorder/start")
+        if reply.success:
+            return
+        if "no publisher seen" not in reply.message or time.monotonic() > deadline:
+            raise ClosedLoopError(f"/recorder/start: {reply.message}")
+        time.sleep(0.5)
+
+
 @dataclass
 class Rollout:
     seed: int
@@ -309,7 +324,7 @@ def collect(
             client.set_param("recorder", "instruction", layout.instruction)
             time.sleep(0.3)  # the new layout reaches the cameras
             monitor, _ = _track(client, layout)
-            client.trigger("/recorder/start")
+            _start_recording(client)
             client.set_param("teleop", "task.seed", seed)
             # the expert's move and the arm's lag, then a short hold at the touch
             deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
