@@ -205,7 +205,9 @@ class Trainer:
             cfg = preset(r.model.base, **action)
             model = DreamVLA(cfg)
             # the dataset's instruction words get their own ids (see byte_tokenizer)
-            words = instruction_words(e.task for e in data.episodes.values())
+            # (and the colour-swap augmentation's words, which it writes into them)
+            tasks = [e.task for e in data.episodes.values()]
+            words = instruction_words([*tasks, " ".join(r.data.augment.colour_words)])
             tokenizer = byte_tokenizer(cfg.newline_token_id + 1, words, cfg.base_vocab_size)
             base_dir = None
             if self.resume is not None and r.lora.enabled:

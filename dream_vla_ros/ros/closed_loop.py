@@ -422,7 +422,7 @@ def evaluate(
                 with client.lock:
                     gif_frames, client.frames = client.frames or [], None
             o = monitor.outcome
-            fault = client.faulted()  # counted as a failure, and said so
+            fault = client.faulted()  # reported with the rollout (a fault stops the arm)
             rollouts.append(
                 Rollout(
                     seed,
