@@ -67,14 +67,26 @@ def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
 # The pipeline at reduced size: 6 layouts demonstrated once each, 400 training steps,
 # evaluated on the same 6 layouts and instructions. It checks that the whole chain
 # (recorder -> dataset -> trainer -> checkpoint -> policy node -> controller) carries
-# what the expert did into what the policy does: a recorded action misaligned with
-# its images, a wrong normalisation or camera order, and the rate falls to 0 (a
-# random policy touches nothing, see the evaluator test). Generalisation to unseen
-# layouts is what the full pipeline measures (docs/sim.md).
+# what the expert did into what the policy does. Generalisation to unseen layouts is
+# what the full pipeline measures (docs/sim.md).
+#
+# The judge is the closest approach to the instructed cube, averaged over the six
+# rollouts, plus at least one touch: a success count out of 6 is too noisy at this
+# size (one checkpoint scored 3/6 and 4/6 on two evaluations; a CI run scored 0/6).
+# Measured means: 0.020-0.027 m over four trained checkpoints. A policy that ignores
+# the layout and reaches for the mean target position is 0.089 m from the target on
+# average, one that reaches for another cube 0.15 m, and a random policy touches
+# nothing (see the evaluator test): a misaligned, mis-normalised or camera-swapped
+# chain fails the distance bound, not just the count.
 PIPELINE_EPISODES = 6
 PIPELINE_SEEDS = 6
-PIPELINE_FLOOR = 1 / 3
-PIPELINE_OVERRIDES = ("train.steps=400", "train.val_every=0", "data.val_fraction=0.0")
+PIPELINE_MEAN_CLOSEST_M = 0.045
+PIPELINE_OVERRIDES = (
+    "train.steps=400",
+    "train.lr=0.003",  # 400 steps at 1e-3: loss 0.50, at 3e-3: 0.43 (800 at 1e-3: 0.31)
+    "train.val_every=0",
+    "data.val_fraction=0.0",
+)
 
 
 @pytest.mark.slow
@@ -94,9 +106,18 @@ def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "pipeline.json").read_text())
-    print(run.stdout.splitlines()[-1])
-    assert report["expert_success_rate"] >= 0.9, report
-    assert report["policy_success_rate"] >= PIPELINE_FLOOR, report
+    results = json.loads((out / "eval/results.json").read_text())
+    rollouts = [
+        (r["seed"], r["touched"] or "-", round(r["distance_m"], 3)) for r in results["rollouts"]
+    ]
+    closest = float(np.mean([r["distance_m"] for r in results["rollouts"]]))
+    # on failure, say what the rollouts did and how the graph ran
+    context = {"report": report, "rollouts": rollouts, "diagnostics": results["diagnostics"]}
+    print(run.stdout.splitlines()[-1], rollouts)
+    assert report["expert_success_rate"] >= 0.9, context
+    assert len(rollouts) == PIPELINE_SEEDS, context
+    assert closest < PIPELINE_MEAN_CLOSEST_M, context
+    assert report["policy_success_rate"] > 0, context
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
 
 
