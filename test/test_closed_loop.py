@@ -50,13 +50,40 @@ def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
 
 
 def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
+    from std_srvs.srv import SetBool
+
     ckpt = write_random_checkpoint(
         tmp_path / "random", "tiny", seed=0, head="flow", action_box=(HOME, np.full(7, 0.02))
     )
-    summary = evaluate(ckpt, tmp_path / "eval", seeds=[7, 8], timeout_s=2.0, camera=(96, 72))
+
+    def cut_can_feedback(client, k):
+        """First rollout: the simulated arm goes silent for twice the controller's
+        feedback timeout (1 s), so the controller faults mid-rollout."""
+        if k == 0:
+            for on in (False, True):
+                reply = client.call(
+                    SetBool, "/controller/sim/set_feedback", SetBool.Request(data=on)
+                )
+                assert reply.success, reply.message
+                if not on:
+                    client.wait(client.faulted, 10, "the controller to fault")
+
+    summary = evaluate(
+        ckpt,
+        tmp_path / "eval",
+        seeds=[7, 8],
+        timeout_s=2.0,
+        camera=(96, 72),
+        during_rollout=cut_can_feedback,
+    )
     results = json.loads((tmp_path / "eval/results.json").read_text())
     assert results == json.loads(json.dumps(summary))
     assert [r["seed"] for r in results["rollouts"]] == [7, 8]
+    # the faulted rollout is flagged; the evaluator reset the controller, brought the
+    # arm home and ran the next rollout without a fault
+    assert [r["controller_fault"] for r in results["rollouts"]] == [True, False]
+    assert results["controller_resets"] >= 1
+    assert results["diagnostics"]["controller"]["mode"] == "running"
     # a policy confined to 2 cm around home touches nothing
     assert results["success_rate"] == 0.0
     assert all(r["touched"] == "" and r["distance_m"] > 0.05 for r in results["rollouts"])

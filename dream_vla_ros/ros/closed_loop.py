@@ -372,8 +372,12 @@ def evaluate(
     timeout_s: float = 8.0,
     camera: tuple[int, int] = (320, 240),
     log: Callable[[str], None] = print,
+    during_rollout: Callable[[GraphClient, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop success rate of a checkpoint over layout seeds."""
+    """Closed-loop success rate of a checkpoint over layout seeds.
+
+    `during_rollout(client, k)` runs once the policy is enabled for rollout k (the
+    tests use it to cut the simulated CAN feedback and check the recovery)."""
     from std_msgs.msg import String
 
     out = Path(out_dir)
@@ -413,6 +417,8 @@ def evaluate(
                     client.frames = []
             start = time.monotonic()
             client.set_param("policy", "enabled", True)
+            if during_rollout is not None:
+                during_rollout(client, k)
             while time.monotonic() - start < timeout_s and not monitor.touched:
                 time.sleep(0.05)
             client.set_param("policy", "enabled", False)
