@@ -49,24 +49,44 @@ def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
     assert np.abs(last[0] - last[1]).max() > 0.1
 
 
-def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
+def fault_the_first(client, k: int) -> None:
+    """In the first rollout/episode the simulated arm's CAN feedback goes silent
+    until the controller faults (its feedback timeout), then comes back."""
     from std_srvs.srv import SetBool
 
+    if k != 0:
+        return
+    for on in (False, True):
+        reply = client.call(SetBool, "/controller/sim/set_feedback", SetBool.Request(data=on))
+        assert reply.success, reply.message
+        if not on:
+            client.wait(client.faulted, 10, "the controller to fault")
+
+
+def test_a_collected_episode_the_controller_stopped_is_kept_as_failed(tmp_path):
+    summary = collect(
+        tmp_path / "episodes", 2, seed0=1000, camera=(96, 72), during_episode=fault_the_first
+    )
+    assert [(r["success"], r["controller_fault"]) for r in summary["results"]] == [
+        (False, True),
+        (True, False),
+    ], summary
+    assert summary["controller_resets"] >= 1
+    first, second = (read_meta(f) for f in list_episodes(tmp_path / "episodes"))
+    assert (first.status, first.success) == ("finished", False)  # kept, flagged
+    assert (second.status, second.success) == ("finished", True)
+    report = build_dataset(
+        tmp_path / "episodes",
+        tmp_path / "ds",
+        BuildSettings(fps=10, codec="libx264", image_tolerance_s=0.5, state_tolerance_s=0.3),
+    )
+    assert len(report.episodes) == 1  # the faulted demonstration is not training data
+
+
+def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
     ckpt = write_random_checkpoint(
         tmp_path / "random", "tiny", seed=0, head="flow", action_box=(HOME, np.full(7, 0.02))
     )
-
-    def cut_can_feedback(client, k):
-        """First rollout: the simulated arm goes silent for twice the controller's
-        feedback timeout (1 s), so the controller faults mid-rollout."""
-        if k == 0:
-            for on in (False, True):
-                reply = client.call(
-                    SetBool, "/controller/sim/set_feedback", SetBool.Request(data=on)
-                )
-                assert reply.success, reply.message
-                if not on:
-                    client.wait(client.faulted, 10, "the controller to fault")
 
     summary = evaluate(
         ckpt,
@@ -74,7 +94,7 @@ def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
         seeds=[7, 8],
         timeout_s=2.0,
         camera=(96, 72),
-        during_rollout=cut_can_feedback,
+        during_rollout=fault_the_first,
     )
     results = json.loads((tmp_path / "eval/results.json").read_text())
     assert results == json.loads(json.dumps(summary))

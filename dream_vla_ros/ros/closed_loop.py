@@ -290,11 +290,13 @@ def collect(
     camera: tuple[int, int] = (320, 240),
     log: Callable[[str], None] = print,
     per_layout: int = 1,
+    during_episode: Callable[[GraphClient, int], None] | None = None,
 ) -> dict[str, Any]:
     """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
     demonstrated `per_layout` times (1-3) with a different named cube, starting with
     the seed's own (the same images with different instructions and actions: the
-    colour word is what decides)."""
+    colour word is what decides). `during_episode(client, i)` runs once the expert
+    has started episode i (the tests use it to make the controller fault)."""
     if not 1 <= per_layout <= len(COLOURS):
         raise ValueError(f"per_layout must be 1 to {len(COLOURS)}, got {per_layout}")
     out = Path(out_dir)
@@ -326,6 +328,8 @@ def collect(
             monitor, _ = _track(client, layout)
             _start_recording(client)
             client.set_param("teleop", "task.seed", seed)
+            if during_episode is not None:
+                during_episode(client, i)
             # the expert's move and the arm's lag, then a short hold at the touch
             deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
             while not monitor.touched and time.monotonic() < deadline:
