@@ -87,7 +87,6 @@ def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
     ckpt = write_random_checkpoint(
         tmp_path / "random", "tiny", seed=0, head="flow", action_box=(HOME, np.full(7, 0.02))
     )
-
     summary = evaluate(
         ckpt,
         tmp_path / "eval",
@@ -121,10 +120,10 @@ def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
 # rollouts, plus at least one touch: a success count out of 6 is too noisy at this
 # size (one checkpoint scored 3/6 and 4/6 on two evaluations; a CI run scored 0/6).
 # Measured means: 0.020-0.027 m over four trained checkpoints. A policy that ignores
-# the layout and reaches for the mean target position is 0.089 m from the target on
-# average, one that reaches for another cube 0.15 m, and a random policy touches
-# nothing (see the evaluator test): a misaligned, mis-normalised or camera-swapped
-# chain fails the distance bound, not just the count.
+# the layout and ends at the mean target position is 0.089 m from the target on
+# average over these layouts, one that ends at another cube 0.15 m, and a random
+# policy touches nothing (see the evaluator test): a chain that stops the images or
+# the instruction from deciding where the arm goes fails the distance bound.
 PIPELINE_EPISODES = 6
 PIPELINE_SEEDS = 6
 PIPELINE_MEAN_CLOSEST_M = 0.045
