@@ -184,6 +184,24 @@ def test_driver_decodes_faults_and_feedback_loss(arm):
     assert wait_until(lambda: driver.read_state().ok)
 
 
+def test_reads_that_are_always_late_still_see_a_dead_link(arm):
+    """Every read more than half the feedback timeout after the last one looks like a
+    process stall; a silent link is reported anyway, one timeout after the first."""
+    sim, driver = arm
+    timeout = driver.settings.feedback_timeout_s
+    assert driver.read_state().ok
+    sim.feedback_enabled = False
+    faulted_after = None
+    start = time.monotonic()
+    while time.monotonic() - start < 20 * timeout:
+        time.sleep(0.7 * timeout)
+        if any("no joint feedback" in f for f in driver.read_state().faults):
+            faulted_after = time.monotonic() - start
+            break
+    assert faulted_after is not None, "a dead link hidden by slow reads"
+    assert driver.stalls >= 1
+
+
 _STALL_CHILD = """
 import json, sys, time
 import numpy as np

@@ -199,11 +199,13 @@ class PiperArm:
         faults.extend(decode_status_faults(int(status.arm_status), int(status.err_code)))
         now = time.time()
         timeout = self.settings.feedback_timeout_s
-        if self._last_read > 0 and now - self._last_read > timeout / 2:
+        stalled = self._last_read > 0 and now - self._last_read > timeout / 2
+        if stalled and joints.time_stamp >= self._listening_since:
             # This process was not running (the caller reads every few ms): the SDK's
             # reader thread, in this process too, could not take frames in meanwhile,
-            # so the silence clock restarts now. A real link loss is still reported
-            # one timeout after the stall; the stall itself counts as a loop overrun.
+            # so the silence clock restarts now. Only if a frame came in since the
+            # last restart: reads that are always late cannot hide a dead link, which
+            # is still reported one timeout after the first stall.
             self._listening_since = now
             self.stalls += 1
         self._last_read = now
