@@ -193,9 +193,31 @@ def _train_command(args: argparse.Namespace) -> int:
     return _guarded(args.command, _training_errors(), body)
 
 
+def _ground(args: argparse.Namespace) -> int:
+    """Pretrain the tiny base on rendered scenes (dream_vla_ros/sim/grounding.py)."""
+    from dream_vla_ros.sim.grounding import GroundingSettings, build_base
+
+    settings = GroundingSettings(
+        layouts=args.layouts,
+        vision_steps=args.vision_steps,
+        refer_steps=args.refer_steps,
+        seed=args.seed,
+    )
+    if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
+        print(
+            "dream-vla sim ground: --layouts, --vision-steps and --refer-steps must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    build_base(args.out, settings)
+    return 0
+
+
 def _sim_command(args: argparse.Namespace) -> int:
     from dream_vla_ros.ros.closed_loop import ClosedLoopError, collect, evaluate
 
+    if args.action == "ground":
+        return _ground(args)
     camera = (args.camera_width, args.camera_height)
     seeds = list(range(args.eval_seed0, args.eval_seed0 + args.seeds))
 
@@ -339,6 +361,14 @@ def main(argv: list[str] | None = None) -> None:
     p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
     p_ev.add_argument("checkpoint")
     p_ev.add_argument("out")
+    p_ground = sim_sub.add_parser(
+        "ground", help="OUT: pretrain the tiny base on rendered scenes (grounding)"
+    )
+    p_ground.add_argument("out")
+    p_ground.add_argument("--layouts", type=int, default=300, help="rendered training scenes")
+    p_ground.add_argument("--vision-steps", type=int, default=800)
+    p_ground.add_argument("--refer-steps", type=int, default=600)
+    p_ground.add_argument("--seed", type=int, default=0)
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
     p_pipe.add_argument("--recipe", default=str(config_path("finetune/touch_tiny_cpu.yaml")))

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from dream_vla_ros.model.config import HEADS, PRESETS
+from dream_vla_ros.paths import share_dir
 
 # string settings whose words YAML 1.1 reads as booleans: key -> (true word, false word)
 YAML_BOOL_WORDS = {
@@ -286,10 +287,25 @@ def validate(recipe: Recipe) -> Recipe:
     return recipe
 
 
+def _resolve_base(base: str) -> str:
+    """A relative checkpoint folder that is not under the working directory is
+    looked up in the package's share folder, where models/ ships
+    (`base: models/tiny_grounded` works from any directory)."""
+    if base in PRESETS or Path(base).is_absolute() or Path(base).is_dir():
+        return base
+    try:
+        shipped = share_dir() / base
+    except FileNotFoundError:
+        return base
+    return str(shipped) if shipped.is_dir() else base
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "") -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe must be a YAML mapping, got {type(data).__name__}")
-    return validate(replace(_build(Recipe, data), source=source))
+    recipe = _build(Recipe, data)
+    model = replace(recipe.model, base=_resolve_base(recipe.model.base))
+    return validate(replace(recipe, model=model, source=source))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -123,7 +123,7 @@ class ActionDecoder:
         self.tokens = ActionTokenizer(self.cfg)
         self.n_actions = self.cfg.action_tokens
 
-    def _suffix(self, batch: int) -> torch.Tensor:
+    def suffix(self, batch: int) -> torch.Tensor:
         ids = torch.tensor(
             [self.cfg.im_end_token_id, self.cfg.newline_token_id], device=self.model.device
         )
@@ -139,7 +139,7 @@ class ActionDecoder:
     ) -> torch.Tensor:
         """Hidden states that describe the A action positions (one position earlier)."""
         b, length, _ = prompt.shape
-        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self._suffix(b)], dim=1)
+        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self.suffix(b)], dim=1)
         full_mask = None
         if mask is not None:
             full_mask = torch.cat([mask, mask.new_ones(b, self.n_actions + 2)], dim=1)
