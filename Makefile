@@ -32,7 +32,7 @@ bench-train: setup
 
 # collect -> dataset -> finetune -> closed-loop evaluation in the MuJoCo world (docs/sim.md)
 closed-loop: setup
-	$(VENV)/dream-vla sim pipeline runs/closed_loop --episodes 36 --per-layout 3 --seeds 20 --no-progress
+	$(VENV)/dream-vla sim pipeline runs/closed_loop --episodes 60 --per-layout 3 --seeds 20 --no-progress
 
 clean:
 	rm -rf .venv build *.egg-info

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     p_pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
     p_pipe.add_argument("--no-progress", action="store_true")
     for p in (p_col, p_ev, p_pipe):
-        p.add_argument("--episodes", type=int, default=36, help="expert episodes to record")
+        p.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
         p.add_argument("--seed0", type=int, default=1000, help="first layout seed of collection")
         p.add_argument(
             "--per-layout",

@@ -10,6 +10,7 @@ objective, the prompt and the policy are the project's own code.
 
     .venv/bin/python scripts/decision_probe.py --steps 400 --layouts 100
     .venv/bin/python scripts/decision_probe.py --colour red --head l1   # no language needed
+    .venv/bin/python scripts/decision_probe.py --base models/tiny_grounded --steps 600
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.control.kinematics import DHChain
 from dream_vla_ros.finetune.data import quantile_stats
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
-from dream_vla_ros.model.checkpoint import save_checkpoint
+from dream_vla_ros.model.checkpoint import load_base_weights, load_config, save_checkpoint
 from dream_vla_ros.model.config import PRESETS, preset
 from dream_vla_ros.model.modeling import DreamVLA
 from dream_vla_ros.policy import Observation, Policy
@@ -75,6 +78,11 @@ def score(policy, world, chain, layouts, chunks) -> tuple[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument(
+        "--base",
+        default="",
+        help="start from this base checkpoint (e.g. models/tiny_grounded), vision tower frozen",
+    )
     ap.add_argument("--head", default="flow", choices=["flow", "l1"])
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -93,24 +101,35 @@ def main() -> None:
     )
     stats = quantile_stats(chunks.reshape(-1, chunks.shape[-1]))
     targets = torch.from_numpy(stats.normalise(chunks)).float()
-    cfg = preset(
-        args.preset,
-        head=args.head,
-        action_dim=chunks.shape[-1],
-        chunk=CHUNK,
-        proprio_dim=0,
-        action_period_s=PERIOD_S,
-    )
-    model = DreamVLA(cfg)
+    action = {
+        "head": args.head,
+        "action_dim": chunks.shape[-1],
+        "chunk": CHUNK,
+        "proprio_dim": 0,
+        "action_period_s": PERIOD_S,
+    }
+    if args.base:
+        base = load_config(Path(args.base))
+        cfg = dataclasses.replace(base, action=dataclasses.replace(base.action, **action))
+        model = DreamVLA(cfg)
+        load_base_weights(model, args.base)
+        model.visual.requires_grad_(False)
+        tokenizer = Tokenizer.from_file(f"{args.base}/tokenizer.json")
+    else:
+        cfg = preset(args.preset, **action)
+        model = DreamVLA(cfg)
+        tokenizer = byte_tokenizer(
+            cfg.newline_token_id + 1,
+            instruction_words([layout.instruction for layout in layouts]),
+            cfg.base_vocab_size,
+        )
     tasks = [layout.instruction for layout in layouts]
-    tokenizer = byte_tokenizer(
-        cfg.newline_token_id + 1, instruction_words(tasks), cfg.base_vocab_size
-    )
     encoder, objective = (
         BatchEncoder(model, PromptBuilder(tokenizer, cfg)),
         TrainingObjective(model),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     model.train()
     started, recent = time.perf_counter(), []
@@ -130,7 +149,7 @@ def main() -> None:
         loss = objective(**inputs)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         recent = [*recent[-99:], loss.item()]
         if (step + 1) % 100 == 0:
@@ -143,7 +162,7 @@ def main() -> None:
         policy = Policy.from_checkpoint(tmp)
         report(policy, world, pre, chain, args, colours, lower, upper)
     print(
-        f"{args.preset}, head {args.head}, {args.steps} steps, lr {args.lr}, "
+        f"{args.base or args.preset}, head {args.head}, {args.steps} steps, lr {args.lr}, "
         f"{args.layouts} layouts x {len(colours)} colour(s), final loss {np.mean(recent):.4f}"
     )
 
