@@ -16,7 +16,7 @@ from dream_vla_ros.model.modeling import DreamVLA
 from dream_vla_ros.paths import config_path, model_path
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.sim.grounding import GroundingSettings, build_base, render_scenes
-from dream_vla_ros.sim.task import COLOURS, sample_layout
+from dream_vla_ros.sim.task import COLOURS, X_RANGE, sample_layout
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -55,9 +55,10 @@ def test_token_labels_mark_the_pixels_of_each_cube(limits):
         assert scenes.cube_xy[i].abs().max() <= 1.0 + 1e-6
     # a different layout moves the labels
     assert not torch.equal(scenes.coverage[0, :64], scenes.coverage[1, :64])
-    expect = sample_layout(10000).cubes["red"]
-    assert expect[0] > 0  # the scaled target comes from the layout itself
-    assert scenes.cube_xy[0, 0, 0] == pytest.approx((expect[0] - 0.22) / 0.14 * 2 - 1, abs=1e-5)
+    # the scaled target comes from the layout itself
+    red_x = sample_layout(10000).cubes["red"][0]
+    scaled = (red_x - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * 2 - 1
+    assert scenes.cube_xy[0, 0, 0] == pytest.approx(scaled, abs=1e-5)
 
 
 def test_a_short_grounding_run_learns_and_writes_a_usable_base(tmp_path, limits):

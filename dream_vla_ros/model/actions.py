@@ -123,11 +123,27 @@ class ActionDecoder:
         self.tokens = ActionTokenizer(self.cfg)
         self.n_actions = self.cfg.action_tokens
 
-    def suffix(self, batch: int) -> torch.Tensor:
+    def _suffix(self, batch: int) -> torch.Tensor:
         ids = torch.tensor(
             [self.cfg.im_end_token_id, self.cfg.newline_token_id], device=self.model.device
         )
         return self.model.model.embed_tokens(ids)[None].expand(batch, -1, -1)
+
+    def sequence_hidden(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        action_embeds: torch.Tensor,
+        proprio: torch.Tensor | None,
+        time_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states of the whole sequence: prompt, action positions, suffix."""
+        b = prompt.shape[0]
+        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self._suffix(b)], dim=1)
+        full_mask = None
+        if mask is not None:
+            full_mask = torch.cat([mask, mask.new_ones(b, self.n_actions + 2)], dim=1)
+        return self.model.forward_embeds(seq, full_mask, proprio, time_token).hidden
 
     def action_hidden(
         self,
@@ -138,13 +154,9 @@ class ActionDecoder:
         time_token: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states that describe the A action positions (one position earlier)."""
-        b, length, _ = prompt.shape
-        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self.suffix(b)], dim=1)
-        full_mask = None
-        if mask is not None:
-            full_mask = torch.cat([mask, mask.new_ones(b, self.n_actions + 2)], dim=1)
-        out = self.model.forward_embeds(seq, full_mask, proprio, time_token)
-        return out.hidden[:, length - 1 : length - 1 + self.n_actions]
+        length = prompt.shape[1]
+        hidden = self.sequence_hidden(prompt, mask, action_embeds, proprio, time_token)
+        return hidden[:, length - 1 : length - 1 + self.n_actions]
 
     def action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, A, D) -> (B, A, n_bins): the lm_head rows of the action tokens only."""

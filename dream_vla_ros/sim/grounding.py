@@ -224,13 +224,11 @@ class ReferringStage:
         inputs = self.encoder(batch, torch.device("cpu"))
         prompt = model.embed_prompt(inputs["input_ids"], inputs["pixel_values"], inputs["grid_thw"])
         length, d = prompt.shape[1], prompt.shape[2]
-        # the answer positions as the L1 head fills them (prompt, zeros, suffix); the
-        # hidden state at p - 1 describes position p (Dream's shifted logits)
+        # the answer positions as the L1 head fills them (zeros); the hidden state at
+        # p - 1 describes position p (Dream's shifted logits)
         n_answer = self.decoder.n_actions
-        seq = torch.cat([prompt, prompt.new_zeros(b, n_answer, d), self.decoder.suffix(b)], 1)
-        mask = inputs["attention_mask"]
-        mask = torch.cat([mask, mask.new_ones(b, n_answer + 2)], dim=1)
-        hidden = model.forward_embeds(seq, mask).hidden
+        answers = prompt.new_zeros(b, n_answer, d)
+        hidden = self.decoder.sequence_hidden(prompt, inputs["attention_mask"], answers, None)
         answer_hidden = hidden[:, length - 1 : length - 1 + n_answer]
         is_image = inputs["input_ids"] == cfg.image_token_id
         image_hidden = hidden[:, :length][is_image].reshape(b, -1, d)
