@@ -3,7 +3,8 @@
 Per preset (random weights, batch 1, two 224x224 images + instruction + proprio):
 discrete 1-step, discrete k-step, flow matching N steps, L1 regression, and
 left-to-right (autoregressive order) decoding of the same action tokens with the
-same weights; ratio AR / diffusion. Preprocessing of 2x640x480 frames: ours
+same weights; ratio AR / diffusion. On a GPU every mode runs eagerly and with CUDA
+graphs (the policy's default there), with the ratio. Preprocessing of 2x640x480 frames: ours
 against transformers' Qwen2-VL processor (PIL) on the same frames.
 
 Usage: python bench/model_latency.py [--presets tiny mid] [--device cpu|cuda]
@@ -59,25 +60,31 @@ def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: i
         return model.embed_prompt(input_ids, pixels, grid)
 
     results = {}
+    # on a GPU each mode runs eagerly and then with CUDA graphs (the policy's default)
+    variants = [("", False)] + ([(", graphs", True)] if device.startswith("cuda") else [])
     with torch.no_grad():
-        if head == "discrete":
-            for label, settings, n in (
-                ("discrete 1 step", DecodeSettings(steps=1), repeats),
-                (f"discrete {k} steps", DecodeSettings(steps=k), repeats),
-                ("left-to-right (AR)", DecodeSettings(algorithm="left_to_right"), 1),
-            ):
-                results[label] = timed(
-                    lambda s=settings: decoder.discrete(prompt(), None, proprio, s), n, device
+        for suffix, graphs in variants:
+            model.use_cuda_graphs(graphs)
+            if head == "discrete":
+                for label, settings, n in (
+                    ("discrete 1 step", DecodeSettings(steps=1), repeats),
+                    (f"discrete {k} steps", DecodeSettings(steps=k), repeats),
+                    ("left-to-right (AR)", DecodeSettings(algorithm="left_to_right"), 1),
+                ):
+                    results[label + suffix] = timed(
+                        lambda s=settings: decoder.discrete(prompt(), None, proprio, s), n, device
+                    )
+            elif head == "flow":
+                steps = cfg.action.flow_steps
+                results[f"flow {steps} steps{suffix}"] = timed(
+                    lambda n=steps: decoder.flow(prompt(), None, proprio, n), repeats, device
                 )
-        elif head == "flow":
-            steps = cfg.action.flow_steps
-            results[f"flow {steps} steps"] = timed(
-                lambda: decoder.flow(prompt(), None, proprio, steps), repeats, device
-            )
-        else:
-            results["L1 regression"] = timed(
-                lambda: decoder.regression(prompt(), None, proprio), repeats, device
-            )
+            else:
+                results["L1 regression" + suffix] = timed(
+                    lambda: decoder.regression(prompt(), None, proprio), repeats, device
+                )
+            if graphs and model.graphs is not None and model.graphs.failures:
+                print(f"  graph capture failed, ran eagerly: {model.graphs.failures}")
     return results
 
 
@@ -90,27 +97,38 @@ def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> No
     print(f"preset {name} on {device} {dtype} ({preset(name).action_tokens} action tokens):")
     for label, (sec, peak) in results.items():
         mem = "" if np.isnan(peak) else f"   peak {peak:6.2f} GB"
-        print(f"  {label:22s} {sec * 1000:9.1f} ms{mem}")
-    ar = results["left-to-right (AR)"][0]
-    one = results["discrete 1 step"][0]
-    print(f"  AR / discrete 1 step   {ar / one:9.1f}x")
+        print(f"  {label:30s} {sec * 1000:9.1f} ms{mem}")
+    for suffix in ("", ", graphs"):
+        if "discrete 1 step" + suffix in results:
+            ar = results["left-to-right (AR)" + suffix][0]
+            one = results["discrete 1 step" + suffix][0]
+            print(f"  {'AR / discrete 1 step' + suffix:30s} {ar / one:9.1f}x")
+    if "discrete 1 step, graphs" in results:
+        for label in [k for k in results if not k.endswith(", graphs")]:
+            ratio = results[label][0] / results[label + ", graphs"][0]
+            print(f"  {'eager / graphs, ' + label:30s} {ratio:9.1f}x")
 
 
-def bench_preprocessing(repeats: int) -> None:
+def bench_preprocessing(repeats: int, device: str) -> None:
+    """Ours on the CPU (and on `device` when it is a GPU: the policy node preprocesses
+    on the model's device) against transformers' PIL processor, which runs on the CPU."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
         Qwen2VLImageProcessorPil,
     )
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
-    ours = ImagePreprocessor()
     reference = Qwen2VLImageProcessorPil(max_pixels=224 * 224, min_pixels=224 * 224)
-    t_ours, _ = timed(lambda: ours(frames), repeats * 4, "cpu")
     t_ref, _ = timed(lambda: reference(images=frames, return_tensors="pt"), repeats, "cpu")
-    print(
-        f"preprocessing 2x640x480: ours {t_ours * 1000:.2f} ms, transformers "
-        f"{t_ref * 1000:.2f} ms, ratio {t_ref / t_ours:.1f}x"
-    )
+    print(f"preprocessing 2x640x480: transformers (PIL, cpu) {t_ref * 1000:.2f} ms")
+    devices = ["cpu"] + ([device] if device.startswith("cuda") else [])
+    for where in devices:
+        ours = ImagePreprocessor(device=where)
+        t_ours, _ = timed(lambda o=ours: o(frames), repeats * 4, where)
+        print(
+            f"  ours on {where:4s} {t_ours * 1000:7.2f} ms (numpy frames in, patches on "
+            f"{where}), ratio {t_ref / t_ours:.1f}x"
+        )
 
 
 def main() -> None:
@@ -121,7 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k", type=int, default=4)
     args = parser.parse_args()
-    bench_preprocessing(args.repeats)
+    bench_preprocessing(args.repeats, args.device)
     for name in args.presets:
         bench_preset(name, args.device, args.dtype, args.repeats, args.k)
 

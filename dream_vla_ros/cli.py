@@ -365,9 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         "ground", help="OUT: pretrain the tiny base on rendered scenes (grounding)"
     )
     p_ground.add_argument("out")
-    p_ground.add_argument("--layouts", type=int, default=300, help="rendered training scenes")
-    p_ground.add_argument("--vision-steps", type=int, default=800)
-    p_ground.add_argument("--refer-steps", type=int, default=600)
+    p_ground.add_argument("--layouts", type=int, default=600, help="rendered training scenes")
+    p_ground.add_argument("--vision-steps", type=int, default=1600)
+    p_ground.add_argument("--refer-steps", type=int, default=1200)
     p_ground.add_argument("--seed", type=int, default=0)
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
@@ -388,7 +388,14 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--timeout", type=float, default=8.0, help="[s] per evaluation rollout")
         p.add_argument("--camera-width", type=int, default=320)
         p.add_argument("--camera-height", type=int, default=240)
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may also follow an option (`train RECIPE --no-progress a.b=1`),
+    # which argparse alone leaves unrecognised
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "sim":
         sys.exit(_sim_command(args))
     if args.command in ("train", "merge"):

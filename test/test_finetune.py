@@ -107,6 +107,7 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.augment.colour_words=[red, red, blue]"], "'data.augment.colour_words' must be"),
         (["train"], "is not of the form section.key=value"),
         (["data=3"], "'data' must be a mapping"),
+        (["data.norm_quantile=0.5"], "'data.norm_quantile' must be in [0, 0.5)"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
@@ -142,6 +143,19 @@ def test_cli_reports_a_bad_recipe_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "dream-vla train: 'train.lr' must be > 0"
+    # overrides after an option reach the recipe too; a stray option is still refused
+    for tail, message in (
+        (["--no-progress", "train.lr=-1"], "dream-vla train: 'train.lr' must be > 0"),
+        (["--no-progress", "--fast"], "unrecognized arguments: --fast"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dream_vla_ros.cli", "train", str(RECIPE), *tail],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 # -- data --------------------------------------------------------------------------------
@@ -180,6 +194,24 @@ def test_windows_pad_at_episode_end_and_normalise_with_train_stats(toy):
         s["state"].numpy(), data.proprio_stats.normalise(data.episodes[ep].state[20])
     )
     assert s["task"].startswith("reach the ") and s["images"].shape == (2, 3, 224, 224)
+
+
+def test_norm_quantile_zero_bounds_every_training_action(toy):
+    """With q01/q99 the extreme 2 % of actions are clipped in training, so a policy
+    never commands them; norm_quantile 0 takes min/max and keeps every action."""
+    default = DemoData(DataConfig(dataset=str(toy), chunk=8))
+    full = DemoData(DataConfig(dataset=str(toy), chunk=8, norm_quantile=0.0))
+    actions = np.concatenate([full.episodes[e].action for e in full.train_episodes])
+    assert np.allclose(full.action_stats.q01, actions.min(0))
+    assert np.allclose(full.action_stats.q99, actions.max(0))
+    clipped = default.action_stats.unnormalise(default.action_stats.normalise(actions))
+    kept = full.action_stats.unnormalise(full.action_stats.normalise(actions))
+    assert np.abs(clipped - actions).max() > 1e-3  # q01/q99 lose the extremes
+    assert np.allclose(kept, actions, atol=1e-6)  # min/max keep them
+    assert np.allclose(
+        full.proprio_stats.q01,
+        np.concatenate([full.episodes[e].state for e in full.train_episodes]).min(0),
+    )
 
 
 def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(toy):

@@ -117,6 +117,22 @@ def test_padding_mask_hides_padded_keys():
     assert torch.allclose(plain, padded, atol=1e-5)
 
 
+def test_sync_free_vision_matches_the_vision_tower():
+    """The form of the vision call that CUDA graphs capture (grid on the CPU, rotary
+    positions precomputed) computes what the plain call does; on CPU tensors the graph
+    cache is never used."""
+    model = tiny_model()
+    _, pixels, grid = prompt_inputs(model, n_images=2)
+    with torch.no_grad():
+        plain = model.image_features(pixels, grid)
+        sync_free = model.sync_free_vision(((1, 16, 16), (1, 16, 16)))(pixels)
+        model.use_cuda_graphs()
+        again = model.image_features(pixels, grid)
+    assert plain.shape == (128, model.cfg.hidden_size)
+    assert torch.allclose(sync_free, plain, atol=1e-6)
+    assert torch.equal(again, plain) and model.graphs.captures == 0
+
+
 def test_image_token_count_must_match_features():
     model = tiny_model()
     ids, pixels, grid = prompt_inputs(model, n_images=2)

@@ -55,9 +55,10 @@ def split_episodes(
     return train, val
 
 
-def quantile_stats(values: np.ndarray) -> NormStats:
+def quantile_stats(values: np.ndarray, q: float = 0.01) -> NormStats:
+    """Bounds at the q and 1 - q quantiles (stored as `q01`/`q99`, the official names)."""
     v = np.asarray(values, dtype=np.float64)
-    return NormStats(np.quantile(v, 0.01, axis=0), np.quantile(v, 0.99, axis=0))
+    return NormStats(np.quantile(v, q, axis=0), np.quantile(v, 1.0 - q, axis=0))
 
 
 @dataclass
@@ -128,9 +129,10 @@ class DemoData:
         )
         if stats is None:
             train = [self.episodes[i] for i in self.train_episodes]
-            action_stats = quantile_stats(np.concatenate([e.action for e in train]))
+            q = cfg.norm_quantile
+            action_stats = quantile_stats(np.concatenate([e.action for e in train]), q)
             proprio_stats = (
-                quantile_stats(np.concatenate([e.state for e in train])) if cfg.proprio else None
+                quantile_stats(np.concatenate([e.state for e in train]), q) if cfg.proprio else None
             )
             stats = (action_stats, proprio_stats)
         self.action_stats, self.proprio_stats = stats

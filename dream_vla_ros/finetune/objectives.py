@@ -47,7 +47,9 @@ class BatchEncoder:
         )
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-        images = batch["images"]  # (B, cameras, 3, S, S) uint8
+        # (B, cameras, 3, S, S) uint8; patchified on the training device (accelerate's
+        # data loader may already have put the batch there)
+        images = batch["images"].to(device)
         b, n_cams = images.shape[:2]
         ids = [
             self.prompts.ids(task, n_cams, self.images.tokens_per_image) for task in batch["task"]

@@ -57,6 +57,11 @@ class DataConfig:
     center_crop: bool = False  # must match the policy node's model.center_crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_cache_gb: float = 8.0  # decoded 224x224 frames are cached in memory
+    # normalisation bounds: the norm_quantile and 1 - norm_quantile quantiles of the
+    # training episodes (0.01: the official q01/q99); targets are clipped to them, so
+    # the policy never commands what lies outside: 0 (min/max) where the extremes
+    # matter and the data has no outliers (docs/finetune.md)
+    norm_quantile: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,7 @@ def validate(recipe: Recipe) -> Recipe:
         (d.chunk >= 1, "'data.chunk' must be >= 1"),
         (d.action_offset >= 0, "'data.action_offset' must be >= 0"),
         (0.0 <= d.val_fraction < 1.0, "'data.val_fraction' must be in [0, 1)"),
+        (0.0 <= d.norm_quantile < 0.5, "'data.norm_quantile' must be in [0, 0.5)"),
         (
             0.0 < d.augment.crop_scale[0] <= d.augment.crop_scale[1] <= 1.0,
             "'data.augment.crop_scale' must be [low, high] with 0 < low <= high <= 1",

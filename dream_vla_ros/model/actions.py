@@ -225,14 +225,25 @@ class ActionDecoder:
         proprio: torch.Tensor | None,
         steps: int,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim)."""
+        """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim).
+
+        `noise` (B, chunk, action_dim) replaces the sampled start, e.g. to compare the
+        same integration on two devices."""
         head, projector = self.model.action_head, self.model.noisy_action_projector
         if projector is None or not hasattr(head, "predict_velocity"):
             raise ValueError("this model has no flow-matching head (action.head != 'flow')")
         b = prompt.shape[0]
         shape = (b, self.cfg.action.chunk, self.cfg.action.action_dim)
-        noise = torch.randn(shape, generator=generator, device=prompt.device, dtype=torch.float32)
+        if noise is None:
+            noise = torch.randn(
+                shape, generator=generator, device=prompt.device, dtype=torch.float32
+            )
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        else:
+            noise = noise.to(device=prompt.device, dtype=torch.float32)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             tokens = projector(x.reshape(b, -1, 1).to(prompt.dtype))

@@ -21,6 +21,7 @@ action token at position p is read from the hidden state at p - 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,10 @@ from transformers.models.qwen2.modeling_qwen2 import (
 )
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+from transformers.vision_utils import get_vision_position_ids
 
 from dream_vla_ros.model.config import DreamVLAConfig
+from dream_vla_ros.model.graphs import GraphCache
 from dream_vla_ros.model.heads import (
     FlowMatchingActionHead,
     L1RegressionActionHead,
@@ -174,6 +177,23 @@ class DreamVLA(nn.Module):
             self.action_head = L1RegressionActionHead(
                 cfg.hidden_size, cfg.head_hidden, a.action_dim
             )
+        self.graphs: GraphCache | None = None  # see use_cuda_graphs
+        self._vision_positions: dict[tuple, torch.Tensor] = {}
+
+    def use_cuda_graphs(self, enabled: bool = True, max_entries: int = 8) -> None:
+        """Replay CUDA graphs of the vision tower and the backbone at inference
+        (eval mode, no grad, CUDA tensors, no padding mask); model/graphs.py says why
+        and what it needs. Off by default; the policy turns it on for a GPU."""
+        self.graphs = GraphCache(max_entries) if enabled else None
+        self._vision_positions.clear()
+
+    def _graphable(self, *tensors: torch.Tensor) -> bool:
+        return (
+            self.graphs is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and all(t.is_cuda for t in tensors)
+        )
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute backbone layers (and vision blocks) in the backward pass."""
@@ -203,9 +223,39 @@ class DreamVLA(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Patches (N, C*T*P*P) and per-image (t, h, w) -> projected tokens (M, D)."""
-        out = self.visual(pixel_values.to(self.dtype), grid_thw=grid_thw)
+        pixel_values = pixel_values.to(self.dtype)
+        if self._graphable(pixel_values) and self.visual.config._attn_implementation == "sdpa":
+            return self._graphed_image_features(pixel_values, grid_thw)
+        out = self.visual(pixel_values, grid_thw=grid_thw)
         merged = out.pooler_output if hasattr(out, "pooler_output") else out
         return self.projector(merged)
+
+    def _graphed_image_features(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> torch.Tensor:
+        assert self.graphs is not None
+        grid = tuple(tuple(int(v) for v in row) for row in grid_thw.tolist())
+        return self.graphs.run(("vision", grid), self.sync_free_vision(grid), pixel_values)
+
+    def sync_free_vision(
+        self, grid: tuple[tuple[int, ...], ...]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """patches -> projected image tokens for this grid ((t, h, w) per image), with no
+        CPU-GPU synchronisation inside, so it can be captured: the grid stays on the
+        CPU (the packed attention reads its lengths from it in every layer) and the
+        rotary positions are computed once per grid, on the model's device."""
+        grid_cpu = torch.tensor(grid, dtype=torch.long)
+        positions = self._vision_positions.get(grid)
+        if positions is None:
+            merge = self.visual.spatial_merge_size
+            positions = get_vision_position_ids(grid_cpu, merge).to(self.device)
+            self._vision_positions[grid] = positions
+
+        def features(pixels: torch.Tensor) -> torch.Tensor:
+            out = self.visual(pixels, grid_thw=grid_cpu, position_ids=positions)
+            return self.projector(out.pooler_output)
+
+        return features
 
     def embed_prompt(
         self,
@@ -252,5 +302,9 @@ class DreamVLA(nn.Module):
             if attention_mask is not None:
                 ones = attention_mask.new_ones(attention_mask.shape[0], n_prefix)
                 attention_mask = torch.cat([ones, attention_mask], dim=1)
-        hidden = self.model(embeds, attention_mask)[:, n_prefix:]
+        if attention_mask is None and self._graphable(embeds):
+            assert self.graphs is not None
+            hidden = self.graphs.run("backbone", self.model, embeds)[:, n_prefix:]
+        else:
+            hidden = self.model(embeds, attention_mask)[:, n_prefix:]
         return ForwardOutput(hidden=hidden, logits=self.lm_head(hidden) if logits else None)

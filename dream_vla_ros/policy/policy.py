@@ -45,6 +45,7 @@ class PolicySettings:
     flow_steps: int | None = None  # None = the checkpoint's action_config.flow_steps
     center_crop: bool = False
     seed: int = 0
+    cuda_graphs: bool = True  # on a GPU: replay captured graphs (dream_vla_ros/model/graphs.py)
 
 
 class Policy:
@@ -54,6 +55,8 @@ class Policy:
         self.cfg = ckpt.config
         self.settings = settings or PolicySettings()
         self.device = self.model.device
+        if self.device.type == "cuda":
+            self.model.use_cuda_graphs(self.settings.cuda_graphs)
         self.images = ImagePreprocessor(
             center_crop=self.settings.center_crop,
             patch_size=self.cfg.vision.patch_size,

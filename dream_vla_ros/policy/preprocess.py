@@ -76,13 +76,17 @@ class ImagePreprocessor:
             frame = frame[:, top : top + side, left : left + side]
         if frame.shape[1:] == (self.size, self.size):
             return frame
-        # uint8 in, uint8 out: PyTorch's vectorised uint8 antialias kernel, about 3x
-        # faster than resizing floats; an HxWx3 frame viewed as (3, H, W) is
-        # already channels-last, the layout that kernel wants
-        out = F.interpolate(
-            frame[None], size=(self.size, self.size), mode="bicubic", antialias=True
-        )
-        return out[0]
+        size = (self.size, self.size)
+        if frame.device.type == "cpu":
+            # uint8 in, uint8 out: PyTorch's vectorised uint8 antialias kernel, about 3x
+            # faster than resizing floats; an HxWx3 frame viewed as (3, H, W) is
+            # already channels-last, the layout that kernel wants
+            return F.interpolate(frame[None], size=size, mode="bicubic", antialias=True)[0]
+        # CUDA has no uint8 antialias kernel (NotImplementedError for 'Byte', torch
+        # 2.11): resize floats, then round and clamp as the uint8 kernel does (within
+        # two levels of the CPU's fixed-point result; test_gpu.py)
+        out = F.interpolate(frame[None].float(), size=size, mode="bicubic", antialias=True)
+        return out[0].round_().clamp_(0, 255).to(torch.uint8)
 
     def resized(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """(N, 3, size, size) uint8."""
@@ -93,7 +97,10 @@ class ImagePreprocessor:
         n, c, s, _ = batch.shape
         p, m, t = self.patch, self.merge, self.temporal
         g = s // p
-        x = batch.float() * self._scale + self._shift  # (N, C, S, S)
+        scale, shift = self._scale, self._shift
+        if scale.device != batch.device:  # frames on another device than built for
+            scale, shift = scale.to(batch.device), shift.to(batch.device)
+        x = batch.float() * scale + shift  # (N, C, S, S)
         x = x[:, None].expand(n, t, c, s, s)  # one frame repeated to the temporal patch
         x = x.reshape(n, t, c, g // m, m, p, g // m, m, p)
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (N, gh/m, gw/m, m, m, C, T, P, P)

@@ -53,10 +53,10 @@ TASKS = tuple(f"touch the {c} cube" for c in COLOURS)
 @dataclass(frozen=True)
 class GroundingSettings:
     preset: str = "tiny"
-    layouts: int = 300  # training scenes (layout seeds 10000+)
+    layouts: int = 600  # training scenes (layout seeds 10000+)
     test_layouts: int = 40  # held-out scenes for the report (seeds 90000+)
-    vision_steps: int = 800
-    refer_steps: int = 600
+    vision_steps: int = 1600
+    refer_steps: int = 1200
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 30
