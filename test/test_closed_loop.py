@@ -190,3 +190,72 @@ def test_the_demo_runs_the_shipped_checkpoint_in_the_world(tmp_path):
     assert int(controller["chunks_accepted"]) > 10, controller
     assert controller["mode"] == "running", controller
     assert min(r["distance_m"] for r in results["rollouts"]) < 0.1, results["rollouts"]
+
+
+class ScriptedController:
+    """Stands in for the controller node's reset/enable services and /diagnostics to
+    script what the real one does only on a starved host: it faults again right after
+    an enable (a tracking fault). `faults_after_enable` enables end that way."""
+
+    def __init__(self, faults_after_enable: int) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from std_srvs.srv import Trigger
+
+        from dream_vla_ros.ros.client import BackgroundNode
+
+        self.ros = BackgroundNode("scripted_controller")
+        self.mode, self.reason = "fault", "arm fault: CAN link down"
+        self.left = faults_after_enable
+        self.calls: list[str] = []
+        node = self.ros.node
+        node.create_service(Trigger, "/controller/reset_fault", self._reset)
+        node.create_service(Trigger, "/controller/enable", self._enable)
+        self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        node.create_timer(0.1, self._publish)
+
+    def _reset(self, _request, response):
+        self.calls.append("reset")
+        self.mode, self.reason = "disabled", ""
+        response.success, response.message = True, "fault cleared"
+        return response
+
+    def _enable(self, _request, response):
+        self.calls.append("enable")
+        if self.left > 0:
+            self.left -= 1
+            self.mode, self.reason = "fault", "tracking fault: joint5 is 0.510 rad away"
+        else:
+            self.mode = "running"
+        response.success, response.message = True, "enabled"
+        return response
+
+    def _publish(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        message = self.mode + (f": {self.reason}" if self.reason else "")
+        status = DiagnosticStatus(name="dream_vla/controller", message=message)
+        status.values = [KeyValue(key="mode", value=self.mode)]
+        self.pub.publish(DiagnosticArray(status=[status]))
+
+
+def test_recovery_retries_a_controller_that_faults_again_after_its_enable():
+    from dream_vla_ros.ros.closed_loop import ClosedLoopError, GraphClient
+
+    for faults, attempts in ((2, 5), (9, 3)):
+        controller = ScriptedController(faults_after_enable=faults)
+        client = GraphClient("recovery_test")
+        lines: list[str] = []
+        try:
+            client.wait(client.faulted, 10, "the scripted controller's first report")
+            if faults < attempts:
+                assert client.recover_controller(lines.append, attempts=attempts) is True
+                assert client.controller_mode() == "running"
+                assert controller.calls == ["reset", "enable"] * (faults + 1)
+                assert sum("again (fault: tracking fault" in line for line in lines) == faults
+            else:
+                with pytest.raises(ClosedLoopError, match=r"faulted again after 3 resets.*joint5"):
+                    client.recover_controller(lines.append, attempts=attempts)
+                assert controller.calls == ["reset", "enable"] * attempts
+        finally:
+            client.close()
+            controller.ros.close()

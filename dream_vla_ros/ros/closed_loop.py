@@ -61,6 +61,7 @@ class GraphClient(BackgroundNode):
         self.on_state: Callable[[float, np.ndarray], None] | None = None
         self.frames: list[np.ndarray] | None = None  # front images, when recording a GIF
         self.diag: dict[str, dict[str, str]] = {}  # status name -> values (+ "message")
+        self.diag_count: dict[str, int] = {}  # status name -> reports received
         self.node.create_subscription(JointState, "/joint_states", self._state, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._diag, 20)
         self.node.create_subscription(
@@ -83,6 +84,7 @@ class GraphClient(BackgroundNode):
         with self.lock:
             for s in msg.status:
                 self.diag[s.name] = {"message": s.message, **{kv.key: kv.value for kv in s.values}}
+                self.diag_count[s.name] = self.diag_count.get(s.name, 0) + 1
 
     def status(self, name: str) -> dict[str, str]:
         with self.lock:
@@ -94,26 +96,45 @@ class GraphClient(BackgroundNode):
     def recover_controller(self, log: Callable[[str], None], attempts: int = 5) -> bool:
         """Reset a faulted controller (a starved host can trip its tracking or
         feedback timeouts) and enable it again; True when it had to. A reset the arm
-        refuses (it still reports the fault) is retried for a few seconds."""
+        refuses (it still reports the fault), or a controller that faults again before
+        it reports running, is retried for a few attempts."""
         mode = self.controller_mode()
         if mode == "running":
             return False
         from std_srvs.srv import Trigger
 
-        log(f"controller in {mode} ({self.status('dream_vla/controller').get('message')}): reset")
+        name = "dream_vla/controller"
+        log(f"controller in {mode} ({self.status(name).get('message')}): reset")
         for attempt in range(attempts):
+            last = attempt == attempts - 1
             reply = self.call(Trigger, "/controller/reset_fault")
             if reply.success or "no fault" in reply.message:  # or it was only disabled
                 reply = self.call(Trigger, "/controller/enable")
-            if reply.success:
-                break
-            if attempt == attempts - 1:
-                raise ClosedLoopError(f"the controller did not recover: {reply.message}")
-            log(f"controller refused to recover ({reply.message}); retrying")
-            time.sleep(1.0)
-        # the next /diagnostics must not report the old mode as current
-        self.wait(lambda: self.controller_mode() == "running", 10, "the controller to run")
-        return True
+            if not reply.success:
+                if last:
+                    raise ClosedLoopError(f"the controller did not recover: {reply.message}")
+                log(f"controller refused to recover ({reply.message}); retrying")
+                time.sleep(1.0)
+                continue
+            # Judge by reports published after the enable: the second one to arrive
+            # from now on was certainly sent after the reply (one may be in flight).
+            with self.lock:
+                seen = self.diag_count.get(name, 0)
+            self.wait(
+                lambda seen=seen: self.diag_count.get(name, 0) >= seen + 2,
+                15,
+                "two /diagnostics reports from the controller after its enable",
+            )
+            if self.controller_mode() == "running":
+                return True
+            status = self.status(name)
+            if last:
+                raise ClosedLoopError(
+                    f"the controller faulted again after {attempts} resets: "
+                    f"{status.get('mode')} ({status.get('message')})"
+                )
+            log(f"controller in {status.get('mode')} again ({status.get('message')}); retrying")
+        raise AssertionError("unreachable")
 
     def _image(self, msg) -> None:
         with self.lock:
