@@ -286,6 +286,25 @@ def test_controller_estop_latches_and_rejects_chunks():
     assert c.tick(100.105, Q0) is not None
 
 
+def test_controller_refuses_to_activate_outside_the_hard_limits():
+    """The first command holds the measured pose; beyond the hard limits (by more than
+    the chunk tolerance) the firmware would refuse it on every enable."""
+    c = ChunkController(CFG, T)
+    beyond = Q0.copy()
+    beyond[4] = CFG.position_upper[4] + 0.2
+    with pytest.raises(RuntimeError, match=r"joint5 is at 1\.420, outside its limits"):
+        c.activate(beyond, 100.0)
+    assert c.mode is Mode.DISABLED and c.tick(100.005, beyond) is None
+    with pytest.raises(RuntimeError, match="measured pose"):
+        c.activate(np.full(7, np.nan), 100.0)
+    # on the limit or within the tolerance it starts and brings the joint inside
+    edge = Q0.copy()
+    edge[4] = CFG.position_upper[4] + 0.5 * CFG.out_of_range_tolerance[4]
+    c.activate(edge, 100.0)
+    assert c.mode is Mode.RUNNING
+    assert c.tick(100.005, edge).position[4] < edge[4]
+
+
 def test_controller_tracking_fault_stops_commands():
     c = ChunkController(CFG, T)
     c.activate(Q0, 100.0)

@@ -295,3 +295,25 @@ def test_fault_decoders():
         "joint2 driver: stall protection triggered",
     ]
     assert decode_driver_faults(1, 1 << 6) == []  # the enable bit is not a fault
+
+
+def test_joints_stop_at_their_hard_limits_when_a_catch_up_overshoots():
+    """After a stall the servo catches up at full speed and can overshoot its target;
+    the joint still stops at the range the firmware accepts targets in (a joint held
+    beyond it would make every later hold command a limit fault)."""
+    params = FirmwareParams.from_safety_config(CFG)
+    upper = params.upper_rad[4]
+    sim = PiperFirmwareSim(f"stop-{next(_names)}", params, [0, 1.5, -1.0, 0, upper - 0.1, 0, 0])
+    try:
+        sim.enabled[:] = True
+        sim.velocity[4] = params.max_speed_rad_s  # arriving at full speed
+        sim.target[4] = upper  # 0.1 rad ahead: braking from 3 rad/s needs 0.9 rad
+        peak = -np.inf
+        for _ in range(400):
+            sim._step(0.005)
+            peak = max(peak, sim.position[4])
+        assert peak <= upper + 1e-6
+        assert peak > upper - 1e-3  # it did run into the stop
+        assert abs(sim.position[4] - upper) < 1e-3 and abs(sim.velocity[4]) < 1e-6
+    finally:
+        sim._bus.shutdown()

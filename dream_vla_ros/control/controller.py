@@ -72,6 +72,7 @@ class ChunkController:
         with self._lock:
             if self.mode is not Mode.DISABLED:
                 raise RuntimeError(f"cannot activate from mode '{self.mode.value}'")
+            self._check_in_range(np.asarray(measured_position, dtype=np.float64))
             self.filter.reset(measured_position)
             self._trajectory = None
             self._last_chunk_time = -np.inf
@@ -79,6 +80,23 @@ class ChunkController:
             self._holding = True
             self.mode = Mode.RUNNING
             self.reason = ""
+
+    def _check_in_range(self, measured: np.ndarray) -> None:
+        """Refuse to start from a pose outside the hard limits by more than the chunk
+        tolerance: the first command holds that pose, which the firmware refuses (a
+        limit fault on every enable); the arm has to be moved back by hand."""
+        cfg = self.cfg
+        tol = np.asarray(cfg.out_of_range_tolerance)
+        lower, upper = np.asarray(cfg.position_lower), np.asarray(cfg.position_upper)
+        if measured.shape != lower.shape or not np.all(np.isfinite(measured)):
+            raise RuntimeError(f"cannot activate from a measured pose of {measured!r}")
+        outside = (measured < lower - tol) | (measured > upper + tol)
+        if np.any(outside):
+            j = int(np.argmax(outside))
+            raise RuntimeError(
+                f"cannot activate: {cfg.joint_names[j]} is at {measured[j]:.3f}, outside its "
+                f"limits [{lower[j]}, {upper[j]}]; move it back into range by hand"
+            )
 
     def deactivate(self) -> None:
         with self._lock:

@@ -83,6 +83,10 @@ class PiperFirmwareSim:
         # The firmware stores limits in 0.1 degree; judge targets against those values.
         self._lower_md = np.array([_limit_decideg(v) * 100 for v in params.lower_rad])
         self._upper_md = np.array([_limit_decideg(v) * 100 for v in params.upper_rad])
+        # The joints' hard stops: a servo catching up after a stall can overshoot its
+        # target, never the range the firmware accepts targets in.
+        self._lower_rad = self._lower_md / proto.MILLIDEG_PER_RAD
+        self._upper_rad = self._upper_md / proto.MILLIDEG_PER_RAD
         start = np.zeros(6) if initial_positions is None else np.asarray(initial_positions[:6])
         start = np.clip(start, params.lower_rad, params.upper_rad)
         self.position = start.astype(np.float64)  # (6,) rad
@@ -291,8 +295,10 @@ class PiperFirmwareSim:
         v_des = np.clip(v_ff + np.sign(error) * correction, -vmax, vmax)
         dv = np.clip(v_des - self.velocity, -amax * dt, amax * dt)
         velocity = np.where(moving, self.velocity + dv, 0.0)
-        self.position = np.where(moving, self.position + velocity * dt, self.position)
-        self.velocity = velocity
+        position = np.where(moving, self.position + velocity * dt, self.position)
+        at_stop = (position < self._lower_rad) | (position > self._upper_rad)
+        self.position = np.clip(position, self._lower_rad, self._upper_rad)
+        self.velocity = np.where(at_stop, 0.0, velocity)
         if self.gripper_enabled and not self.estop:
             g_err = self.gripper_target - self.gripper
             g_step = self.params.gripper_speed_m_s * dt

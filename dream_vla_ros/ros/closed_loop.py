@@ -239,12 +239,17 @@ def _home(
     log: Callable[[str], None],
     move: Callable[[], None] | None = None,
     attempts: int = 3,
+    before_reset: Callable[[], None] | None = None,
 ) -> int:
     """Bring the arm home with `move` (default: stream the path from here, _go_home);
     a controller fault on the way (a host stall, see docs/controller.md) is reset and
-    the move restarted. Returns how many resets it took."""
+    the move restarted. `before_reset` runs before a reset: it must stop whatever
+    streams chunks (a re-enabled controller would follow a stale stream at once).
+    Returns how many resets it took."""
     resets = 0
     for _ in range(attempts):
+        if before_reset is not None and client.controller_mode() != "running":
+            before_reset()
         resets += client.recover_controller(log)
         (move or (lambda: _go_home(client)))()
         if client.at_home() and not client.faulted():
@@ -332,9 +337,18 @@ def collect(
         client.set_param("teleop", "task.seed", -1)  # from the measured pose
         client.wait(lambda: client.at_home() or client.faulted(), 30, client.where)
 
+    def stop_expert() -> None:
+        # After a fault the expert still streams its episode (the touch pose); a
+        # re-enabled controller would go there first, and the next plan, from a
+        # moving arm, would fight it. Plan from the stopped arm before the reset.
+        client.set_param("teleop", "task.seed", -1)
+
+    def home() -> int:
+        return _home(client, log, expert_home, before_reset=stop_expert)
+
     try:
         client.wait(lambda: client.measured() is not None, 120, "/joint_states (see graph.log)")
-        faults += _home(client, log, expert_home)
+        faults += home()
         for i in range(episodes):
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
@@ -374,7 +388,7 @@ def collect(
             verdict = "success" if success else f"FAILED ({outcome.touched or 'none'})"
             verdict += " (controller fault)" if fault else ""
             log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
-            faults += _home(client, log, expert_home)
+            faults += home()
     finally:
         client.close()
         launcher.shutdown()
