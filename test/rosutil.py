@@ -83,9 +83,11 @@ class TestNode(BackgroundNode):
         return self._publishers[key]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    """`what` names what is awaited; a callable is asked only on a timeout (state to show)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            text = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
         time.sleep(0.01)

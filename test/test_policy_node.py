@@ -176,7 +176,11 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
     feed = Feeder(client, {"front": "/t1/front", "wrist": "/t1/wrist"})
     try:
         _wait_ready(watch, proc)
-        wait_for(lambda: watch.n_chunks() >= 3, 20, "chunks from good inputs")
+        wait_for(
+            lambda: watch.n_chunks() >= 3,
+            20,
+            lambda: f"chunks from good inputs: {watch.policy()}\n{proc.output()}",
+        )
         with watch.lock:
             _, first = watch.chunks[0]
         assert time_to_sec(first.header.stamp) in feed.stamps  # the capture stamp
@@ -211,7 +215,11 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
             feed.make = {"front": Feeder.good, "wrist": Feeder.good, **makers}
             time.sleep(0.6)  # let chunks already in flight land
             before = watch.n_chunks()
-            wait_for(lambda w=words: w in watch.policy()[0], 10, f"'{words}' ({label})")
+            wait_for(
+                lambda w=words: w in watch.policy()[0],
+                10,
+                lambda w=words, lb=label: f"'{w}' ({lb}): {watch.policy()}",
+            )
             time.sleep(1.0)
             assert watch.n_chunks() == before, f"{label}: the node published anyway"
             assert proc.alive(), proc.output()
@@ -325,8 +333,9 @@ def test_latency_is_compensated_not_accumulated(client, tmp_path):
         assert len(held) > 100 and np.ptp(held[:, :6], axis=0).max() < 1e-6  # holding
     finally:
         feed.stop()
-        assert proc.stop() == 0, proc.output()
-        assert controller.stop() == 0, controller.output()
+        codes = proc.stop(), controller.stop()  # both, before either assertion
+        assert codes[0] == 0, proc.output()
+        assert codes[1] == 0, controller.output()
 
 
 def _children(pid: int) -> list[int]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
@@ -65,6 +66,12 @@ def run_node(
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RCLError:
+        # SIGINT's handler shuts the context down; landing while the executor builds
+        # its wait set, that surfaces as "context is not valid" instead of the
+        # ExternalShutdownException above. Only then is it a clean exit.
+        if rclpy.ok():
+            raise
     finally:
         shutdown = getattr(node, "shutdown", None)
         if callable(shutdown):
