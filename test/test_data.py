@@ -363,9 +363,9 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     sim_now = np.array([r[0] for r in received])
     stamps = np.array([r[1] for r in received])
     # sim time ~ the recorded stamp: a sim clock on wall time would be minutes off;
-    # a starved host delays a few callbacks (and /clock) by a few hundred ms
+    # a starved host delays some callbacks (and /clock) by up to ~0.7 s (CI: p95 0.61)
     lag = np.abs(sim_now - stamps)
-    assert np.median(lag) < 0.1 and np.percentile(lag, 95) < 0.3, np.percentile(lag, [50, 95, 100])
+    assert np.median(lag) < 0.1 and np.percentile(lag, 95) < 1.0, np.percentile(lag, [50, 95, 100])
     # rate 2: the messages arrive over about half the time they span (the process's
     # start-up, slow on a cold cache, is not part of it)
     ratio = (arrivals[-1] - arrivals[0]) / (stamps[-1] - stamps[0])
