@@ -178,7 +178,7 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
         _wait_ready(watch, proc)
         wait_for(
             lambda: watch.n_chunks() >= 3,
-            20,
+            45,
             lambda: f"chunks from good inputs: {watch.policy()}\n{proc.output()}",
         )
         with watch.lock:
@@ -217,7 +217,7 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
             before = watch.n_chunks()
             wait_for(
                 lambda w=words: w in watch.policy()[0],
-                10,
+                30,  # a starved CI host ran inference at p95 1.8 s
                 lambda w=words, lb=label: f"'{w}' ({lb}): {watch.policy()}",
             )
             time.sleep(1.0)
@@ -227,7 +227,7 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
         assert int(values["refused.bad_image"]) >= 3 and int(values["refused.stale"]) >= 1
         feed.make = {"front": Feeder.good, "wrist": Feeder.good}
         before = watch.n_chunks()
-        wait_for(lambda: watch.n_chunks() >= before + 3, 20, "chunks after the inputs recover")
+        wait_for(lambda: watch.n_chunks() >= before + 3, 45, "chunks after the inputs recover")
     finally:
         feed.stop()
         assert proc.stop() == 0, proc.output()
@@ -324,7 +324,7 @@ def test_latency_is_compensated_not_accumulated(client, tmp_path):
         # three more expired chunks (a starved host slows the policy node: wait for them)
         wait_for(
             lambda: int(watch.controller().get("rejected.expired", 0)) >= expired + 3,
-            15.0,
+            45.0,
             "three chunks refused as expired",
         )
         assert int(watch.controller()["chunks_accepted"]) == accepted
