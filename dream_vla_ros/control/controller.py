@@ -72,7 +72,7 @@ class ChunkController:
         with self._lock:
             if self.mode is not Mode.DISABLED:
                 raise RuntimeError(f"cannot activate from mode '{self.mode.value}'")
-            self._check_in_range(np.asarray(measured_position, dtype=np.float64))
+            self.check_in_range(measured_position)
             self.filter.reset(measured_position)
             self._trajectory = None
             self._last_chunk_time = -np.inf
@@ -81,11 +81,13 @@ class ChunkController:
             self.mode = Mode.RUNNING
             self.reason = ""
 
-    def _check_in_range(self, measured: np.ndarray) -> None:
-        """Refuse to start from a pose outside the hard limits by more than the chunk
+    def check_in_range(self, measured_position: np.ndarray) -> None:
+        """Raise RuntimeError for a pose outside the hard limits by more than the chunk
         tolerance: the first command holds that pose, which the firmware refuses (a
-        limit fault on every enable); the arm has to be moved back by hand."""
+        limit fault on every enable); the arm has to be moved back by hand. `activate`
+        calls it; the node also calls it before it powers the motors."""
         cfg = self.cfg
+        measured = np.asarray(measured_position, dtype=np.float64)
         tol = np.asarray(cfg.out_of_range_tolerance)
         lower, upper = np.asarray(cfg.position_lower), np.asarray(cfg.position_upper)
         if measured.shape != lower.shape or not np.all(np.isfinite(measured)):

@@ -134,7 +134,7 @@ class GraphClient(BackgroundNode):
                     f"{status.get('mode')} ({status.get('message')})"
                 )
             log(f"controller in {status.get('mode')} again ({status.get('message')}); retrying")
-        raise AssertionError("unreachable")
+        raise ClosedLoopError(f"no reset attempted (attempts={attempts})")
 
     def _image(self, msg) -> None:
         with self.lock:

@@ -274,6 +274,8 @@ class ControllerNode(Node):
                 f"controller is in {self.core.mode.value} ({self.core.reason}); call reset_fault",
             )
         try:
+            # refuse an arm outside its limits before powering its motors
+            self.core.check_in_range(self.arm.read_state().positions)
             with self._arm_lock:
                 self.arm.enable()
             state = self.arm.read_state()
