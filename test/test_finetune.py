@@ -214,6 +214,23 @@ def test_norm_quantile_zero_bounds_every_training_action(toy):
     )
 
 
+def test_a_dimension_that_barely_moves_is_not_stretched_over_the_range():
+    """The touch expert's joint4 wobbles by +-1.5e-4 rad: bounds at its extremes
+    would make that noise span [-1, 1], a target the model learns as signal."""
+    from dream_vla_ros.finetune.data import MIN_SPAN, quantile_stats
+
+    rng = np.random.default_rng(0)
+    moving = rng.uniform(-0.5, 0.6, 500)
+    still = 0.2 + rng.uniform(-1.5e-4, 1.5e-4, 500)
+    stats = quantile_stats(np.stack([moving, still], axis=1), q=0.0)
+    assert np.allclose(stats.q01[0], moving.min()) and np.allclose(stats.q99[0], moving.max())
+    assert np.isclose(stats.q99[1] - stats.q01[1], MIN_SPAN)
+    assert np.isclose((stats.q99[1] + stats.q01[1]) / 2, (still.max() + still.min()) / 2)
+    normalised = stats.normalise(np.stack([moving, still], axis=1))
+    assert np.abs(normalised[:, 1]).max() < 0.05  # noise stays small, not +-1
+    assert np.allclose(stats.unnormalise(normalised)[:, 1], still)  # and is kept exactly
+
+
 def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(toy):
     data = DemoData(DataConfig(dataset=str(toy), chunk=4))
     ep = data.dataset.episodes[0]

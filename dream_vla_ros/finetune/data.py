@@ -55,10 +55,20 @@ def split_episodes(
     return train, val
 
 
-def quantile_stats(values: np.ndarray, q: float = 0.01) -> NormStats:
-    """Bounds at the q and 1 - q quantiles (stored as `q01`/`q99`, the official names)."""
+# Narrowest bounds a dimension gets, in its SI unit (0.57 deg; 1 cm of gripper).
+# A joint the demonstrations never move still carries solver or sensor noise
+# (joint4 of the touch expert: +-1.5e-4 rad); bounds at its quantiles would
+# stretch that noise over [-1, 1] and train the model to predict it as signal.
+MIN_SPAN = 1e-2
+
+
+def quantile_stats(values: np.ndarray, q: float = 0.01, min_span: float = MIN_SPAN) -> NormStats:
+    """Bounds at the q and 1 - q quantiles (stored as `q01`/`q99`, the official names),
+    widened about their centre to at least `min_span` where the data barely moves."""
     v = np.asarray(values, dtype=np.float64)
-    return NormStats(np.quantile(v, q, axis=0), np.quantile(v, 1.0 - q, axis=0))
+    lo, hi = np.quantile(v, q, axis=0), np.quantile(v, 1.0 - q, axis=0)
+    pad = np.maximum(0.0, min_span - (hi - lo)) / 2
+    return NormStats(lo - pad, hi + pad)
 
 
 @dataclass
