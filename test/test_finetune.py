@@ -17,7 +17,14 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from dream_vla_ros.finetune.adapters import apply_lora, head_modules, set_full_finetuning
-from dream_vla_ros.finetune.data import DemoData, WindowDataset, split_episodes, swap_colours
+from dream_vla_ros.finetune.data import (
+    MIN_SPAN,
+    DemoData,
+    WindowDataset,
+    quantile_stats,
+    split_episodes,
+    swap_colours,
+)
 from dream_vla_ros.finetune.export import merge_checkpoint
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
 from dream_vla_ros.finetune.recipe import (
@@ -217,8 +224,6 @@ def test_norm_quantile_zero_bounds_every_training_action(toy):
 def test_a_dimension_that_barely_moves_is_not_stretched_over_the_range():
     """The touch expert's joint4 wobbles by +-1.5e-4 rad: bounds at its extremes
     would make that noise span [-1, 1], a target the model learns as signal."""
-    from dream_vla_ros.finetune.data import MIN_SPAN, quantile_stats
-
     rng = np.random.default_rng(0)
     moving = rng.uniform(-0.5, 0.6, 500)
     still = 0.2 + rng.uniform(-1.5e-4, 1.5e-4, 500)
