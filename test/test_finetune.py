@@ -35,13 +35,16 @@ from dream_vla_ros.finetune.recipe import (
 )
 from dream_vla_ros.finetune.toy import write_toy_dataset
 from dream_vla_ros.finetune.trainer import (
+    RAW_WEIGHTS,
     Trainer,
     TrainingError,
+    WeightAverage,
     check_gradients,
     check_optimizer_covers,
     lr_factor,
 )
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
+from dream_vla_ros.model.checkpoint import load_base_weights, load_config
 from dream_vla_ros.policy import Observation, Policy
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words, question
@@ -201,6 +204,33 @@ def test_windows_pad_at_episode_end_and_normalise_with_train_stats(toy):
         s["state"].numpy(), data.proprio_stats.normalise(data.episodes[ep].state[20])
     )
     assert s["task"].startswith("reach the ") and s["images"].shape == (2, 3, 224, 224)
+
+
+def test_hold_after_end_trains_the_repeated_rows_as_hold(toy):
+    """With hold_after_end the rows past the episode's end are the same repeated last
+    action, but real rows of the flow objective's loss."""
+    plain = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2))
+    hold = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2, hold_after_end=True))
+    assert hold.windows == plain.windows
+    ep = hold.train_episodes[0]
+    i = hold.windows["train"].index((ep, 20))
+    a, b = plain.sample("train", i), hold.sample("train", i)
+    assert a["pad"].tolist() == [True] * 3 + [False] * 5 and b["pad"].all()
+    assert torch.equal(a["actions"], b["actions"])
+    torch.manual_seed(0)
+    model = DreamVLA(preset("tiny", head="flow", proprio_dim=7))
+    cfg = model.cfg
+    encoder = BatchEncoder(model, PromptBuilder(byte_tokenizer(cfg.newline_token_id + 1), cfg))
+    objective = TrainingObjective(model).eval()
+    noise = draw_noise("flow", 1, cfg.action.chunk, cfg.action.action_dim, torch.Generator())
+
+    def loss(sample) -> float:
+        inputs = encoder(torch.utils.data.default_collate([sample]), torch.device("cpu"))
+        with torch.no_grad():
+            return float(objective(**inputs, **noise))
+
+    # the same inputs and draws: only the rows the loss averages over differ
+    assert abs(loss(b) - loss(a)) > 1e-4
 
 
 def test_norm_quantile_zero_bounds_every_training_action(toy):
@@ -381,9 +411,10 @@ def test_lora_trains_only_adapters_and_heads(toy, tmp_path):
         Policy.from_checkpoint(result.final)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_two_steps_then_resume_equals_four_steps(toy, tmp_path, lora):
+@pytest.mark.parametrize(("lora", "ema"), [(False, 0.0), (True, 0.0), (False, 0.9), (True, 0.9)])
+def test_two_steps_then_resume_equals_four_steps(toy, tmp_path, lora, ema):
     flags = ["lora.enabled=true", "lora.r=4"] if lora else ["lora.enabled=false"]
+    flags.append(f"train.ema_decay={ema}")
     straight = Trainer(
         recipe(toy, tmp_path / "a", *flags, "train.steps=4", "train.save_every=2"),
         progress=False,
@@ -405,6 +436,57 @@ def test_two_steps_then_resume_equals_four_steps(toy, tmp_path, lora):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key}"
+
+
+def test_weight_average_follows_the_weights_and_is_applied_only_in_its_block():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = WeightAverage({"w": p}, decay=0.9)
+    assert ema.factor(1) == pytest.approx(2 / 11) and ema.factor(1000) == 0.9
+    expected = torch.zeros(3)
+    for step in range(1, 40):
+        with torch.no_grad():
+            p.add_(1.0)
+        ema.update(step)
+        f = ema.factor(step)
+        expected = f * expected + (1 - f) * p.detach()
+    assert torch.allclose(ema.shadow["w"], expected)
+    assert 30 < float(expected[0]) < 39  # behind the weights (39), not at the start
+    with ema.applied():
+        assert torch.equal(p.detach(), ema.shadow["w"])
+    assert torch.equal(p.detach(), torch.full((3,), 39.0))
+    with pytest.raises(RuntimeError, match="inside"), ema.applied():
+        raise RuntimeError("inside")
+    assert torch.equal(p.detach(), torch.full((3,), 39.0))  # restored on an error too
+
+
+def test_an_ema_checkpoint_holds_the_average_and_the_trained_weights(toy, tmp_path):
+    """The saved weights (what the policy loads) are the average; the trained ones
+    sit beside them for resuming, and a resume must keep the average setting."""
+    flags = ["lora.enabled=false", "train.steps=3", "train.save_every=1", "train.keep_last=5"]
+    result = Trainer(
+        recipe(toy, tmp_path / "a", *flags, "train.ema_decay=0.9"),
+        progress=False,
+        log=lambda _: None,
+    ).run()
+
+    def saved(path: Path) -> dict[str, torch.Tensor]:
+        model = DreamVLA(load_config(path))
+        load_base_weights(model, path)
+        return dict(model.named_parameters())
+
+    raw = load_file(str(result.final / RAW_WEIGHTS))
+    before, after = saved(tmp_path / "a/checkpoint-000002"), saved(result.final)
+    f = WeightAverage({}, 0.9).factor(3)
+    moved = 0
+    for name, trained in raw.items():
+        expected = f * before[name].detach() + (1 - f) * trained
+        assert torch.allclose(after[name].detach(), expected, atol=1e-6), name
+        moved += not torch.equal(after[name].detach(), trained)
+    assert moved > 0  # the average is not the trained weights
+    assert json.loads((result.final / "training.json").read_text())["ema_decay"] == 0.9
+    plain = recipe(toy, tmp_path / "b", *flags, "train.steps=4")
+    with pytest.raises(TrainingError, match=r"with a weight average.*ema_decay is 0\.0"):
+        Trainer(plain, resume=result.final, progress=False, log=lambda _: None).run()
 
 
 def test_resume_refuses_a_changed_recipe_and_a_used_output(toy, tmp_path):

@@ -7,7 +7,8 @@ at the dataset's rate (offset 1 by default: the policy stamps a chunk with the
 observation time and action k is for stamp + (k + 1) * period, DESIGN.md
 section 3). Near the end of an episode the missing rows repeat the last action
 (hold) and `pad` marks them False; the objectives leave padded rows out of the
-loss. Windows start at every frame that has at least one real action.
+loss, unless `hold_after_end` is set: then they are real rows that say "stay at
+the last pose". Windows start at every frame that has at least one real action.
 
 Actions and states are normalised to [-1, 1] with per-dimension q01/q99 of the
 *training* episodes, computed once here and stored with every checkpoint (a
@@ -170,7 +171,7 @@ class DemoData:
         episode_index, t = self.windows[split][i]
         ep = self.episodes[episode_index]
         rows = t + self.cfg.action_offset + np.arange(self.cfg.chunk)
-        pad = rows < ep.length
+        pad = np.ones(len(rows), bool) if self.cfg.hold_after_end else rows < ep.length
         actions = ep.action[np.minimum(rows, ep.length - 1)]
         images = ep.frames[t]
         task = ep.task

@@ -62,6 +62,10 @@ class DataConfig:
     # the policy never commands what lies outside: 0 (min/max) where the extremes
     # matter and the data has no outliers (docs/finetune.md)
     norm_quantile: float = 0.01
+    # rows past an episode's end repeat its last action; False: left out of the loss
+    # (ACT's convention), True: trained as "hold there" (Diffusion Policy's), for
+    # demonstrations that end with the arm at rest on the goal (docs/finetune.md)
+    hold_after_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,10 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    # exponential moving average of the trainable weights, saved and validated in
+    # their place (Diffusion Policy's practice); 0 = off. The decay ramps up as
+    # min(ema_decay, (1 + step) / (10 + step)) so early weights fade fast.
+    ema_decay: float = 0.0
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     min_lr_ratio: float = 0.1
@@ -272,6 +280,7 @@ def validate(recipe: Recipe) -> Recipe:
         (t.lr > 0, "'train.lr' must be > 0"),
         (t.weight_decay >= 0, "'train.weight_decay' must be >= 0"),
         (all(0 <= b < 1 for b in t.betas), "'train.betas' must be in [0, 1)"),
+        (0 <= t.ema_decay < 1, "'train.ema_decay' must be in [0, 1)"),
         (t.warmup_steps >= 0, "'train.warmup_steps' must be >= 0"),
         (
             t.schedule in ("cosine", "linear", "constant"),

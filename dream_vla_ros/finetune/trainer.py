@@ -14,6 +14,8 @@ Output folder (`recipe.output_dir`):
                              is on (the adapters' base_model_name_or_path)
     checkpoint-000500/       periodic checkpoints (the newest `keep_last` kept)
     final/                   the last step; loads in the policy node as it is
+                             (with train.ema_decay: the averaged weights; the
+                             trained ones are in its trainer_weights.safetensors)
     metrics.jsonl            one line per log / validation
     curves.png               loss and validation curves
 """
@@ -27,7 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,7 @@ from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instructi
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
+RAW_WEIGHTS = "trainer_weights.safetensors"  # the trained weights when the saved ones are EMA
 
 
 class TrainingError(RuntimeError):
@@ -146,6 +150,48 @@ def load_optimizer_state(
         state.setdefault(int(index), {})[slot] = value
     groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+# ---------------------------------------------------------------------------- weight average
+
+
+class WeightAverage:
+    """Exponential moving average of the trainable weights (`train.ema_decay`).
+
+    After optimizer step n (1-based) every average moves towards its weight by
+    1 - min(decay, (1 + n) / (10 + n)): early weights fade fast, the last
+    ~1 / (1 - decay) steps dominate at the end."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in params.items()}
+
+    def factor(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        weight = 1.0 - self.factor(step)
+        for name, p in self.params.items():
+            self.shadow[name].lerp_(p.detach(), weight)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The averaged weights in the model inside the block, the trained ones after."""
+        with torch.no_grad():
+            trained = {n: p.detach().clone() for n, p in self.params.items()}
+            for name, p in self.params.items():
+                p.copy_(self.shadow[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in self.params.items():
+                    p.copy_(trained[name])
+
+    def trained_tensors(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
 
 
 # ---------------------------------------------------------------------------- trainer
@@ -246,6 +292,15 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------
     def _save(self, name: str, step: int, extra: dict[str, Any]) -> Path:
+        if self.ema is None:
+            return self._write(name, step, extra)
+        raw = self.ema.trained_tensors()
+        with self.ema.applied():
+            path = self._write(name, step, {**extra, "ema_decay": self.ema.decay})
+        save_file(raw, str(path / RAW_WEIGHTS))
+        return path
+
+    def _write(self, name: str, step: int, extra: dict[str, Any]) -> Path:
         r = self.recipe
         final = self.out / name
         tmp = self.out / f".{name}.tmp"
@@ -315,6 +370,21 @@ class Trainer:
                 module.load_state_dict(load_file(str(src / PART_FILES[part])))
         else:
             load_base_weights(model, src)
+        raw_file = src / RAW_WEIGHTS
+        if (self.ema is not None) != raw_file.exists():
+            raise TrainingError(
+                f"{src} was saved {'with' if raw_file.exists() else 'without'} a weight "
+                f"average; this run's train.ema_decay is {self.recipe.train.ema_decay}"
+            )
+        if self.ema is not None:
+            # the checkpoint's weights are the average; the trained ones go on training
+            self.ema.shadow = {n: p.detach().clone() for n, p in self.ema.params.items()}
+            raw = load_file(str(raw_file))
+            if set(raw) != set(self.ema.params):
+                raise TrainingError(f"{raw_file} does not hold this run's trainable weights")
+            with torch.no_grad():
+                for name, p in self.ema.params.items():
+                    p.copy_(raw[name])
         meta = json.loads((src / STATE_JSON).read_text())
         load_optimizer_state(
             self.optimizer, load_file(str(src / STATE_TENSORS)), meta, self.param_names
@@ -322,10 +392,17 @@ class Trainer:
         return int(meta["step"])
 
     # -- validation -----------------------------------------------------------
-    @torch.no_grad()
     def validate(self, step: int, split: str = "val") -> dict[str, Any] | None:
         """Open-loop action error on `split` (the training episodes when no episode
-        is held out), by horizon step, in SI units."""
+        is held out), by horizon step, in SI units; of the averaged weights when
+        train.ema_decay is set (the ones that are saved)."""
+        if self.ema is None:
+            return self._validate(step, split)
+        with self.ema.applied():
+            return self._validate(step, split)
+
+    @torch.no_grad()
+    def _validate(self, step: int, split: str) -> dict[str, Any] | None:
         data, r = self.data, self.recipe
         if not data.windows[split]:
             split = "train"
@@ -490,6 +567,7 @@ class Trainer:
         )
         self.optimizer = optimizer
         check_optimizer_covers(model, optimizer)
+        self.ema = WeightAverage(params, t.ema_decay) if t.ema_decay > 0 else None
         start_step = self._restore(model) if self.resume is not None else 0
         if start_step >= t.steps:
             raise TrainingError(f"{self.resume} is at step {start_step}; train.steps is {t.steps}")
@@ -576,6 +654,8 @@ class Trainer:
             if not accelerator.sync_gradients:
                 continue
             step += 1
+            if self.ema is not None:
+                self.ema.update(step)
             if step % t.log_every == 0 or step == t.steps:
                 elapsed = time.perf_counter() - window_start
                 samples_per_s = window_count * t.batch_size * accelerator.num_processes / elapsed
