@@ -59,6 +59,7 @@ class Watch:
         self.lock = threading.Lock()
         self.chunks: list[tuple[float, JointTrajectory]] = []  # (arrival, msg)
         self.diag: dict[str, tuple[str, dict[str, str]]] = {}
+        self.messages: list[str] = []  # every policy diagnostics message, in order
         self.commands: list[tuple[float, np.ndarray]] = []
         self.client = client
         node = client.node
@@ -75,6 +76,8 @@ class Watch:
         with self.lock:
             for s in msg.status:
                 self.diag[s.name] = (s.message, {kv.key: kv.value for kv in s.values})
+                if s.name == "dream_vla/policy":
+                    self.messages.append(s.message)
 
     def _on_command(self, msg: JointState) -> None:
         with self.lock:
@@ -83,6 +86,16 @@ class Watch:
     def policy(self) -> tuple[str, dict[str, str]]:
         with self.lock:
             return self.diag.get("dream_vla/policy", ("", {}))
+
+    def policy_said(self, words: tuple[str, ...], since: int) -> bool:
+        """One of `words` in a policy message received after the first `since` ones (the
+        latest message alone can be another refusal on a host that stalls the feeder)."""
+        with self.lock:
+            return any(w in m for m in self.messages[since:] for w in words)
+
+    def n_messages(self) -> int:
+        with self.lock:
+            return len(self.messages)
 
     def controller(self) -> dict[str, str]:
         with self.lock:
@@ -204,19 +217,20 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
         def old(stamp):
             return Feeder.good(stamp - 2.0)
 
+        stale_front = ("front image (/t1/front) is", "front camera (/t1/front) stale")
         cases = [
-            ("missing wrist", {"wrist": None}, "wrist camera"),
-            ("stale", {"front": old, "wrist": old}, "s old"),
-            ("wrong encoding", {"wrist": bad_encoding}, "unsupported encoding 'yuv422'"),
-            ("truncated data", {"front": short_data}, "data has 100 bytes"),
-            ("wrong size", {"wrist": small}, "image is 32x24, expected 64x48"),
+            ("missing wrist", {"wrist": None}, ("wrist camera",)),
+            ("stale", {"front": old, "wrist": old}, stale_front),
+            ("wrong encoding", {"wrist": bad_encoding}, ("unsupported encoding 'yuv422'",)),
+            ("truncated data", {"front": short_data}, ("data has 100 bytes",)),
+            ("wrong size", {"wrist": small}, ("image is 32x24, expected 64x48",)),
         ]
         for label, makers, words in cases:
             feed.make = {"front": Feeder.good, "wrist": Feeder.good, **makers}
             time.sleep(0.6)  # let chunks already in flight land
-            before = watch.n_chunks()
+            before, said = watch.n_chunks(), watch.n_messages()
             wait_for(
-                lambda w=words: w in watch.policy()[0],
+                lambda w=words, n=said: watch.policy_said(w, n),
                 30,  # a starved CI host ran inference at p95 1.8 s
                 lambda w=words, lb=label: f"'{w}' ({lb}): {watch.policy()}",
             )
