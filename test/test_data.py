@@ -28,6 +28,7 @@ from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.data.video import VideoWriter
 from dream_vla_ros.launch_graph import COLLECT, Graph, parse_arguments
 from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.ros.conversions import time_to_sec
 
 FPS = 10
 
@@ -63,10 +64,6 @@ def episodes(tmp_path_factory) -> Path:
     return out
 
 
-def _stamp(msg) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-
 def _mcap_messages(folder: Path, topic: str) -> list:
     with open(next((folder / "bag").glob("*.mcap")), "rb") as f:
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
@@ -98,7 +95,7 @@ def test_dataset_build_frames_stats_and_sync(episodes, tmp_path):
         # the grid covers exactly the overlap of all streams (header stamps in the bag):
         # from the first instant every stream has a sample to the last state/command
         def stamps(topic: str, f: Path = folder) -> np.ndarray:
-            return np.array([_stamp(m) for m in _mcap_messages(f, topic)])
+            return np.array([time_to_sec(m.header.stamp) for m in _mcap_messages(f, topic)])
 
         state, command = stamps("/joint_states"), stamps("/dream_vla/teleop/command")
         images = [stamps(f"/camera/{c}/image_raw") for c in ("front", "wrist")]
@@ -119,7 +116,7 @@ def test_dataset_build_frames_stats_and_sync(episodes, tmp_path):
     frames = ds.frames(ep)
     assert np.allclose(np.diff(frames["timestamp"]), 1 / FPS, atol=1e-6)
     measured = _mcap_messages(episodes / "episode_000000", "/joint_states")
-    t = np.array([m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in measured])
+    t = np.array([time_to_sec(m.header.stamp) for m in measured])
     q = np.array([m.position for m in measured])
     build = json.loads((out / "meta/build_report.json").read_text())
     assert build["episodes"][0]["state_sync_ms"] < 300
@@ -347,7 +344,7 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     def on_state(msg):
         with lock:
             now = sim.get_clock().now().nanoseconds * 1e-9
-            got.append((now, msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+            got.append((now, time_to_sec(msg.header.stamp)))
             arrivals.append(time.monotonic())
 
     sim.create_subscription(JointState, "/joint_states", on_state, 1000)
