@@ -1,7 +1,7 @@
 # Every target sets up .venv first (idempotent, fast when nothing changed).
 VENV := .venv/bin
 
-.PHONY: setup demo test lint bench bench-model bench-e2e bench-train closed-loop clean
+.PHONY: setup demo test lint bench bench-model bench-e2e bench-train bench-executor closed-loop clean
 
 setup:
 	@bash scripts/setup.sh
@@ -29,6 +29,9 @@ bench-e2e: setup
 
 bench-train: setup
 	$(VENV)/python bench/train_step.py
+
+bench-executor: setup
+	$(VENV)/python bench/executor_spin.py
 
 # collect -> dataset -> finetune -> closed-loop evaluation in the MuJoCo world (docs/sim.md)
 closed-loop: setup

@@ -55,11 +55,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=8.0, help="[s] of actions per layout")
     parser.add_argument("--flow-steps", type=int, default=0, help="0: the checkpoint's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--noise-seed", type=int, default=0, help="seed of the flow noise (reset per layout)"
+    )
     args = parser.parse_args()
     if args.execute < 1 or args.seeds < 1:
         parser.error("--execute and --seeds must be >= 1")
     torch.set_num_threads(args.threads)
-    settings = PolicySettings(flow_steps=args.flow_steps or None)
+    settings = PolicySettings(flow_steps=args.flow_steps or None, seed=args.noise_seed)
     policy = Policy.from_checkpoint(args.checkpoint, settings=settings)
     world = PiperWorld(width=320, height=240)
     start = time.monotonic()
@@ -78,7 +81,7 @@ def main() -> None:
     print(
         f"kinematic: {wins}/{args.seeds} ({wins / args.seeds:.0%}) on seeds {args.seed0}-"
         f"{args.seed0 + args.seeds - 1}, {args.execute} actions per chunk, "
-        f"{time.monotonic() - start:.0f} s"
+        f"noise seed {args.noise_seed}, {time.monotonic() - start:.0f} s"
     )
 
 

@@ -2,8 +2,9 @@
 
 The arm runs in this process (PiPER driver, or driver + CAN-level simulator), so
 the safety loop never waits on DDS. The control tick runs on its own thread at
-`control_rate_hz`; chunks and services are served by the executor on other
-threads. All rules live in dream_vla_ros.control; this node only adapts.
+`control_rate_hz`; chunks, services and diagnostics are served by a
+single-threaded executor on the main thread (docs/controller.md says why not a
+multi-threaded one). All rules live in dream_vla_ros.control; this node only adapts.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     SetParametersResult,
 )
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -103,22 +103,16 @@ class ControllerNode(Node):
         self.pub_state = self.create_publisher(JointState, p["joint_state_topic"], 10)
         self.pub_command = self.create_publisher(JointState, "~/command", reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        chunks_group = MutuallyExclusiveCallbackGroup()
-        services_group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(
-            JointTrajectory, p["chunk_topic"], self._on_chunk, 10, callback_group=chunks_group
-        )
+        self.create_subscription(JointTrajectory, p["chunk_topic"], self._on_chunk, 10)
         for name, handler in (
             ("~/enable", self._srv_enable),
             ("~/disable", self._srv_disable),
             ("~/estop", self._srv_estop),
             ("~/reset_fault", self._srv_reset_fault),
         ):
-            self.create_service(Trigger, name, handler, callback_group=services_group)
+            self.create_service(Trigger, name, handler)
         if self.sim:
-            self.create_service(
-                SetBool, "~/sim/set_feedback", self._srv_sim_feedback, callback_group=services_group
-            )
+            self.create_service(SetBool, "~/sim/set_feedback", self._srv_sim_feedback)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
         self.loop = PeriodicLoop(p["control_rate_hz"], self._tick, on_error=self._loop_error)
@@ -391,10 +385,12 @@ def main(args: list[str] | None = None) -> None:
     # Shorter GIL switch interval: the control thread gets the interpreter back
     # within ~0.5 ms of its deadline instead of the default 5 ms.
     sys.setswitchinterval(0.0005)
+    # One executor thread: a MultiThreadedExecutor's spin thread busy-loops in this
+    # rclpy, holding the GIL from the control thread (docs/controller.md).
     run_node(
         "controller",
         ControllerNode,
-        lambda: MultiThreadedExecutor(num_threads=3),
+        SingleThreadedExecutor,
         (ArmError, ConfigError, ValueError),
         args,
     )

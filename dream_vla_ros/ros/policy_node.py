@@ -18,8 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     SetParametersResult,
 )
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -115,7 +114,6 @@ class PolicyNode(Node):
         self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        inputs = ReentrantCallbackGroup()
         for cam in self.cameras:
             msg_type = Image if cam.kind == "raw" else CompressedImage
             self.create_subscription(
@@ -123,14 +121,10 @@ class PolicyNode(Node):
                 cam.topic,
                 lambda msg, cam=cam: self._on_image(cam, msg),
                 qos_profile_sensor_data,
-                callback_group=inputs,
             )
-        self.create_subscription(
-            JointState, p["joint_state_topic"], self._on_joint_state, 50, callback_group=inputs
-        )
+        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 50)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10)
-        services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "~/reset", self._srv_reset, callback_group=services)
+        self.create_service(Trigger, "~/reset", self._srv_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
@@ -414,10 +408,12 @@ class PolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    # One thread for every callback (they only store): a MultiThreadedExecutor's spin
+    # thread busy-loops in this rclpy and starved inference 3x (docs/policy_node.md).
     run_node(
         "policy",
         PolicyNode,
-        lambda: MultiThreadedExecutor(num_threads=3),
+        SingleThreadedExecutor,
         (ConfigError, ValueError, RuntimeError, OSError),
         args,
     )

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -94,20 +93,15 @@ class RecorderNode(Node):
         self.episodes_done = 0
         self.last_error = ""
         self.instruction = p["instruction"]
-        services = MutuallyExclusiveCallbackGroup()
-        self.create_service(Trigger, "~/start", self._start, callback_group=services)
-        self.create_service(
-            Trigger, "~/stop", lambda q, r: self._stop(r, True), callback_group=services
-        )
-        self.create_service(
-            Trigger, "~/stop_failed", lambda q, r: self._stop(r, False), callback_group=services
-        )
-        self.create_service(Trigger, "~/discard", self._discard, callback_group=services)
+        self.create_service(Trigger, "~/start", self._start)
+        self.create_service(Trigger, "~/stop", lambda q, r: self._stop(r, True))
+        self.create_service(Trigger, "~/stop_failed", lambda q, r: self._stop(r, False))
+        self.create_service(Trigger, "~/discard", self._discard)
         self.create_subscription(String, "~/instruction", self._on_instruction, 10)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(0.5, self._discover, callback_group=services)
-        self.create_timer(1.0, self._guard, callback_group=services)
+        self.create_timer(0.5, self._discover)
+        self.create_timer(1.0, self._guard)
         self.get_logger().info(f"recorder up: episodes in {self.root}")
 
     # -- start-up -------------------------------------------------------------
@@ -295,10 +289,12 @@ class RecorderNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
+    # One executor thread: callbacks hand bytes to the writer's thread, and a
+    # MultiThreadedExecutor's spin thread busy-loops in this rclpy (docs/controller.md).
     run_node(
         "recorder",
         RecorderNode,
-        lambda: MultiThreadedExecutor(num_threads=2),
+        SingleThreadedExecutor,
         (ValueError, EpisodeError),
         args,
     )
