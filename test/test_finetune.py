@@ -118,6 +118,8 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["train"], "is not of the form section.key=value"),
         (["data=3"], "'data' must be a mapping"),
         (["data.norm_quantile=0.5"], "'data.norm_quantile' must be in [0, 0.5)"),
+        (["data.start_repeat=0"], "'data.start_repeat' must be >= 1"),
+        (["data.start_frames=-1"], "'data.start_frames' must be >= 0"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
@@ -231,6 +233,29 @@ def test_hold_after_end_trains_the_repeated_rows_as_hold(toy):
 
     # the same inputs and draws: only the rows the loss averages over differ
     assert abs(loss(b) - loss(a)) > 1e-4
+
+
+def test_start_repeat_oversamples_the_first_windows_of_training_episodes_only(toy):
+    """start_frames 3, start_repeat 4: each training episode's windows at frames 0-2
+    appear 4 times, every later window once, validation windows once; the repeated
+    windows are the same samples."""
+    plain = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2))
+    more = DemoData(
+        DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2, start_frames=3, start_repeat=4)
+    )
+    assert more.windows["val"] == plain.windows["val"]
+    counts: dict[tuple[int, int], int] = {}
+    for key in more.windows["train"]:
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) == set(plain.windows["train"])
+    assert all(n == (4 if t < 3 else 1) for (_, t), n in counts.items())
+    assert len(more.windows["train"]) == len(plain.windows["train"]) + 9 * len(
+        more.train_episodes
+    )
+    ep = more.train_episodes[0]
+    i, j = [k for k, w in enumerate(more.windows["train"]) if w == (ep, 1)][:2]
+    a, b = more.sample("train", i), more.sample("train", j)
+    assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["images"], b["images"])
 
 
 def test_norm_quantile_zero_bounds_every_training_action(toy):

@@ -153,7 +153,7 @@ class DemoData:
                 f"dimensions, the dataset's actions {self.action_dim}"
             )
         self.windows = {
-            "train": self._windows(self.train_episodes),
+            "train": self._windows(self.train_episodes, cfg.start_frames, cfg.start_repeat),
             "val": self._windows(self.val_episodes),
         }
 
@@ -161,9 +161,18 @@ class DemoData:
         out = [self.preprocessor.resized(frames[i : i + 64]) for i in range(0, len(frames), 64)]
         return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
 
-    def _windows(self, episodes: list[int]) -> list[tuple[int, int]]:
+    def _windows(
+        self, episodes: list[int], start_frames: int = 0, start_repeat: int = 1
+    ) -> list[tuple[int, int]]:
+        """(episode, first frame) of every window; those starting before `start_frames`
+        `start_repeat` times."""
         off = self.cfg.action_offset
-        return [(e, t) for e in episodes for t in range(max(0, self.episodes[e].length - off))]
+        return [
+            (e, t)
+            for e in episodes
+            for t in range(max(0, self.episodes[e].length - off))
+            for _ in range(start_repeat if t < start_frames else 1)
+        ]
 
     def sample(
         self, split: str, i: int, augment: AugmentConfig | None = None, seed: int = 0

@@ -66,6 +66,11 @@ class DataConfig:
     # (ACT's convention), True: trained as "hold there" (Diffusion Policy's), for
     # demonstrations that end with the arm at rest on the goal (docs/finetune.md)
     hold_after_end: bool = False
+    # training windows that start in an episode's first `start_frames` frames appear
+    # `start_repeat` times per epoch (validation unchanged): where a reach begins, the
+    # decision (which cube) is made, and those windows are few (docs/finetune.md)
+    start_frames: int = 0
+    start_repeat: int = 1
 
 
 @dataclass(frozen=True)
@@ -238,6 +243,8 @@ def validate(recipe: Recipe) -> Recipe:
         (d.action_offset >= 0, "'data.action_offset' must be >= 0"),
         (0.0 <= d.val_fraction < 1.0, "'data.val_fraction' must be in [0, 1)"),
         (0.0 <= d.norm_quantile < 0.5, "'data.norm_quantile' must be in [0, 0.5)"),
+        (d.start_frames >= 0, "'data.start_frames' must be >= 0"),
+        (d.start_repeat >= 1, "'data.start_repeat' must be >= 1"),
         (
             0.0 < d.augment.crop_scale[0] <= d.augment.crop_scale[1] <= 1.0,
             "'data.augment.crop_scale' must be [low, high] with 0 < low <= high <= 1",
