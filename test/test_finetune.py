@@ -249,9 +249,7 @@ def test_start_repeat_oversamples_the_first_windows_of_training_episodes_only(to
         counts[key] = counts.get(key, 0) + 1
     assert set(counts) == set(plain.windows["train"])
     assert all(n == (4 if t < 3 else 1) for (_, t), n in counts.items())
-    assert len(more.windows["train"]) == len(plain.windows["train"]) + 9 * len(
-        more.train_episodes
-    )
+    assert len(more.windows["train"]) == len(plain.windows["train"]) + 9 * len(more.train_episodes)
     ep = more.train_episodes[0]
     i, j = [k for k, w in enumerate(more.windows["train"]) if w == (ep, 1)][:2]
     a, b = more.sample("train", i), more.sample("train", j)

@@ -68,7 +68,8 @@ class DataConfig:
     hold_after_end: bool = False
     # training windows that start in an episode's first `start_frames` frames appear
     # `start_repeat` times per epoch (validation unchanged): where a reach begins, the
-    # decision (which cube) is made, and those windows are few (docs/finetune.md)
+    # decision (which cube) is made, and those windows are few (docs/finetune.md;
+    # no gain on the sim touch task, docs/sim.md)
     start_frames: int = 0
     start_repeat: int = 1
 
