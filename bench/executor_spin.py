@@ -21,10 +21,12 @@ and prints inference p50/p95 and the process's CPU use for each. As in the
 graph, the process runs at nice 10 beside busy processes (`--load`, standing in
 for the controller, renderer and driver on a 2-core host): without that load the
 spinning costs little, with it the pool's worker threads start late, the spin
-thread loops the longer, and the inference thread starves. Target: the
-single-threaded executor within 1.5x of "alone" at p50.
+thread loops the longer, and the inference thread starves. The loop feeds itself
+or not: some trials run 4x slower, others hardly slower, so each configuration
+runs `--trials` times with a fresh executor. Target: the single-threaded
+executor's worst trial within 1.5x of "alone" at p50.
 
-Usage: python bench/executor_spin.py [--seconds 10] [--load 2] [--nice 10]
+Usage: python bench/executor_spin.py [--seconds 6] [--trials 3] [--load 2] [--nice 10]
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def with_executor(make_executor, infer, seconds: float) -> tuple[np.ndarray, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per configuration")
+    parser.add_argument("--seconds", type=float, default=6.0, help="per trial")
+    parser.add_argument("--trials", type=int, default=3, help="per configuration")
     parser.add_argument(
         "--load", type=int, default=2, help="busy processes beside it (the graph's other nodes)"
     )
@@ -177,7 +180,7 @@ def main() -> None:
     def infer() -> None:
         policy.infer(obs)
 
-    results = {"alone": time_inference(infer, args.seconds)}
+    results = {"alone": [time_inference(infer, args.seconds) for _ in range(args.trials)]}
 
     child = spawn.Process(target=publisher, args=(stop,), daemon=True)
     child.start()
@@ -187,25 +190,30 @@ def main() -> None:
             ("SingleThreadedExecutor", SingleThreadedExecutor),
             ("MultiThreadedExecutor(3)", lambda: MultiThreadedExecutor(num_threads=3)),
         ):
-            results[name] = with_executor(make, infer, args.seconds)
+            # a fresh executor per trial: the busy loop starts in some runs, not in others
+            results[name] = [with_executor(make, infer, args.seconds) for _ in range(args.trials)]
     finally:
         stop.set()
         for p in (child, *burners):
             p.join(5.0)
         rclpy.shutdown()
 
-    print("\ntiny flow policy inference, 1 torch thread, inputs of the simulated graph:")
-    print(f"  {'':26s} {'p50 ms':>8s} {'p95 ms':>8s} {'process CPU':>12s}")
-    for name, (lat, cpu) in results.items():
-        print(
-            f"  {name:26s} {np.percentile(lat, 50):8.1f} {np.percentile(lat, 95):8.1f} "
-            f"{cpu:10.0f} %"
-        )
-    alone = np.percentile(results["alone"][0], 50)
-    single = np.percentile(results["SingleThreadedExecutor"][0], 50)
-    multi = np.percentile(results["MultiThreadedExecutor(3)"][0], 50)
     print(
-        f"\np50 against alone: SingleThreadedExecutor {single / alone:.2f}x "
+        f"\ntiny flow policy inference, 1 torch thread, inputs of the simulated graph, "
+        f"{args.trials} trials of {args.seconds:.0f} s each (p50 ms / p95 ms / process CPU):"
+    )
+    worst = {}
+    for name, trials in results.items():
+        cells = [
+            f"{np.percentile(lat, 50):6.1f} /{np.percentile(lat, 95):6.1f} /{cpu:4.0f} %"
+            for lat, cpu in trials
+        ]
+        worst[name] = max(np.percentile(lat, 50) for lat, _ in trials)
+        print(f"  {name:26s} " + "   ".join(cells))
+    alone = min(np.percentile(lat, 50) for lat, _ in results["alone"])
+    single, multi = worst["SingleThreadedExecutor"], worst["MultiThreadedExecutor(3)"]
+    print(
+        f"\nworst trial p50 against the best alone: SingleThreadedExecutor {single / alone:.2f}x "
         f"(target <= 1.5x: {'met' if single <= 1.5 * alone else 'NOT met'}), "
         f"MultiThreadedExecutor {multi / alone:.2f}x"
     )
