@@ -23,7 +23,7 @@ from std_srvs.srv import Trigger
 from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.data.bags import BagError, open_bag, read_joint_series
 from dream_vla_ros.data.build import BuildSettings, build_dataset
-from dream_vla_ros.data.episode import list_episodes, read_meta
+from dream_vla_ros.data.episode import EpisodeError, list_episodes, read_meta
 from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.data.video import VideoWriter
 from dream_vla_ros.launch_graph import COLLECT, Graph, parse_arguments
@@ -93,18 +93,21 @@ def test_dataset_build_frames_stats_and_sync(episodes, tmp_path):
     assert info["total_frames"] == sum(e.length for e in ds.episodes) == report.total_frames
     for ep, folder in zip(ds.episodes, sorted(episodes.glob("episode_*"))[:2]):
         # the grid covers exactly the overlap of all streams (header stamps in the bag):
-        # from the first instant every stream has a sample to the last state/command
+        # from the first instant every stream has a sample to the last state/command,
+        # within the recording's start and stop (messages queued in DDS while the bag
+        # opened are stamped before the start)
         def stamps(topic: str, f: Path = folder) -> np.ndarray:
             return np.array([time_to_sec(m.header.stamp) for m in _mcap_messages(f, topic)])
 
+        meta = read_meta(folder)
         state, command = stamps("/joint_states"), stamps("/dream_vla/teleop/command")
         images = [stamps(f"/camera/{c}/image_raw") for c in ("front", "wrist")]
-        t0 = max(state[0], command[0], *(i[0] for i in images))
-        t1 = min(state[-1], command[-1])
+        t0 = max(state[0], command[0], *(i[0] for i in images), meta.start_time_s)
+        t1 = min(state[-1], command[-1], meta.end_time_s)
         assert ep.length == int(np.floor((t1 - t0) * FPS + 1e-9)) + 1, (ep.length, t0, t1)
         # ... which is most of the recording (its length varies with a busy host's stalls)
-        seconds = read_meta(folder).duration_s
-        assert 0.5 * seconds * FPS <= ep.length <= seconds * FPS + 2, (ep.length, seconds)
+        seconds = meta.duration_s
+        assert 0.5 * seconds * FPS <= ep.length <= seconds * FPS + 1, (ep.length, seconds)
     # stats over all frames, with quantiles
     allf = ds.frames(None)
     stats = ds.stats
@@ -149,6 +152,15 @@ def test_dataset_build_refuses_a_non_empty_output_and_reports_gaps(episodes, tmp
     # within a millisecond of every frame on a quiet host): every episode has a "gap"
     with pytest.raises(Exception, match="has a gap"):
         build_dataset(episodes, tmp_path / "y", BuildSettings(fps=7, image_tolerance_s=0.001))
+    # header stamps outside the recording's start/stop: a publisher on another clock
+    shifted = tmp_path / "shifted"
+    shutil.copytree(episodes / "episode_000000", shifted / "episode_000000")
+    info = json.loads((shifted / "episode_000000/episode.json").read_text())
+    info["start_time_s"] += 1000.0
+    info["end_time_s"] += 1000.0
+    (shifted / "episode_000000/episode.json").write_text(json.dumps(info))
+    with pytest.raises(EpisodeError, match=r"lie outside the recording.*another clock"):
+        build_dataset(shifted, tmp_path / "z", BuildSettings(fps=FPS))
 
 
 def _write_v21(root: Path) -> dict:

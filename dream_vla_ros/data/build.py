@@ -135,6 +135,18 @@ def _prepare(folder: Path, s: BuildSettings) -> _Episode:
         refs = {role: (topic, *image_refs(reader, topic)) for role, topic in cameras}
         t0 = max(state.times_s[0], action.times_s[0], *(r[1][0].stamp_s for r in refs.values()))
         t1 = min(state.times_s[-1], action.times_s[-1])
+        if meta.end_time_s is not None:
+            # The episode is what happened between its start and its stop (ROS time).
+            # Messages stamped before the start reach the bag too: they queue in DDS
+            # while the recorder opens the bag and are delivered after it.
+            overlap = min(t1, meta.end_time_s) - max(t0, meta.start_time_s)
+            if overlap * s.fps < 1 <= (t1 - t0) * s.fps:
+                raise BagError(
+                    f"the streams' header stamps ({t0:.3f} to {t1:.3f} s) lie outside the "
+                    f"recording ({meta.start_time_s:.3f} to {meta.end_time_s:.3f} s, the "
+                    "recorder's ROS clock): do the publishers stamp with another clock?"
+                )
+            t0, t1 = max(t0, meta.start_time_s), min(t1, meta.end_time_s)
         n = int(np.floor((t1 - t0) * s.fps + 1e-9)) + 1
         if t1 <= t0 or n < 2:
             raise BagError(f"the streams overlap for {max(0.0, t1 - t0):.2f} s only")
