@@ -16,6 +16,7 @@ real graph (on the shipped checkpoint the two agreed within 3 of 60 layouts).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import numpy as np
@@ -36,13 +37,64 @@ def rollout(policy: Policy, world: PiperWorld, seed: int, execute: int, timeout_
     done = 0
     while done < steps and not monitor.touched:
         images = [world.render_front(q), world.render_wrist(q)]
-        chunk = policy.infer(Observation(images, layout.instruction, q.copy()))
+        stamp = done * policy.cfg.action.action_period_s  # q is the pose at that instant
+        chunk = policy.infer(Observation(images, layout.instruction, q.copy(), stamp))
         for action in chunk.actions[:execute]:
             q = np.asarray(action, dtype=np.float64).copy()
             monitor.update(q)
             done += 1
             if monitor.touched or done >= steps:
                 break
+    return layout, monitor.outcome
+
+
+def servo_rollout(
+    policy: Policy,
+    world: PiperWorld,
+    seed: int,
+    replan_s: float,
+    latency_s: float,
+    timeout_s: float,
+    control_hz: float = 200.0,
+):
+    """The graph's timing without ROS: the project's chunk controller (splicing, the
+    limits of config/piper.yaml) at `control_hz` on a virtual clock, an arm that is
+    where it is commanded, an observation every `replan_s` whose chunk reaches the
+    controller `latency_s` later (the graph: 0.2 s at 5 Hz, ~0.06 s stamp to chunk)."""
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.control.config import load_safety_config
+    from dream_vla_ros.control.controller import ChunkController
+    from dream_vla_ros.control.validation import ChunkRejected
+
+    layout = sample_layout(seed)
+    world.set_cubes(layout.cubes)
+    monitor = SuccessMonitor(layout)
+    period = 1.0 / control_hz
+    controller = ChunkController(load_safety_config(), period)
+    q = HOME.copy()
+    controller.activate(q, 0.0)
+    policy.reset()
+    ticks = round(timeout_s * control_hz)
+    replan, delay = round(replan_s * control_hz), round(latency_s * control_hz)
+    pending: list[tuple[int, object]] = []  # (tick it arrives at, chunk)
+    for k in range(ticks):
+        now = k * period
+        if k % replan == 0:
+            images = [world.render_front(q), world.render_wrist(q)]
+            chunk = policy.infer(Observation(images, layout.instruction, q.copy(), now))
+            pending.append((k + delay, chunk))
+        while pending and pending[0][0] <= k:
+            _, c = pending.pop(0)
+            times = c.period_s * np.arange(1, len(c.actions) + 1)
+            with contextlib.suppress(ChunkRejected):  # counted by the controller
+                controller.submit(JOINT_NAMES, c.stamp_s, times.tolist(), c.actions.tolist(), now)
+        command = controller.tick(now, q)
+        if command is None:
+            break  # a tracking fault: the arm stops
+        q = command.position.copy()
+        monitor.update(q)
+        if monitor.touched:
+            break
     return layout, monitor.outcome
 
 
@@ -58,18 +110,39 @@ def main() -> None:
     parser.add_argument(
         "--noise-seed", type=int, default=0, help="seed of the flow noise (reset per layout)"
     )
+    parser.add_argument(
+        "--prefix-actions", type=int, default=0, help="inpaint this many actions (policy)"
+    )
+    parser.add_argument("--prefix-min-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--servo",
+        action="store_true",
+        help="through the chunk controller on a virtual clock (re-plan, latency below)",
+    )
+    parser.add_argument("--replan-s", type=float, default=0.2, help="--servo: re-plan period")
+    parser.add_argument("--latency-s", type=float, default=0.06, help="--servo: stamp to chunk")
     args = parser.parse_args()
     if args.execute < 1 or args.seeds < 1:
         parser.error("--execute and --seeds must be >= 1")
     torch.set_num_threads(args.threads)
-    settings = PolicySettings(flow_steps=args.flow_steps or None, seed=args.noise_seed)
+    settings = PolicySettings(
+        flow_steps=args.flow_steps or None,
+        seed=args.noise_seed,
+        prefix_actions=args.prefix_actions,
+        prefix_min_weight=args.prefix_min_weight,
+    )
     policy = Policy.from_checkpoint(args.checkpoint, settings=settings)
     world = PiperWorld(width=320, height=240)
     start = time.monotonic()
     wins = 0
     try:
         for seed in range(args.seed0, args.seed0 + args.seeds):
-            layout, o = rollout(policy, world, seed, args.execute, args.timeout)
+            if args.servo:
+                layout, o = servo_rollout(
+                    policy, world, seed, args.replan_s, args.latency_s, args.timeout
+                )
+            else:
+                layout, o = rollout(policy, world, seed, args.execute, args.timeout)
             wins += o.success
             if not o.success:
                 print(
@@ -80,8 +153,14 @@ def main() -> None:
         world.close()
     print(
         f"kinematic: {wins}/{args.seeds} ({wins / args.seeds:.0%}) on seeds {args.seed0}-"
-        f"{args.seed0 + args.seeds - 1}, {args.execute} actions per chunk, "
-        f"noise seed {args.noise_seed}, {time.monotonic() - start:.0f} s"
+        f"{args.seed0 + args.seeds - 1}, "
+        + (
+            f"servo: re-plan {args.replan_s} s, latency {args.latency_s} s, "
+            if args.servo
+            else f"{args.execute} actions per chunk, "
+        )
+        + f"noise seed {args.noise_seed}, prefix {args.prefix_actions} actions "
+        f"(weights 1 -> {args.prefix_min_weight}), {time.monotonic() - start:.0f} s"
     )
 
 

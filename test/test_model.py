@@ -284,6 +284,32 @@ def test_euler_integration_on_a_known_field():
     assert times == [0.0, 0.25, 0.5, 0.75]
 
 
+def test_euler_inpaints_a_weighted_prefix():
+    x0 = torch.tensor([[[1.0], [2.0], [3.0]]])
+    target = torch.tensor([[[-1.0], [-2.0], [-3.0]]])
+    prefix = torch.tensor([[[5.0], [6.0]]])
+    seen = []
+
+    def field(x, t):
+        seen.append((t.item(), x.clone()))
+        return target - x0
+
+    out = euler_integrate(field, x0, 4, prefix, torch.tensor([1.0, 0.0]))
+    # weight 1: the row is on the straight path from its noise to the prefix at every
+    # step the field sees, and ends on the prefix; weight 0 and free rows: untouched
+    for t, x in seen:
+        assert torch.allclose(x[0, 0], (1 - t) * x0[0, 0] + t * prefix[0, 0])
+    assert torch.allclose(out[0, 0], prefix[0, 0])
+    assert torch.allclose(out[0, 1:], target[0, 1:])
+    half = euler_integrate(lambda x, t: target - x0, x0, 4, prefix[:, :1], torch.tensor([0.5]))
+    # weight 0.5 at every step: pulled past the mid-point towards the prefix, not onto it
+    assert 0.5 * (prefix[0, 0, 0] + target[0, 0, 0]) < half[0, 0, 0] < prefix[0, 0, 0]
+    with pytest.raises(ValueError, match="needs 2 weights"):
+        euler_integrate(field, x0, 4, prefix, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="does not fit"):
+        euler_integrate(field, x0, 4, torch.zeros(1, 4, 1), torch.ones(4))
+
+
 # -- checkpoints -------------------------------------------------------------------------
 def test_checkpoint_round_trip_and_official_names(tmp_path):
     path = write_random_checkpoint(tmp_path / "ckpt", head="flow", seed=5)
@@ -437,6 +463,37 @@ def test_policy_infers_a_stamped_si_chunk(tmp_path, head):
     policy.reset()
     again = policy.infer(obs)
     assert np.allclose(again.actions, chunk.actions), "reset() must make sampling repeatable"
+
+
+def test_policy_prefix_continues_the_previous_chunk(tmp_path):
+    path = write_random_checkpoint(tmp_path / "flow", head="flow")
+    free = Policy.from_checkpoint(path)
+    tied = Policy.from_checkpoint(path, settings=PolicySettings(prefix_actions=3))
+    period = tied.cfg.action.action_period_s
+    obs = Observation(_frames(), "Pick up the apple.", np.zeros(7), stamp_s=10.0)
+    first = tied.infer(obs)
+    assert np.allclose(first.normalised, free.infer(obs).normalised)  # nothing to tie to
+    # two periods later: actions 0-2 are what the first chunk planned for those instants
+    later = Observation(obs.images, obs.instruction, obs.state, stamp_s=10.0 + 2 * period)
+    second = tied.infer(later)
+    assert np.allclose(second.normalised[:3], first.normalised[2:5], atol=1e-6)
+    untied = free.infer(later)
+    assert not np.allclose(second.normalised[:3], untied.normalised[:3], atol=1e-3)
+    # the previous chunk covers one more action only: one row is tied
+    end = second.stamp_s + len(second.normalised) * period
+    last = tied.infer(Observation(obs.images, obs.instruction, obs.state, stamp_s=end - period))
+    assert np.allclose(last.normalised[0], second.normalised[-1], atol=1e-6)
+    # an older observation or a reset: nothing is tied
+    tied.reset()
+    free.reset()
+    again = tied.infer(obs)
+    assert np.allclose(again.normalised, free.infer(obs).normalised)
+    older = Observation(obs.images, obs.instruction, obs.state, stamp_s=5.0)
+    assert np.allclose(tied.infer(older).normalised, free.infer(older).normalised)
+    with pytest.raises(ValueError, match="prefix_actions must be >= 0"):
+        PolicySettings(prefix_actions=-1)
+    with pytest.raises(ValueError, match="prefix_min_weight must be in"):
+        PolicySettings(prefix_actions=2, prefix_min_weight=1.5)
 
 
 def test_policy_rejects_bad_observations(tmp_path):

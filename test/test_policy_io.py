@@ -279,6 +279,79 @@ def test_a_paused_runner_neither_infers_nor_publishes_and_resumes_on_fresh_frame
     assert [c.stamp_s for c in published] == [9.97]  # a frame from after the pause
 
 
+def test_the_rate_budget_counts_capture_stamps_not_arrival_times():
+    from dream_vla_ros.policy.policy import ActionChunk, Observation
+    from dream_vla_ros.policy.runner import PolicyRunner, RunnerSettings
+
+    stamps: list[float] = []
+
+    def infer(obs: Observation) -> ActionChunk:
+        if obs.instruction != "warm":
+            stamps.append(round(obs.stamp_s, 3))
+        return ActionChunk(np.tile(obs.state, (4, 1)), obs.stamp_s, 0.05, latency_s=0.001)
+
+    buf = ObservationBuffer(CAMS[:1], NAMES, SyncSettings(max_age_s=100.0))
+    warm = Observation([rgb()], "warm", np.zeros(7), 0.0)
+    runner = PolicyRunner(
+        infer, buf, lambda c: None, lambda: 12.0, "pick", lambda: warm,
+        RunnerSettings(max_rate_hz=5.0, warmup_iterations=1),
+    ).start()  # fmt: skip
+    try:
+        deadline = time.monotonic() + 5.0
+        while not runner.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # a 10 Hz camera whose frames arrive twice as fast as they were taken (a
+        # backlog): a 5 Hz budget takes every second frame
+        for k in range(10):
+            t = 10.0 + 0.1 * k
+            buf.add_joint_state(t, NAMES, [t] * 7)
+            buf.add_frame("front", frame(t))
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        runner.stop()
+    gaps = np.diff(stamps)
+    assert len(stamps) >= 4 and np.all(gaps > 0.15), stamps  # wall-clock gating: 3
+    assert runner.stats.refused.total() == 0
+
+
+@pytest.mark.parametrize("change", ["pause", "instruction"])
+def test_a_chunk_inferred_across_a_pause_or_new_instruction_is_not_published(change):
+    from dream_vla_ros.policy.policy import ActionChunk, Observation
+    from dream_vla_ros.policy.runner import PolicyRunner, RunnerSettings
+
+    started, release = threading.Event(), threading.Event()
+
+    def infer(obs: Observation) -> ActionChunk:
+        if obs.instruction != "warm":
+            started.set()
+            assert release.wait(5.0)
+        return ActionChunk(np.tile(obs.state, (4, 1)), obs.stamp_s, 0.05, latency_s=0.001)
+
+    published: list[ActionChunk] = []
+    buf = filled(cams=CAMS[:1], max_age_s=100.0)
+    warm = Observation([rgb()], "warm", np.zeros(7), 0.0)
+    runner = PolicyRunner(
+        infer, buf, published.append, lambda: 10.0, "pick", lambda: warm,
+        RunnerSettings(warmup_iterations=1),
+    ).start()  # fmt: skip
+    try:
+        buf.add_frame("front", frame(9.97))
+        assert started.wait(5.0)  # inference is running on the 9.97 frame
+        if change == "pause":
+            runner.paused = True  # the node's `enabled` false
+        else:
+            runner.set_instruction("place it")
+        release.set()
+        deadline = time.monotonic() + 5.0
+        while runner.stats.discarded == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        runner.stop()
+    assert published == [] and runner.stats.discarded == 1
+    assert runner.summary()["discarded_chunks"] == "1"
+
+
 # -- launch graph ---------------------------------------------------------------------------
 def test_graph_arguments_and_commands():
     g = graph("sim")

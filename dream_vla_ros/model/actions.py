@@ -226,11 +226,15 @@ class ActionDecoder:
         steps: int,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        prefix: torch.Tensor | None = None,
+        prefix_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim).
 
         `noise` (B, chunk, action_dim) replaces the sampled start, e.g. to compare the
-        same integration on two devices."""
+        same integration on two devices. `prefix` (B, m, action_dim), normalised, with
+        `prefix_weights` (m,) inpaints the chunk's first m actions (`euler_integrate`):
+        the policy passes what is left of its previous chunk."""
         head, projector = self.model.action_head, self.model.noisy_action_projector
         if projector is None or not hasattr(head, "predict_velocity"):
             raise ValueError("this model has no flow-matching head (action.head != 'flow')")
@@ -250,7 +254,7 @@ class ActionDecoder:
             hidden = self.action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
             return head.predict_velocity(hidden).float()
 
-        return euler_integrate(velocity, noise, steps)
+        return euler_integrate(velocity, noise, steps, prefix, prefix_weights)
 
     @torch.no_grad()
     def regression(

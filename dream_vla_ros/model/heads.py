@@ -120,13 +120,43 @@ class FlowMatchingActionHead(nn.Module):
         return self.flow_predictor(_per_step(action_hidden, self.action_dim))
 
 
-def euler_integrate(velocity, x0: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 with `steps` Euler steps."""
+def euler_integrate(
+    velocity,
+    x0: torch.Tensor,
+    steps: int,
+    prefix: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Integrate dx/dt = velocity(x, t) from t = 0 to 1 with `steps` Euler steps.
+
+    `prefix` (B, m, D) with `weights` (m,) in [0, 1] inpaints the first m rows of the
+    sample: before every step, row k is pulled by weight w_k onto the point of the
+    straight path from its own start noise to prefix[k] at the current t, and the
+    result ends at w_k * prefix[k] + (1 - w_k) * x[k]. The free rows follow the
+    velocity field given those rows (a guided sample, not retrained)."""
     if steps < 1:
         raise ValueError(f"flow matching needs >= 1 step, got {steps}")
     x = x0
     dt = 1.0 / steps
+    m = 0 if prefix is None else prefix.shape[1]
+    if m:
+        if weights is None or weights.shape != (m,):
+            raise ValueError(f"prefix of {m} rows needs {m} weights")
+        if m > x0.shape[1] or prefix.shape[0] != x0.shape[0] or prefix.shape[2] != x0.shape[2]:
+            raise ValueError(f"prefix {tuple(prefix.shape)} does not fit x {tuple(x0.shape)}")
+        w = weights.to(x0)[None, :, None]
+        prefix = prefix.to(x0)
+
+    def anchor(x: torch.Tensor, t: float) -> torch.Tensor:
+        if not m:
+            return x
+        x = x.clone()
+        target = (1.0 - t) * x0[:, :m] + t * prefix
+        x[:, :m] = w * target + (1.0 - w) * x[:, :m]
+        return x
+
     for k in range(steps):
+        x = anchor(x, k * dt)
         t = torch.full((x.shape[0],), k * dt, device=x.device, dtype=torch.float32)
         x = x + dt * velocity(x, t).to(x.dtype)
-    return x
+    return anchor(x, 1.0)

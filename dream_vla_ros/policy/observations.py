@@ -182,6 +182,12 @@ class ObservationBuffer:
             return None
         return min(history, key=lambda f: abs(f.stamp_s - stamp))
 
+    def newest_stamp(self) -> float | None:
+        """Capture stamp of the newest reference frame (None: no frame yet)."""
+        with self._lock:
+            history = self._frames[self.cameras[0].role]
+            return history[-1].stamp_s if history else None
+
     def skip(self) -> None:
         """Mark the newest reference frame as used without looking at it (counted as dropped)."""
         with self._lock:

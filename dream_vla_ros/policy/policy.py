@@ -46,6 +46,17 @@ class PolicySettings:
     center_crop: bool = False
     seed: int = 0
     cuda_graphs: bool = True  # on a GPU: replay captured graphs (dream_vla_ros/model/graphs.py)
+    # Flow head: inpaint a new chunk's first `prefix_actions` actions from what the
+    # previous chunk planned for those instants (weights fall linearly from 1 to
+    # `prefix_min_weight`), so re-planning continues the motion it is in. 0: off.
+    prefix_actions: int = 0
+    prefix_min_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.prefix_actions < 0:
+            raise ValueError(f"prefix_actions must be >= 0, got {self.prefix_actions}")
+        if not 0.0 <= self.prefix_min_weight <= 1.0:
+            raise ValueError(f"prefix_min_weight must be in [0, 1], got {self.prefix_min_weight}")
 
 
 class Policy:
@@ -67,6 +78,8 @@ class Policy:
         self.prompts = PromptBuilder.from_dir(ckpt.path, self.cfg)
         self.decoder = ActionDecoder(self.model)
         self.generator = torch.Generator(device=self.device)
+        self._previous: ActionChunk | None = None
+        self._episode = 0  # bumped by reset(): a chunk inferred across it is not kept
         self.reset()
 
     @classmethod
@@ -84,8 +97,35 @@ class Policy:
         return self.ckpt.action_stats
 
     def reset(self) -> None:
-        """Forget episode state: the sampler restarts from the configured seed."""
+        """Forget episode state: the sampler restarts from the configured seed and the
+        next chunk is not tied to the previous one."""
         self.generator.manual_seed(self.settings.seed)
+        self._previous = None
+        self._episode += 1
+
+    def _prefix(self, stamp_s: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The previous chunk's plan (normalised) at this chunk's first action times."""
+        prev, m = self._previous, self.settings.prefix_actions
+        if prev is None or m == 0 or not stamp_s > prev.stamp_s:
+            return None
+        period = self.cfg.action.action_period_s
+        times = stamp_s + period * np.arange(1, m + 1)
+        planned = prev.stamp_s + prev.period_s * np.arange(1, len(prev.normalised) + 1)
+        times = times[times <= planned[-1] + 1e-9]  # only what the previous chunk covers
+        if times.size == 0:
+            return None
+        rows = np.stack(
+            [
+                np.interp(times, planned, prev.normalised[:, j])
+                for j in range(prev.normalised.shape[1])
+            ],
+            -1,
+        )
+        weights = np.linspace(1.0, self.settings.prefix_min_weight, m)[: len(times)]
+        return (
+            torch.tensor(rows[None], dtype=torch.float32, device=self.device),
+            torch.tensor(weights, dtype=torch.float32, device=self.device),
+        )
 
     def _check(self, obs: Observation) -> None:
         if not isinstance(obs.instruction, str) or not obs.instruction.strip():
@@ -111,6 +151,7 @@ class Policy:
     @torch.no_grad()
     def infer(self, obs: Observation) -> ActionChunk:
         start = time.perf_counter()
+        episode = self._episode
         self._check(obs)
         try:
             pixel_values, grid = self.images(obs.images)
@@ -131,7 +172,16 @@ class Policy:
             )
         elif head == "flow":
             steps = self.settings.flow_steps or self.cfg.action.flow_steps
-            normed = self.decoder.flow(prompt, None, proprio, steps, self.generator)
+            prefix = self._prefix(float(obs.stamp_s))
+            normed = self.decoder.flow(
+                prompt,
+                None,
+                proprio,
+                steps,
+                self.generator,
+                prefix=None if prefix is None else prefix[0],
+                prefix_weights=None if prefix is None else prefix[1],
+            )
         else:
             normed = self.decoder.regression(prompt, None, proprio)
         # Continuous heads can leave [-1, 1]; the training data's q01..q99 range is
@@ -140,7 +190,7 @@ class Policy:
         normalised = np.clip(normed[0].float().cpu().numpy().astype(np.float64), -1.0, 1.0)
         actions = self.action_stats.unnormalise(normalised)
         end = time.perf_counter()
-        return ActionChunk(
+        chunk = ActionChunk(
             actions=actions,
             stamp_s=float(obs.stamp_s),
             period_s=self.cfg.action.action_period_s,
@@ -148,3 +198,6 @@ class Policy:
             latency_s=end - start,
             timings={"preprocess_s": t_model - start, "model_s": end - t_model},
         )
+        if episode == self._episode:
+            self._previous = chunk
+        return chunk

@@ -41,6 +41,7 @@ class RunnerStats:
     stages_s: dict[str, deque] = field(default_factory=dict)
     publish_times: deque = field(default_factory=lambda: deque(maxlen=50))  # monotonic
     refused: Counter = field(default_factory=Counter)
+    discarded: int = 0  # inferred, not published: disabled or new instruction meanwhile
 
     def add_stage(self, name: str, seconds: float) -> None:
         self.stages_s.setdefault(name, deque(maxlen=200)).append(seconds)
@@ -68,7 +69,11 @@ class PolicyRunner:
         self.ready = False
         self.problem = "warming up"
         self.extra_delay_s = self.settings.extra_delay_s  # adjustable while running
-        self.paused = False  # True: no inference, nothing published (frames are dropped)
+        self._paused = False
+        # Publishing happens under _gate, and pausing or a new instruction takes it and
+        # bumps _epoch: once either returns, no chunk inferred before is published.
+        self._gate = threading.Lock()
+        self._epoch = 0
         self._warmup_observation = warmup_observation
         self._instruction = instruction
         self._lock = threading.Lock()
@@ -87,6 +92,23 @@ class PolicyRunner:
         self._thread.join(timeout_s)
 
     @property
+    def paused(self) -> bool:
+        """True: no inference, nothing published (frames are dropped)."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        with self._gate:
+            if value != self._paused:
+                self._epoch += 1
+            self._paused = bool(value)
+
+    def supersede(self) -> None:
+        """A chunk being inferred now will not be published (e.g. after a reset)."""
+        with self._gate:
+            self._epoch += 1
+
+    @property
     def instruction(self) -> str:
         with self._lock:
             return self._instruction
@@ -95,8 +117,9 @@ class PolicyRunner:
         text = text.strip()
         if not text:
             raise ValueError("the instruction is empty")
-        with self._lock:
+        with self._gate, self._lock:
             self._instruction = text
+            self._epoch += 1
 
     # -- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -113,7 +136,7 @@ class PolicyRunner:
         self.ready = True
         self.problem = ""
         self.log(f"policy ready after {self.settings.warmup_iterations} warm-up inference(s)")
-        next_allowed = 0.0
+        last_stamp: float | None = None
         while not self._stop.is_set():
             if self.paused:
                 self.buffer.clear()
@@ -125,13 +148,20 @@ class PolicyRunner:
             if self.settings.max_rate_hz > 0:
                 # Over the rate budget: skip this frame rather than hold it back, so
                 # the frame inference does start on is fresh (not aged by the wait).
-                if time.monotonic() < next_allowed:
+                # The budget is counted in capture stamps, which a camera spaces
+                # evenly, not in arrival times, which jitter: 10 Hz frames under a
+                # 5 Hz cap are taken every second one, not every second or third.
+                stamp = self.buffer.newest_stamp()
+                gap = 0.9 / self.settings.max_rate_hz
+                recent = stamp is not None and last_stamp is not None
+                if recent and 0.0 <= stamp - last_stamp < gap:  # < 0: a replay looped
                     self.buffer.skip()
                     continue
-                next_allowed = time.monotonic() + 1.0 / self.settings.max_rate_hz
+                last_stamp = stamp
             self._step()
 
     def _step(self) -> None:
+        epoch = self._epoch
         taken_at = self.now()
         try:
             taken = self.buffer.take(taken_at)
@@ -154,14 +184,18 @@ class PolicyRunner:
             return
         if self.extra_delay_s > 0:
             time.sleep(self.extra_delay_s)
-        start = time.perf_counter()
-        try:
-            self.publish(chunk)
-        except Exception as exc:  # e.g. the middleware going away at shutdown
-            self.stats.errors += 1
-            self._note_problem(f"publishing failed: {exc!r}")
-            return
-        publish_s = time.perf_counter() - start
+        with self._gate:
+            if self._paused or self._epoch != epoch:
+                self.stats.discarded += 1  # disabled, or the instruction changed
+                return
+            start = time.perf_counter()
+            try:
+                self.publish(chunk)
+            except Exception as exc:  # e.g. the middleware going away at shutdown
+                self.stats.errors += 1
+                self._note_problem(f"publishing failed: {exc!r}")
+                return
+            publish_s = time.perf_counter() - start
         self.stats.chunks += 1
         self.stats.latencies_s.append(taken.decode_s + chunk.latency_s)
         self.stats.add_stage("transport", taken.received_s - taken.stamp_s)  # stamp -> node
@@ -203,6 +237,7 @@ class PolicyRunner:
             "stale_observations": str(self.stats.refused["stale"]),
             "refused_observations": str(sum(self.stats.refused.values())),
             "inference_errors": str(self.stats.errors),
+            "discarded_chunks": str(self.stats.discarded),
             "bad_joint_states": str(buf.bad_joint_states),
         }
         for reason, count in sorted(self.stats.refused.items()):

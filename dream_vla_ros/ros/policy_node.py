@@ -80,6 +80,8 @@ class PolicyNode(Node):
                     top_p=p["decode.top_p"] if p["decode.top_p"] < 1.0 else None,
                 ),
                 flow_steps=p["flow_steps"] or None,
+                prefix_actions=p["flow_prefix_actions"],
+                prefix_min_weight=p["flow_prefix_min_weight"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 seed=p["model.seed"],
@@ -209,6 +211,19 @@ class PolicyNode(Node):
             **_floats(0.0, 1.0),
         )
         declare("flow_steps", 0, "Flow head: Euler steps (0: the checkpoint's)", **_ints(0, 1000))
+        declare(
+            "flow_prefix_actions",
+            0,
+            "Flow head: a new chunk's first N actions continue what the previous chunk "
+            "planned for those instants (inpainted; 0: off; reset on enable and instruction)",
+            **_ints(0, 1000),
+        )
+        declare(
+            "flow_prefix_min_weight",
+            1.0,
+            "Flow head: weight of the last inpainted action (linear from 1)",
+            **_floats(0.0, 1.0),
+        )
         declare("center_crop", False, "Centre-crop images to a square before resizing")
         declare(
             "cuda_graphs",
@@ -370,6 +385,7 @@ class PolicyNode(Node):
         return SetParametersResult(successful=True)
 
     def _srv_reset(self, _request, response):
+        self.runner.supersede()
         self.policy.reset()
         self.buffer.clear()
         response.success = True
