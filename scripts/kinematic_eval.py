@@ -55,12 +55,14 @@ def servo_rollout(
     replan_s: float,
     latency_s: float,
     timeout_s: float,
+    lag_s: float = 0.0,
     control_hz: float = 200.0,
 ):
     """The graph's timing without ROS: the project's chunk controller (splicing, the
     limits of config/piper.yaml) at `control_hz` on a virtual clock, an arm that is
     where it is commanded, an observation every `replan_s` whose chunk reaches the
-    controller `latency_s` later (the graph: 0.2 s at 5 Hz, ~0.06 s stamp to chunk)."""
+    controller `latency_s` later (the graph: 0.2 s at 5 Hz, ~0.06 s stamp to chunk);
+    `lag_s`: the arm (what the cameras show, what touches) is the command that long ago."""
     from dream_vla_ros.control import JOINT_NAMES
     from dream_vla_ros.control.config import load_safety_config
     from dream_vla_ros.control.controller import ChunkController
@@ -76,6 +78,7 @@ def servo_rollout(
     policy.reset()
     ticks = round(timeout_s * control_hz)
     replan, delay = round(replan_s * control_hz), round(latency_s * control_hz)
+    sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
     pending: list[tuple[int, object]] = []  # (tick it arrives at, chunk)
     for k in range(ticks):
         now = k * period
@@ -91,7 +94,8 @@ def servo_rollout(
         command = controller.tick(now, q)
         if command is None:
             break  # a tracking fault: the arm stops
-        q = command.position.copy()
+        sent = sent[1:] + [command.position.copy()]
+        q = sent[0]
         monitor.update(q)
         if monitor.touched:
             break
@@ -121,6 +125,7 @@ def main() -> None:
     )
     parser.add_argument("--replan-s", type=float, default=0.2, help="--servo: re-plan period")
     parser.add_argument("--latency-s", type=float, default=0.06, help="--servo: stamp to chunk")
+    parser.add_argument("--lag-s", type=float, default=0.0, help="--servo: arm behind command")
     args = parser.parse_args()
     if args.execute < 1 or args.seeds < 1:
         parser.error("--execute and --seeds must be >= 1")
@@ -139,7 +144,7 @@ def main() -> None:
         for seed in range(args.seed0, args.seed0 + args.seeds):
             if args.servo:
                 layout, o = servo_rollout(
-                    policy, world, seed, args.replan_s, args.latency_s, args.timeout
+                    policy, world, seed, args.replan_s, args.latency_s, args.timeout, args.lag_s
                 )
             else:
                 layout, o = rollout(policy, world, seed, args.execute, args.timeout)
@@ -155,7 +160,7 @@ def main() -> None:
         f"kinematic: {wins}/{args.seeds} ({wins / args.seeds:.0%}) on seeds {args.seed0}-"
         f"{args.seed0 + args.seeds - 1}, "
         + (
-            f"servo: re-plan {args.replan_s} s, latency {args.latency_s} s, "
+            f"servo: re-plan {args.replan_s} s, latency {args.latency_s} s, lag {args.lag_s} s, "
             if args.servo
             else f"{args.execute} actions per chunk, "
         )
