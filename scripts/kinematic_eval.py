@@ -9,8 +9,14 @@ layout, so 60 layouts take seconds instead of the ROS evaluation's minutes.
 It is a proxy: the figure that counts is `dream-vla sim evaluate` through the
 real graph (on the shipped checkpoint the two agreed within 3 of 60 layouts).
 
+`--servo` runs the graph's timing instead: the project's chunk controller (its
+splicing and the limits of config/piper.yaml) at 200 Hz on a virtual clock, a
+chunk every `--replan-s` that arrives `--latency-s` after its observation, the
+arm `--lag-s` behind its command (docs/sim.md, "Session 17").
+
     .venv/bin/python scripts/kinematic_eval.py models/touch_tiny --seeds 60
     .venv/bin/python scripts/kinematic_eval.py runs/x/final --flow-steps 8 --execute 2
+    .venv/bin/python scripts/kinematic_eval.py models/touch_tiny --servo --lag-s 0.08
 """
 
 from __future__ import annotations
