@@ -125,6 +125,9 @@ def main() -> None:
     )
     parser.add_argument("--prefix-min-weight", type=float, default=1.0)
     parser.add_argument(
+        "--noise-correlation", type=float, default=0.0, help="start noise shared by a chunk"
+    )
+    parser.add_argument(
         "--servo",
         action="store_true",
         help="through the chunk controller on a virtual clock (re-plan, latency below)",
@@ -141,6 +144,7 @@ def main() -> None:
         seed=args.noise_seed,
         prefix_actions=args.prefix_actions,
         prefix_min_weight=args.prefix_min_weight,
+        noise_correlation=args.noise_correlation,
     )
     policy = Policy.from_checkpoint(args.checkpoint, settings=settings)
     world = PiperWorld(width=320, height=240)
@@ -170,7 +174,8 @@ def main() -> None:
             if args.servo
             else f"{args.execute} actions per chunk, "
         )
-        + f"noise seed {args.noise_seed}, prefix {args.prefix_actions} actions "
+        + f"noise seed {args.noise_seed} (correlation {args.noise_correlation}), "
+        f"prefix {args.prefix_actions} actions "
         f"(weights 1 -> {args.prefix_min_weight}), {time.monotonic() - start:.0f} s"
     )
 

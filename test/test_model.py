@@ -496,6 +496,23 @@ def test_policy_prefix_continues_the_previous_chunk(tmp_path):
         PolicySettings(prefix_actions=2, prefix_min_weight=1.5)
 
 
+def test_policy_correlated_start_noise(tmp_path):
+    path = write_random_checkpoint(tmp_path / "flow", head="flow")
+    assert Policy.from_checkpoint(path)._start_noise() is None  # as trained: the decoder's
+    same = Policy.from_checkpoint(path, settings=PolicySettings(noise_correlation=1.0))
+    rows = same._start_noise()[0]
+    assert torch.allclose(rows, rows[:1].expand_as(rows))  # every action the same noise
+    policy = Policy.from_checkpoint(path, settings=PolicySettings(noise_correlation=0.9))
+    draws = torch.stack([policy._start_noise()[0] for _ in range(3000)])  # (N, H, D)
+    a, b = draws[:, 0].flatten(), draws[:, -1].flatten()
+    assert abs(torch.corrcoef(torch.stack([a, b]))[0, 1].item() - 0.9) < 0.03
+    assert abs(draws.var().item() - 1.0) < 0.05  # each row stays N(0, 1)
+    chunk = policy.infer(Observation(_frames(), "Pick up the apple.", np.zeros(7), 1.0))
+    assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
+    with pytest.raises(ValueError, match="noise_correlation must be in"):
+        PolicySettings(noise_correlation=1.5)
+
+
 def test_policy_rejects_bad_observations(tmp_path):
     policy = Policy.from_checkpoint(write_random_checkpoint(tmp_path / "p"))
     good = _frames()

@@ -51,12 +51,17 @@ class PolicySettings:
     # `prefix_min_weight`), so re-planning continues the motion it is in. 0: off.
     prefix_actions: int = 0
     prefix_min_weight: float = 1.0
+    # Flow head: share of the start noise that all actions of a chunk have in common
+    # (each row stays N(0, 1); 0: independent rows, as trained).
+    noise_correlation: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prefix_actions < 0:
             raise ValueError(f"prefix_actions must be >= 0, got {self.prefix_actions}")
         if not 0.0 <= self.prefix_min_weight <= 1.0:
             raise ValueError(f"prefix_min_weight must be in [0, 1], got {self.prefix_min_weight}")
+        if not 0.0 <= self.noise_correlation <= 1.0:
+            raise ValueError(f"noise_correlation must be in [0, 1], got {self.noise_correlation}")
 
 
 class Policy:
@@ -127,6 +132,18 @@ class Policy:
             torch.tensor(weights, dtype=torch.float32, device=self.device),
         )
 
+    def _start_noise(self) -> torch.Tensor | None:
+        """Start noise whose rows share `noise_correlation` of their variance (None:
+        the decoder draws independent rows)."""
+        rho = self.settings.noise_correlation
+        if rho == 0.0:
+            return None
+        shape = (1, self.cfg.action.chunk, self.cfg.action.action_dim)
+        kw = {"generator": self.generator, "device": self.device, "dtype": torch.float32}
+        shared = torch.randn((1, 1, shape[2]), **kw)
+        own = torch.randn(shape, **kw)
+        return rho**0.5 * shared + (1.0 - rho) ** 0.5 * own
+
     def _check(self, obs: Observation) -> None:
         if not isinstance(obs.instruction, str) or not obs.instruction.strip():
             raise ObservationError("instruction: empty")
@@ -179,6 +196,7 @@ class Policy:
                 proprio,
                 steps,
                 self.generator,
+                noise=self._start_noise(),
                 prefix=None if prefix is None else prefix[0],
                 prefix_weights=None if prefix is None else prefix[1],
             )

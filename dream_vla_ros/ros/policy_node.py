@@ -82,6 +82,7 @@ class PolicyNode(Node):
                 flow_steps=p["flow_steps"] or None,
                 prefix_actions=p["flow_prefix_actions"],
                 prefix_min_weight=p["flow_prefix_min_weight"],
+                noise_correlation=p["flow_noise_correlation"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 seed=p["model.seed"],
@@ -222,6 +223,12 @@ class PolicyNode(Node):
             "flow_prefix_min_weight",
             1.0,
             "Flow head: weight of the last inpainted action (linear from 1)",
+            **_floats(0.0, 1.0),
+        )
+        declare(
+            "flow_noise_correlation",
+            0.0,
+            "Flow head: share of the start noise common to a chunk's actions (0: independent)",
             **_floats(0.0, 1.0),
         )
         declare("center_crop", False, "Centre-crop images to a square before resizing")
