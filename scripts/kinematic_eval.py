@@ -16,7 +16,7 @@ arm `--lag-s` behind its command (docs/sim.md, "Session 17").
 
     .venv/bin/python scripts/kinematic_eval.py models/touch_tiny --seeds 60
     .venv/bin/python scripts/kinematic_eval.py runs/x/final --flow-steps 8 --execute 2
-    .venv/bin/python scripts/kinematic_eval.py models/touch_tiny --servo --lag-s 0.08
+    .venv/bin/python scripts/kinematic_eval.py models/touch_tiny --servo --replan-s 0.2
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.execute < 1 or args.seeds < 1:
         parser.error("--execute and --seeds must be >= 1")
+    if args.replan_s < 0.005 or args.latency_s < 0 or args.lag_s < 0:
+        parser.error("--replan-s must be >= 0.005 s (one control tick), --latency-s, --lag-s >= 0")
     torch.set_num_threads(args.threads)
     settings = PolicySettings(
         flow_steps=args.flow_steps or None,
