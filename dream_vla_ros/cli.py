@@ -224,7 +224,12 @@ def _sim_command(args: argparse.Namespace) -> int:
     def body() -> int:
         if args.action == "collect":
             summary = collect(
-                args.out, args.episodes, args.seed0, camera, per_layout=args.per_layout
+                args.out,
+                args.episodes,
+                args.seed0,
+                camera,
+                per_layout=args.per_layout,
+                random_starts=args.random_starts,
             )
             print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
             return 0
@@ -248,7 +253,12 @@ def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int
     start = time.monotonic()
     times: dict[str, float] = {}
     expert = collect(
-        out / "episodes", args.episodes, args.seed0, camera, per_layout=args.per_layout
+        out / "episodes",
+        args.episodes,
+        args.seed0,
+        camera,
+        per_layout=args.per_layout,
+        random_starts=args.random_starts,
     )
     times["collect_s"] = time.monotonic() - start
     t = time.monotonic()
@@ -271,6 +281,7 @@ def _pipeline(args: argparse.Namespace, camera: tuple[int, int], seeds: list[int
         "policy_success_rate": summary["success_rate"],
         "episodes": args.episodes,
         "per_layout": args.per_layout,
+        "random_starts": args.random_starts,
         "seeds": len(seeds),
         "checkpoint": str(result.final),
         **{k: round(v, 1) for k, v in times.items()},
@@ -382,6 +393,12 @@ def main(argv: list[str] | None = None) -> None:
             type=int,
             default=3,
             help="episodes per layout, each naming a different cube (1-3)",
+        )
+        p.add_argument(
+            "--random-starts",
+            type=int,
+            default=0,
+            help="more episodes per layout from random poses over the table (0-6)",
         )
         p.add_argument("--seeds", type=int, default=20, help="evaluation layouts")
         p.add_argument("--eval-seed0", type=int, default=5000, help="first evaluation seed")

@@ -8,26 +8,32 @@ import json
 import numpy as np
 import pytest
 
+from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
 from dream_vla_ros.ros.closed_loop import collect, evaluate
-from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout
+from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout, start_pose
 
 pytestmark = pytest.mark.ros
 
 
 def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
-    summary = collect(tmp_path / "episodes", 2, seed0=1000, camera=(96, 72), per_layout=2)
+    summary = collect(
+        tmp_path / "episodes", 3, seed0=1000, camera=(96, 72), per_layout=2, random_starts=1
+    )
     assert summary["expert_success_rate"] == 1.0, summary
+    assert summary["random_starts"] == 1
     folders = list_episodes(tmp_path / "episodes")
-    assert len(folders) == 2
-    # one layout, demonstrated twice: its own target, then the next colour
+    assert len(folders) == 3
+    # one layout, demonstrated twice from home: its own target, then the next colour;
+    # then once from a random start pose, naming the third colour
     own = sample_layout(1000).target
-    other = COLOURS[(COLOURS.index(own) + 1) % 3]
-    assert [(r["seed"], r["target"]) for r in summary["results"]] == [(1000, own), (1000, other)]
-    for folder, colour in zip(folders, (own, other)):
+    colours = [COLOURS[(COLOURS.index(own) + k) % 3] for k in range(3)]
+    assert [(r["seed"], r["target"]) for r in summary["results"]] == [(1000, c) for c in colours]
+    assert [r["start"] for r in summary["results"]] == ["home", "home", "start pose 16002"]
+    for folder, colour in zip(folders, colours):
         meta = read_meta(folder)
         assert meta.instruction == f"touch the {colour} cube"
         assert meta.status == "finished" and meta.success is True
@@ -37,16 +43,23 @@ def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
         tmp_path / "ds",
         BuildSettings(fps=10, codec="libx264", image_tolerance_s=0.5, state_tolerance_s=0.3),
     )
-    assert len(report.episodes) == 2
+    assert len(report.episodes) == 3
     ds = LeRobotDataset(tmp_path / "ds")
-    frames = ds.frames(ds.episodes[0])
-    # the recorded actions start near home and end near the expert's touch pose
-    assert np.abs(frames["action"][0, :6] - HOME[:6]).max() < 0.1
-    assert np.abs(frames["action"][-1, :6] - frames["action"][0, :6]).max() > 0.3
-    assert set(ds.tasks.values()) == {f"touch the {c} cube" for c in (own, other)}
-    # same layout, different cubes: the two demonstrations end in different poses
+    first = [ds.frames(e)["action"][0, :6] for e in ds.episodes]
     last = [ds.frames(e)["action"][-1, :6] for e in ds.episodes]
+    # the recorded actions start near home (near the start pose for the third) and
+    # end near the expert's touch pose
+    limits = load_safety_config()
+    start = start_pose(16002, limits.soft_lower, limits.soft_upper)
+    assert np.abs(first[0] - HOME[:6]).max() < 0.1
+    assert np.abs(first[2] - start[:6]).max() < 0.1
+    assert np.abs(first[2] - HOME[:6]).max() > 0.1
+    for a, b in zip(first, last):
+        assert np.abs(b - a).max() > 0.2
+    assert set(ds.tasks.values()) == {f"touch the {c} cube" for c in colours}
+    # same layout, different cubes: the demonstrations end in different poses
     assert np.abs(last[0] - last[1]).max() > 0.1
+    assert np.abs(last[2] - last[0]).max() > 0.1 and np.abs(last[2] - last[1]).max() > 0.1
 
 
 def fault_the_first(client, k: int) -> None:

@@ -120,6 +120,7 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.norm_quantile=0.5"], "'data.norm_quantile' must be in [0, 0.5)"),
         (["data.start_repeat=0"], "'data.start_repeat' must be >= 1"),
         (["data.start_frames=-1"], "'data.start_frames' must be >= 0"),
+        (["data.augment.proprio_noise=-0.1"], "'data.augment.proprio_noise' must be in [0, 1]"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
@@ -305,6 +306,22 @@ def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(
     assert diff > 1.0  # augmented
     assert torch.equal(plain[i]["images"], data.sample("train", i)["images"])
     assert torch.equal(a["actions"], plain[i]["actions"])  # only pixels change
+
+
+def test_proprio_noise_perturbs_the_training_state_only(toy):
+    data = DemoData(DataConfig(dataset=str(toy), chunk=4))
+    noisy_cfg = dataclasses.replace(data.cfg.augment, proprio_noise=0.1)
+    noisy = WindowDataset(data, "train", noisy_cfg)
+    quiet = WindowDataset(data, "train", data.cfg.augment)  # proprio_noise 0: off
+    n = len(noisy)
+    exact = torch.stack([data.sample("train", i)["state"] for i in range(n)])
+    # each training key carries its own augmentation seed (StepBatchSampler)
+    noise = torch.stack([noisy[(i, 100 + i)]["state"] for i in range(n)]) - exact
+    assert torch.equal(torch.stack([quiet[(i, 7)]["state"] for i in range(n)]), exact)
+    assert abs(float(noise.std()) - 0.1) < 0.02 and abs(float(noise.mean())) < 0.02
+    assert torch.equal(noisy[(3, 7)]["state"], noisy[(3, 7)]["state"])  # seeded
+    assert not torch.equal(noisy[(3, 7)]["state"], noisy[(3, 8)]["state"])
+    assert torch.equal(noisy[(3, 7)]["actions"], quiet[(3, 7)]["actions"])  # state only
 
 
 def test_colour_swap_moves_pixels_and_words_together(toy):

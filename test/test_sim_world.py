@@ -13,10 +13,14 @@ from dream_vla_ros.sim.task import (
     COLOURS,
     HOME,
     MIN_SEPARATION_M,
+    START_X,
+    START_Y,
+    START_Z,
     SuccessMonitor,
     TouchExpert,
     fingertip,
     sample_layout,
+    start_pose,
 )
 from dream_vla_ros.sim.world import PiperWorld
 
@@ -120,6 +124,43 @@ def test_the_expert_touches_the_named_cube_and_only_it():
         for q in poses:
             wrong.update(q)
         assert not wrong.outcome.success and wrong.outcome.touched == layout.target
+
+
+def test_random_start_poses_are_seeded_reachable_and_lead_to_the_named_cube():
+    limits = load_safety_config()
+    lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
+    chain = DHChain.load()
+    assert np.array_equal(start_pose(5, lower, upper, chain), start_pose(5, lower, upper, chain))
+    tips = []
+    for seed in range(24):
+        pose = start_pose(seed, lower, upper, chain)
+        assert pose.shape == (7,) and pose[6] == HOME[6]
+        assert np.all(pose[:6] >= lower[:6]) and np.all(pose[:6] <= upper[:6])
+        tip, _ = fingertip(chain, pose)
+        for value, (lo, hi) in zip(tip, (START_X, START_Y, START_Z)):
+            assert lo - 3e-3 <= value <= hi + 3e-3, (seed, tip)
+        tips.append(tip)
+        # the expert returns the arm there from home (rest pose) ...
+        rest = TouchExpert(None, lower, upper, chain=chain, rest=pose)
+        rest.start(0.0, HOME)
+        assert np.allclose(rest.command(rest.duration_s + 0.1)[:6], pose[:6])
+        # ... and from there touches the named cube, and only it
+        layout = sample_layout(seed, COLOURS[seed % 3])
+        expert = TouchExpert(layout, lower, upper, chain=chain)
+        expert.start(0.0, pose)
+        monitor = SuccessMonitor(layout, chain)
+        monitor.update(pose)
+        assert monitor.touched == "", (seed, "starts within touching distance")
+        times = np.arange(0.0, expert.duration_s + 0.3, 0.02)
+        poses = expert.preview(0.0, times)
+        assert np.abs(np.diff(poses[:, :6], axis=0)).max() / 0.02 < 1.5  # joint speed limit
+        for q in poses:
+            monitor.update(q)
+        assert monitor.outcome.success, (seed, monitor.outcome)
+    # the starts spread over the area (not one point)
+    assert np.ptp(np.array(tips), axis=0).min() > 0.05
+    with pytest.raises(ValueError, match="rest pose must be 7 finite values"):
+        TouchExpert(None, lower, upper, chain=chain, rest=np.array([0.0, np.nan]))
 
 
 @pytest.mark.ros

@@ -199,7 +199,11 @@ class DemoData:
             "t": t,
         }
         if self.proprio_stats is not None:
-            out["state"] = torch.from_numpy(self.proprio_stats.normalise(ep.state[t])).float()
+            state = torch.from_numpy(self.proprio_stats.normalise(ep.state[t])).float()
+            if augment is not None and augment.proprio_noise > 0:
+                g = torch.Generator().manual_seed(seed + 1)
+                state = state + augment.proprio_noise * torch.randn(state.shape, generator=g)
+            out["state"] = state
         return out
 
 

@@ -43,6 +43,10 @@ class AugmentConfig:
     # words in its instruction swapped to match: a red cube turns green and is called
     # green. For tasks whose instruction names colours (docs/sim.md); empty: off.
     colour_words: tuple[str, ...] = ()
+    # std of Gaussian noise added to the normalised joint state (data.proprio; the
+    # bounds map to [-1, 1]): the model cannot read the state exactly, so it has to
+    # look at the images too (against "continue from the state" copying). 0: off.
+    proprio_noise: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,10 @@ def validate(recipe: Recipe) -> Recipe:
             "'data.augment.brightness' and 'contrast' must be in [0, 1)",
         ),
         (0.0 <= d.augment.saturation < 1.0, "'data.augment.saturation' must be in [0, 1)"),
+        (
+            0.0 <= d.augment.proprio_noise <= 1.0,
+            "'data.augment.proprio_noise' must be in [0, 1] (normalised units)",
+        ),
         (
             not d.augment.colour_words
             or (

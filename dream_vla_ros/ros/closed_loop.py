@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dream_vla_ros.control import JOINT_NAMES
+from dream_vla_ros.control.config import load_safety_config
 from dream_vla_ros.launch_graph import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.ros.client import BackgroundNode
@@ -38,6 +39,7 @@ from dream_vla_ros.sim.task import (
     SuccessMonitor,
     fingertip,
     sample_layout,
+    start_pose,
 )
 
 HOME_TOLERANCE_RAD = 0.03
@@ -166,8 +168,11 @@ class GraphClient(BackgroundNode):
         return self.controller_mode() in ("fault", "estop")
 
     def at_home(self) -> bool:
+        return self.at(HOME)
+
+    def at(self, pose: np.ndarray) -> bool:
         q = self.measured()
-        return q is not None and float(np.abs(q[:6] - HOME[:6]).max()) < HOME_TOLERANCE_RAD
+        return q is not None and float(np.abs(q[:6] - pose[:6]).max()) < HOME_TOLERANCE_RAD
 
     def call(self, srv_type, name: str, request=None, timeout: float = 20.0):
         try:
@@ -317,14 +322,22 @@ def collect(
     log: Callable[[str], None] = print,
     per_layout: int = 1,
     during_episode: Callable[[GraphClient, int], None] | None = None,
+    random_starts: int = 0,
 ) -> dict[str, Any]:
     """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
-    demonstrated `per_layout` times (1-3) with a different named cube, starting with
-    the seed's own (the same images with different instructions and actions: the
-    colour word is what decides). `during_episode(client, i)` runs once the expert
-    has started episode i (the tests use it to make the controller fault)."""
+    demonstrated `per_layout` times (1-3) from home with a different named cube,
+    starting with the seed's own (the same images with different instructions and
+    actions: the colour word is what decides), then `random_starts` more times from
+    a random pose over the table (`sim.task.start_pose`; the named cube cycles on),
+    which shows the way to the cube from where a policy's errors take the arm.
+    `during_episode(client, i)` runs once the expert has started episode i (the
+    tests use it to make the controller fault)."""
     if not 1 <= per_layout <= len(COLOURS):
         raise ValueError(f"per_layout must be 1 to {len(COLOURS)}, got {per_layout}")
+    if not 0 <= random_starts <= 2 * len(COLOURS):
+        raise ValueError(f"random_starts must be 0 to {2 * len(COLOURS)}, got {random_starts}")
+    cycle = per_layout + random_starts
+    limits = load_safety_config(None)  # the teleop node's (its limits_file is not set)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     argv = [f"output_dir:={out}", f"camera_width:={camera[0]}", f"camera_height:={camera[1]}"]
@@ -334,8 +347,19 @@ def collect(
     faults = 0
 
     def expert_home() -> None:
+        client.set_param("teleop", "task.start_seed", -1)
         client.set_param("teleop", "task.seed", -1)  # from the measured pose
         client.wait(lambda: client.at_home() or client.faulted(), 30, client.where)
+
+    def expert_to_start(start_seed: int) -> None:
+        pose = start_pose(start_seed, limits.soft_lower, limits.soft_upper)
+        client.set_param("teleop", "task.start_seed", start_seed)
+        client.set_param("teleop", "task.seed", -1)
+        client.wait(
+            lambda: client.at(pose) or client.faulted(),
+            30,
+            f"the arm to reach the start pose {np.round(pose, 3).tolist()}",
+        )
 
     def stop_expert() -> None:
         # After a fault the expert still streams its episode (the touch pose); a
@@ -352,13 +376,18 @@ def collect(
         for i in range(episodes):
             if launcher.check() != 0:
                 raise ClosedLoopError(f"a node died: {launcher.failed} (see {out}/graph.log)")
-            seed = seed0 + i // per_layout
+            seed, j = seed0 + i // cycle, i % cycle
             own = COLOURS.index(sample_layout(seed).target)
-            layout = sample_layout(seed, COLOURS[(own + i % per_layout) % len(COLOURS)])
+            layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
             client.set_param("sim_world", "task.target", layout.target)
             client.set_param("sim_world", "task.seed", seed)
             client.set_param("teleop", "task.target", layout.target)
             client.set_param("recorder", "instruction", layout.instruction)
+            start = "home"
+            if j >= per_layout:
+                start_seed = seed * 16 + j
+                expert_to_start(start_seed)
+                start = f"start pose {start_seed}"
             time.sleep(0.3)  # the new layout reaches the cameras
             monitor, _ = _track(client, layout)
             _start_recording(client)
@@ -380,6 +409,7 @@ def collect(
                 {
                     "seed": seed,
                     "target": layout.target,
+                    "start": start,
                     "success": success,
                     "touched": outcome.touched,
                     "controller_fault": fault,
@@ -387,7 +417,10 @@ def collect(
             )
             verdict = "success" if success else f"FAILED ({outcome.touched or 'none'})"
             verdict += " (controller fault)" if fault else ""
-            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
+            log(
+                f"collect: episode {i + 1}/{episodes} seed {seed} from {start}: "
+                f"{layout.instruction}: {verdict}"
+            )
             faults += home()
     finally:
         client.close()
@@ -396,6 +429,7 @@ def collect(
     summary = {
         "episodes": episodes,
         "per_layout": per_layout,
+        "random_starts": random_starts,
         "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
         "controller_resets": faults,
         "results": results,

@@ -76,6 +76,16 @@ class TeleopNode(Node):
                 "the seed's own. Takes effect with the next task.seed"
             ),
         )
+        self.declare_parameter(
+            "task.start_seed",
+            -1,
+            ParameterDescriptor(
+                description="touch_expert: where task.seed -1 takes the arm: -1 = home, "
+                ">= 0 = the seeded random start pose of sim/task.py start_pose (a "
+                "demonstration from a random start). Takes effect with the next task.seed",
+                integer_range=int_range(-1, 2**31 - 1),
+            ),
+        )
 
         self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
@@ -84,6 +94,7 @@ class TeleopNode(Node):
             self.source = self._expert(
                 int(self.get_parameter("task.seed").value),
                 str(self.get_parameter("task.target").value),
+                int(self.get_parameter("task.start_seed").value),
             )
             self.add_on_set_parameters_callback(self._on_set)
         elif p["source"] == "scripted":
@@ -117,11 +128,14 @@ class TeleopNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _expert(self, seed: int, target: str) -> TeleopSource:
-        from dream_vla_ros.sim.task import TouchExpert, sample_layout
+    def _expert(self, seed: int, target: str, start_seed: int) -> TeleopSource:
+        from dream_vla_ros.sim.task import TouchExpert, sample_layout, start_pose
 
-        layout = None if seed < 0 else sample_layout(seed, target)
-        return TouchExpert(layout, self.cfg.soft_lower, self.cfg.soft_upper)
+        lower, upper = self.cfg.soft_lower, self.cfg.soft_upper
+        if seed >= 0:
+            return TouchExpert(sample_layout(seed, target), lower, upper)
+        rest = None if start_seed < 0 else start_pose(start_seed, lower, upper)
+        return TouchExpert(None, lower, upper, rest=rest)
 
     def _on_set(self, params) -> SetParametersResult:
         new = {p.name: p.value for p in params}
@@ -135,8 +149,9 @@ class TeleopNode(Node):
         for param in params:
             if param.name == "task.seed":
                 target = new.get("task.target", self.get_parameter("task.target").value)
+                start = new.get("task.start_seed", self.get_parameter("task.start_seed").value)
                 try:
-                    source = self._expert(int(param.value), str(target))
+                    source = self._expert(int(param.value), str(target), int(start))
                 except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
                     return SetParametersResult(successful=False, reason=str(exc))
                 self.source.close()

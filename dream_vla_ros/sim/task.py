@@ -34,6 +34,11 @@ Y_RANGE = (-0.16, 0.16)
 MIN_SEPARATION_M = 0.09
 APPROACH_S = 1.6  # the expert's move from home to 6 cm above the cube
 DESCEND_S = 1.0  # ... and down to the touch pose
+# random start poses (collect's random starts): the fingertip over the cube area,
+# 6-16 cm above the cubes' tops (never within touching distance of one)
+START_X = (0.20, 0.38)
+START_Y = (-0.18, 0.18)
+START_Z = (0.10, 0.20)
 
 
 @dataclass(frozen=True)
@@ -147,9 +152,31 @@ def solve_ik(
     return q
 
 
+def start_pose(
+    seed: int, lower: np.ndarray, upper: np.ndarray, chain: DHChain | None = None
+) -> np.ndarray:
+    """A seeded pose (7: joints and HOME's gripper) to start a demonstration from:
+    the fingertip at a random point over the cube area (START_X, START_Y, START_Z:
+    6-16 cm above the cubes' tops), fingers pointing down, within `lower`..`upper`.
+    Demonstrations from such poses show the way to the named cube from where a
+    policy's own errors take the arm, not only from home (docs/sim.md)."""
+    chain = chain or DHChain.load()
+    lower, upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
+    rng = np.random.default_rng([seed, 20261123])
+    error: RuntimeError | None = None
+    for _ in range(20):
+        tip = np.array([rng.uniform(*START_X), rng.uniform(*START_Y), rng.uniform(*START_Z)])
+        try:
+            return np.r_[solve_ik(chain, tip, HOME, lower, upper), HOME[6]]
+        except RuntimeError as exc:  # a point the limits do not reach: draw again
+            error = exc
+    raise RuntimeError(f"no reachable start pose for seed {seed}: {error}")
+
+
 class TouchExpert:
     """Scripted expert for one layout, as a teleop source (robot/teleop.py). With no
-    layout it only returns the arm home (between episodes) and holds there."""
+    layout it only returns the arm to `rest` (default HOME; a `start_pose` before a
+    demonstration from a random start) and holds there."""
 
     name = "touch_expert"
 
@@ -161,13 +188,17 @@ class TouchExpert:
         approach_s: float = APPROACH_S,
         descend_s: float = DESCEND_S,
         chain: DHChain | None = None,
+        rest: np.ndarray | None = None,
     ) -> None:
         self.layout = layout
         self.chain = chain or DHChain.load()
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
         self.approach_s, self.descend_s = approach_s, descend_s
         if layout is None:
-            self.above = self.touch = np.clip(HOME[:6], self.lower, self.upper)
+            rest = HOME if rest is None else np.asarray(rest, dtype=np.float64)
+            if rest.shape != (7,) or not np.all(np.isfinite(rest)):
+                raise ValueError(f"rest pose must be 7 finite values, got {rest.tolist()}")
+            self.above = self.touch = np.clip(rest[:6], self.lower, self.upper)
         else:
             top = layout.top(layout.target)
             self.above = solve_ik(self.chain, top + [0, 0, 0.06], HOME, self.lower, self.upper)
