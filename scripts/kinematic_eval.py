@@ -80,14 +80,15 @@ def servo_rollout(
     period = 1.0 / control_hz
     controller = ChunkController(load_safety_config(), period)
     q = HOME.copy()
-    controller.activate(q, 0.0)
+    t0 = 1.0  # the virtual clock starts here: the controller refuses a chunk stamped 0
+    controller.activate(q, t0)
     policy.reset()
     ticks = round(timeout_s * control_hz)
     replan, delay = round(replan_s * control_hz), round(latency_s * control_hz)
     sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
     pending: list[tuple[int, object]] = []  # (tick it arrives at, chunk)
     for k in range(ticks):
-        now = k * period
+        now = t0 + k * period
         if k % replan == 0:
             images = [world.render_front(q), world.render_wrist(q)]
             chunk = policy.infer(Observation(images, layout.instruction, q.copy(), now))
