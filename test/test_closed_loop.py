@@ -272,3 +272,78 @@ def test_recovery_retries_a_controller_that_faults_again_after_its_enable():
         finally:
             client.close()
             controller.ros.close()
+
+
+class ScriptedArm:
+    """Stands in for the controller's chunk input and /joint_states: the arm goes to
+    the first point of each chunk it takes (where the chunk says it is due next), but
+    takes none after the first two of the first `hold_s` seconds: what the real
+    controller does when a host stall outlasts its chunk timeout (it holds short)."""
+
+    def __init__(self, q: np.ndarray, hold_s: float) -> None:
+        import time
+
+        from sensor_msgs.msg import JointState
+        from trajectory_msgs.msg import JointTrajectory
+
+        from dream_vla_ros.ros.client import BackgroundNode
+
+        self.ros = BackgroundNode("scripted_arm")
+        self.q, self.hold_s = q.copy(), hold_s
+        self.sizes: list[int] = []  # points of every chunk received
+        self.first: float | None = None
+        self._clock = time.monotonic
+        node = self.ros.node
+        node.create_subscription(JointTrajectory, "/dream_vla/action_chunk", self._chunk, 10)
+        self.pub = node.create_publisher(JointState, "/joint_states", 10)
+        self._state = JointState
+        node.create_timer(0.02, self._publish)
+
+    def _chunk(self, msg) -> None:
+        now = self._clock()
+        self.first = now if self.first is None else self.first
+        self.sizes.append(len(msg.points))
+        held = now - self.first < self.hold_s and len(self.sizes) > 2
+        if msg.points and not held:
+            self.q = np.array(msg.points[0].positions)
+
+    def _publish(self) -> None:
+        from dream_vla_ros.control import JOINT_NAMES
+        from dream_vla_ros.ros.conversions import sec_to_time
+
+        msg = self._state(name=list(JOINT_NAMES), position=self.q.tolist())
+        msg.header.stamp = sec_to_time(self._clock())
+        self.pub.publish(msg)
+
+
+def test_homing_restarts_from_a_held_arm_and_never_sends_an_empty_chunk():
+    """The evaluation's homing (the driver's own chunks): an arm held short of home
+    gets a new path from where it is, and a late wake-up past a path's end still
+    sends home (an empty chunk is refused by the controller: the arm stayed 0.15 rad
+    short and the evaluation gave up)."""
+    import time
+
+    from dream_vla_ros.ros.closed_loop import GraphClient, _go_home
+
+    start = HOME + np.r_[0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    arm = ScriptedArm(start, hold_s=1.5)
+    client = GraphClient("homing_test")
+    publish, stalled = client.publish, []
+
+    def publish_then_stall(*args) -> None:
+        publish(*args)
+        if arm.first is not None and time.monotonic() - arm.first > 3.5 and not stalled:
+            stalled.append(True)
+            time.sleep(1.2)  # past the second path's end (1 s)
+
+    client.publish = publish_then_stall  # type: ignore[method-assign]
+    try:
+        client.wait(lambda: client.measured() is not None, 20, "the scripted arm's state")
+        _go_home(client)
+        assert client.at_home()
+        assert stalled, "the second path never started"
+        assert min(arm.sizes) >= 1, arm.sizes
+        assert arm.sizes[-1] == 1  # the late wake-up's chunk: home, one point
+    finally:
+        client.close()
+        arm.ros.close()

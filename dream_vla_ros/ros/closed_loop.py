@@ -212,10 +212,29 @@ class GraphClient(BackgroundNode):
         self._pubs[key].publish(msg)
 
 
-def _go_home(client: GraphClient, peak_speed: float = 0.8, dt: float = 0.05) -> None:
+def _go_home(
+    client: GraphClient, peak_speed: float = 0.8, dt: float = 0.05, tries: int = 3
+) -> None:
     """Bring the arm home along one minimum-jerk path (peak joint speed `peak_speed`
     rad/s), streamed as chunks every 0.2 s: the controller holds when no chunk has
-    arrived for its chunk timeout (0.5 s), whatever the last one's horizon."""
+    arrived for its chunk timeout (0.5 s), whatever the last one's horizon. A host
+    stall longer than that leaves the arm held short of home (seen: 0.15 rad on
+    joint1), so an arm not home 3 s after its path gets a new path from where it is
+    (`tries` paths in all)."""
+    for attempt in range(tries):
+        _stream_path_home(client, peak_speed, dt)
+        last = attempt == tries - 1
+        try:
+            client.wait(
+                lambda: client.at_home() or client.faulted(), 30 if last else 3, client.where
+            )
+            return
+        except ClosedLoopError:
+            if last:
+                raise
+
+
+def _stream_path_home(client: GraphClient, peak_speed: float, dt: float) -> None:
     from trajectory_msgs.msg import JointTrajectory
 
     from dream_vla_ros.robot.teleop import minimum_jerk
@@ -229,14 +248,16 @@ def _go_home(client: GraphClient, peak_speed: float = 0.8, dt: float = 0.05) -> 
     start = time.monotonic()
     while True:
         elapsed = time.monotonic() - start
-        times = elapsed + np.arange(1, int((seconds - elapsed) / dt) + 2) * dt
+        # at least one point (home): after a late wake-up past the path's end the
+        # chunk would otherwise be empty, and the controller refuses an empty chunk
+        n = max(1, int((seconds - elapsed) / dt) + 1)
+        times = elapsed + np.arange(1, n + 1) * dt
         s = minimum_jerk(np.clip(times / seconds, 0.0, 1.0))[:, None]
         msg = chunk_message(client.now(), JOINT_NAMES, q + s * (HOME - q), dt)
         client.publish(JointTrajectory, "/dream_vla/action_chunk", msg)
         if elapsed >= seconds:
             break
         time.sleep(0.2)
-    client.wait(lambda: client.at_home() or client.faulted(), 30, client.where)
 
 
 def _home(
