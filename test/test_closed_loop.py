@@ -326,7 +326,7 @@ def test_homing_restarts_from_a_held_arm_and_never_sends_an_empty_chunk():
     from dream_vla_ros.ros.closed_loop import GraphClient, _go_home
 
     start = HOME + np.r_[0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    arm = ScriptedArm(start, hold_s=1.5)
+    arm = ScriptedArm(start, hold_s=3.0)  # the first path (1 s) and its late chunks
     client = GraphClient("homing_test")
     publish, stalled = client.publish, []
 
