@@ -4,6 +4,7 @@ collection into episodes and a dataset, and the closed-loop evaluator."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -281,8 +282,6 @@ class ScriptedArm:
     controller does when a host stall outlasts its chunk timeout (it holds short)."""
 
     def __init__(self, q: np.ndarray, hold_s: float) -> None:
-        import time
-
         from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
 
@@ -292,15 +291,13 @@ class ScriptedArm:
         self.q, self.hold_s = q.copy(), hold_s
         self.sizes: list[int] = []  # points of every chunk received
         self.first: float | None = None
-        self._clock = time.monotonic
         node = self.ros.node
         node.create_subscription(JointTrajectory, "/dream_vla/action_chunk", self._chunk, 10)
         self.pub = node.create_publisher(JointState, "/joint_states", 10)
-        self._state = JointState
         node.create_timer(0.02, self._publish)
 
     def _chunk(self, msg) -> None:
-        now = self._clock()
+        now = time.monotonic()
         self.first = now if self.first is None else self.first
         self.sizes.append(len(msg.points))
         held = now - self.first < self.hold_s and len(self.sizes) > 2
@@ -308,11 +305,13 @@ class ScriptedArm:
             self.q = np.array(msg.points[0].positions)
 
     def _publish(self) -> None:
+        from sensor_msgs.msg import JointState
+
         from dream_vla_ros.control import JOINT_NAMES
         from dream_vla_ros.ros.conversions import sec_to_time
 
-        msg = self._state(name=list(JOINT_NAMES), position=self.q.tolist())
-        msg.header.stamp = sec_to_time(self._clock())
+        msg = JointState(name=list(JOINT_NAMES), position=self.q.tolist())
+        msg.header.stamp = sec_to_time(time.monotonic())
         self.pub.publish(msg)
 
 
@@ -321,8 +320,6 @@ def test_homing_restarts_from_a_held_arm_and_never_sends_an_empty_chunk():
     gets a new path from where it is, and a late wake-up past a path's end still
     sends home (an empty chunk is refused by the controller: the arm stayed 0.15 rad
     short and the evaluation gave up)."""
-    import time
-
     from dream_vla_ros.ros.closed_loop import GraphClient, _go_home
 
     start = HOME + np.r_[0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
