@@ -16,7 +16,12 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from dream_vla_ros.finetune.adapters import apply_lora, head_modules, set_full_finetuning
+from dream_vla_ros.finetune.adapters import (
+    apply_lora,
+    head_modules,
+    set_full_finetuning,
+    trainable_parameters,
+)
 from dream_vla_ros.finetune.data import (
     MIN_SPAN,
     DemoData,
@@ -31,6 +36,7 @@ from dream_vla_ros.finetune.recipe import (
     DataConfig,
     LoraSettings,
     RecipeError,
+    TrainConfig,
     load_recipe,
 )
 from dream_vla_ros.finetune.toy import write_toy_dataset
@@ -42,6 +48,7 @@ from dream_vla_ros.finetune.trainer import (
     check_gradients,
     check_optimizer_covers,
     lr_factor,
+    param_groups,
 )
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.model.checkpoint import load_base_weights, load_config
@@ -121,6 +128,7 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.start_repeat=0"], "'data.start_repeat' must be >= 1"),
         (["data.start_frames=-1"], "'data.start_frames' must be >= 0"),
         (["data.augment.proprio_noise=-0.1"], "'data.augment.proprio_noise' must be in [0, 1]"),
+        (["train.backbone_lr_scale=0"], "'train.backbone_lr_scale' must be in (0, 1]"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
@@ -407,6 +415,32 @@ def test_a_head_left_out_of_the_optimizer_is_caught(toy):
     (model.action_head.flow_predictor.mlp_resnet.fc2.bias.sum() * 0).backward()
     with pytest.raises(TrainingError, match="got no gradient"):
         check_gradients(model)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_backbone_lr_scale_slows_the_pretrained_weights_only(toy, lora):
+    model, _, inputs = tiny_inputs("flow", toy, lora=lora)
+    params = trainable_parameters(model)
+    t = TrainConfig(lr=1e-2, backbone_lr_scale=0.1, weight_decay=0.0)
+    groups = param_groups(params, t)
+    optimizer = torch.optim.AdamW(groups, lr=t.lr)
+    check_optimizer_covers(model, optimizer)
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    model.train()
+    TrainingObjective(model)(**inputs).backward()
+    optimizer.step()
+    # Adam's first step moves every weight with a gradient by about lr
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in params.items()}
+    backbone = [m for n, m in moved.items() if n.split(".")[0] not in head_modules(model)]
+    heads = [m for n, m in moved.items() if n.split(".")[0] in head_modules(model)]
+    assert backbone and heads
+    assert 0.5e-3 < max(backbone) <= 1.01e-3  # lr * 0.1: the VLM (or its adapters)
+    assert 0.5e-2 < max(heads) <= 1.01e-2  # lr: the new action heads
+    if lora:
+        assert any("lora_" in n for n in params)
+    # the default: the same two groups (decay / no decay) as before the option
+    assert [g["lr"] for g in param_groups(params, TrainConfig(lr=1e-2))] == [1e-2, 1e-2]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(toy):

@@ -109,6 +109,9 @@ class TrainConfig:
     # their place (Diffusion Policy's practice); 0 = off. The decay ramps up as
     # min(ema_decay, (1 + step) / (10 + step)) so early weights fade fast.
     ema_decay: float = 0.0
+    # learning rate of the pretrained VLM's weights (vision tower, projector, language
+    # model) relative to `lr`; the action heads, new at finetuning, always get `lr`
+    backbone_lr_scale: float = 1.0
     warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     min_lr_ratio: float = 0.1
@@ -297,6 +300,11 @@ def validate(recipe: Recipe) -> Recipe:
         (t.weight_decay >= 0, "'train.weight_decay' must be >= 0"),
         (all(0 <= b < 1 for b in t.betas), "'train.betas' must be in [0, 1)"),
         (0 <= t.ema_decay < 1, "'train.ema_decay' must be in [0, 1)"),
+        (
+            0 < t.backbone_lr_scale <= 1,
+            "'train.backbone_lr_scale' must be in (0, 1] (freeze with model.freeze_vision "
+            "or LoRA instead of 0)",
+        ),
         (t.warmup_steps >= 0, "'train.warmup_steps' must be >= 0"),
         (
             t.schedule in ("cosine", "linear", "constant"),

@@ -555,16 +555,7 @@ class Trainer:
         self.model = model
         params = trainable_parameters(model)
         self.param_names = list(params)
-        decay = [p for p in params.values() if p.ndim >= 2]
-        no_decay = [p for p in params.values() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": t.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=t.lr,
-            betas=t.betas,
-        )
+        optimizer = torch.optim.AdamW(param_groups(params, t), lr=t.lr, betas=t.betas)
         self.optimizer = optimizer
         check_optimizer_covers(model, optimizer)
         self.ema = WeightAverage(params, t.ema_decay) if t.ema_decay > 0 else None
@@ -660,7 +651,7 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 samples_per_s = window_count * t.batch_size * accelerator.num_processes / elapsed
                 mean_loss = window_loss / window_count
-                lr = scheduler.get_last_lr()[0]
+                lr = scheduler.get_last_lr()[-1]  # the heads' rate (train.lr x schedule)
                 self.losses.append((step, mean_loss))
                 if main:
                     bar.set_postfix(
@@ -736,6 +727,36 @@ def freeze_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
     for p in model.parameters():
         if not p.requires_grad and p.is_floating_point():
             p.data = p.data.to(dtype)
+
+
+BACKBONE_PREFIXES = ("visual.", "projector.", "model.", "lm_head.")
+
+
+def param_groups(params: dict[str, torch.nn.Parameter], t: Any) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; the pretrained VLM's weights (by
+    name, LoRA adapters included) at `lr * backbone_lr_scale`, the heads at `lr`."""
+    groups: list[dict[str, Any]] = []
+    # one rate for all (the default) keeps the two groups older checkpoints resume into
+    split = t.backbone_lr_scale != 1.0
+    for backbone in (True, False) if split else (False,):
+        scale = t.backbone_lr_scale if backbone else 1.0
+        chosen = [p for n, p in params.items() if not split or _in_backbone(n) == backbone]
+        for decay in (True, False):
+            ps = [p for p in chosen if (p.ndim >= 2) == decay]
+            if ps:
+                groups.append(
+                    {
+                        "params": ps,
+                        "weight_decay": t.weight_decay if decay else 0.0,
+                        "lr": t.lr * scale,
+                    }
+                )
+    return groups
+
+
+def _in_backbone(name: str) -> bool:
+    # a peft wrapper prefixes the names with base_model.model.
+    return name.removeprefix("base_model.model.").startswith(BACKBONE_PREFIXES)
 
 
 def check_optimizer_covers(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
