@@ -16,6 +16,7 @@ from dream_vla_ros.sim.task import (
     START_X,
     START_Y,
     START_Z,
+    TOUCH_HEIGHT_M,
     SuccessMonitor,
     TouchExpert,
     fingertip,
@@ -104,11 +105,12 @@ def test_layouts_are_seeded_and_separated():
 
 
 def test_the_expert_touches_the_named_cube_and_only_it():
+    chain = DHChain.load()
     limits = load_safety_config()
     lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
     for seed, colour in [(s, c) for s in range(12) for c in COLOURS]:
         layout = sample_layout(seed, colour)
-        expert = TouchExpert(layout, lower, upper)
+        expert = TouchExpert(layout, lower, upper, chain=chain)
         expert.start(10.0, HOME)
         monitor = SuccessMonitor(layout)
         times = 10.0 + np.arange(0.0, expert.duration_s + 0.3, 0.02)
@@ -118,6 +120,10 @@ def test_the_expert_touches_the_named_cube_and_only_it():
         for q in poses:
             monitor.update(q)
         assert monitor.outcome.success, (seed, monitor.outcome)
+        # it ends with the fingertip on the named cube's top face, pointing down
+        tip, pointing = fingertip(chain, poses[-1])
+        assert np.abs(tip - (layout.top(colour) + [0, 0, TOUCH_HEIGHT_M])).max() < 2e-3
+        assert pointing[2] < -0.99
         # a monitor watching a different target calls the same motion a failure
         other = next(c for c in COLOURS if c != layout.target)
         wrong = SuccessMonitor(type(layout)(layout.seed, layout.cubes, other))

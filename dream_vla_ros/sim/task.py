@@ -9,7 +9,7 @@ that close to another cube's.
 
 The expert solves it from joint space: inverse kinematics (damped least
 squares on the DH forward kinematics) for a pose 6 cm above the cube with the
-fingers pointing down, then for the touch pose 1 cm above the top face; it moves
+fingers pointing down, then for the touch pose 1 cm above the top face (`TOUCH_HEIGHT_M`); it moves
 home -> above -> touch with minimum-jerk profiles and holds. It implements the
 teleop interface (robot/teleop.py), so the recorder records it like a person on
 a leader arm.
@@ -34,6 +34,9 @@ Y_RANGE = (-0.16, 0.16)
 MIN_SEPARATION_M = 0.09
 APPROACH_S = 1.6  # the expert's move from home to 6 cm above the cube
 DESCEND_S = 1.0  # ... and down to the touch pose
+# the touch pose: the fingertip this far above the cube's top face (on it, 0, was
+# tried in session 19: no gain, docs/sim.md)
+TOUCH_HEIGHT_M = 0.01
 # random start poses (collect's random starts): the fingertip over the cube area,
 # 6-16 cm above the cubes' tops (never within touching distance of one)
 START_X = (0.20, 0.38)
@@ -203,7 +206,7 @@ class TouchExpert:
             top = layout.top(layout.target)
             self.above = solve_ik(self.chain, top + [0, 0, 0.06], HOME, self.lower, self.upper)
             self.touch = solve_ik(
-                self.chain, top + [0, 0, 0.01], self.above, self.lower, self.upper
+                self.chain, top + [0, 0, TOUCH_HEIGHT_M], self.above, self.lower, self.upper
             )
         self._start: tuple[float, np.ndarray] | None = None
 
