@@ -120,7 +120,7 @@ def test_the_expert_touches_the_named_cube_and_only_it():
         for q in poses:
             monitor.update(q)
         assert monitor.outcome.success, (seed, monitor.outcome)
-        # it ends with the fingertip on the named cube's top face, pointing down
+        # it ends with the fingertip TOUCH_HEIGHT_M above the named cube's top, pointing down
         tip, pointing = fingertip(chain, poses[-1])
         assert np.abs(tip - (layout.top(colour) + [0, 0, TOUCH_HEIGHT_M])).max() < 2e-3
         assert pointing[2] < -0.99

@@ -40,6 +40,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dream_vla_ros.finetune.adapters import (
+    HEAD_MODULES,
     apply_lora,
     head_modules,
     set_full_finetuning,
@@ -47,7 +48,7 @@ from dream_vla_ros.finetune.adapters import (
 )
 from dream_vla_ros.finetune.data import DemoData, StepBatchSampler, WindowDataset
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
-from dream_vla_ros.finetune.recipe import Recipe, dump_recipe
+from dream_vla_ros.finetune.recipe import Recipe, TrainConfig, dump_recipe
 from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
 from dream_vla_ros.model.checkpoint import (
     PART_FILES,
@@ -729,10 +730,7 @@ def freeze_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
-BACKBONE_PREFIXES = ("visual.", "projector.", "model.", "lm_head.")
-
-
-def param_groups(params: dict[str, torch.nn.Parameter], t: Any) -> list[dict[str, Any]]:
+def param_groups(params: dict[str, torch.nn.Parameter], t: TrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: weight decay on matrices only; the pretrained VLM's weights (by
     name, LoRA adapters included) at `lr * backbone_lr_scale`, the heads at `lr`."""
     groups: list[dict[str, Any]] = []
@@ -755,8 +753,8 @@ def param_groups(params: dict[str, torch.nn.Parameter], t: Any) -> list[dict[str
 
 
 def _in_backbone(name: str) -> bool:
-    # a peft wrapper prefixes the names with base_model.model.
-    return name.removeprefix("base_model.model.").startswith(BACKBONE_PREFIXES)
+    """Not one of the action heads (a peft wrapper prefixes names with base_model.model.)."""
+    return name.removeprefix("base_model.model.").split(".")[0] not in HEAD_MODULES
 
 
 def check_optimizer_covers(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
