@@ -11,9 +11,8 @@ The expert solves it from joint space: inverse kinematics (damped least
 squares on the DH forward kinematics) for a pose 6 cm above the cube with the
 fingers pointing down, then for the touch pose 1 cm above the top face
 (`TOUCH_HEIGHT_M`); it moves home -> above -> touch with minimum-jerk profiles and
-holds. It implements the
-teleop interface (robot/teleop.py), so the recorder records it like a person on
-a leader arm.
+holds. It implements the teleop interface (robot/teleop.py), so the recorder
+records it like a person on a leader arm.
 """
 
 from __future__ import annotations
