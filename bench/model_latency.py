@@ -1,7 +1,8 @@
 """Dream-VLA chunk latency, peak memory and preprocessing speed (prints figures).
 
 Per preset (random weights, batch 1, two 224x224 images + instruction + proprio):
-discrete 1-step, discrete k-step, flow matching N steps, L1 regression, and
+discrete 1-step, discrete k-step, flow matching N steps (plain, and with
+classifier-free guidance: two batch rows, ratio guided / plain), L1 regression, and
 left-to-right (autoregressive order) decoding of the same action tokens with the
 same weights; ratio AR / diffusion. On a GPU every mode runs eagerly and with CUDA
 graphs (the policy's default there), with the ratio. Preprocessing of 2x640x480 frames: ours
@@ -59,6 +60,11 @@ def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: i
         pixels, grid = pre(frames)
         return model.embed_prompt(input_ids, pixels, grid)
 
+    def guided_prompt() -> torch.Tensor:  # with and without the instruction: 2 rows
+        pixels, grid = pre(frames)
+        rows = input_ids.expand(2, -1)
+        return model.embed_prompt(rows, pixels, grid, shared_images=True)
+
     results = {}
     # on a GPU each mode runs eagerly and then with CUDA graphs (the policy's default)
     variants = [("", False)] + ([(", graphs", True)] if device.startswith("cuda") else [])
@@ -78,6 +84,11 @@ def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: i
                 steps = cfg.action.flow_steps
                 results[f"flow {steps} steps{suffix}"] = timed(
                     lambda n=steps: decoder.flow(prompt(), None, proprio, n), repeats, device
+                )
+                results[f"flow {steps} steps, guided{suffix}"] = timed(
+                    lambda n=steps: decoder.flow(guided_prompt(), None, proprio, n, guidance=2.0),
+                    repeats,
+                    device,
                 )
             else:
                 results["L1 regression" + suffix] = timed(
@@ -103,6 +114,10 @@ def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> No
             ar = results["left-to-right (AR)" + suffix][0]
             one = results["discrete 1 step" + suffix][0]
             print(f"  {'AR / discrete 1 step' + suffix:30s} {ar / one:9.1f}x")
+    for label in [k for k in results if ", guided" in k]:
+        plain = label.replace(", guided", "")
+        ratio = results[label][0] / results[plain][0]
+        print(f"  {'guided / plain, ' + plain:30s} {ratio:9.1f}x")
     if "discrete 1 step, graphs" in results:
         for label in [k for k in results if not k.endswith(", graphs")]:
             ratio = results[label][0] / results[label + ", graphs"][0]

@@ -129,6 +129,12 @@ def main() -> None:
         "--noise-correlation", type=float, default=0.0, help="start noise shared by a chunk"
     )
     parser.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance weight (1: off)"
+    )
+    parser.add_argument(
+        "--guidance-until", type=float, default=1.0, help="guide the flow steps before this t"
+    )
+    parser.add_argument(
         "--servo",
         action="store_true",
         help="through the chunk controller on a virtual clock (re-plan, latency below)",
@@ -148,6 +154,8 @@ def main() -> None:
         prefix_actions=args.prefix_actions,
         prefix_min_weight=args.prefix_min_weight,
         noise_correlation=args.noise_correlation,
+        guidance_scale=args.guidance,
+        guidance_until=args.guidance_until,
     )
     policy = Policy.from_checkpoint(args.checkpoint, settings=settings)
     world = PiperWorld(width=320, height=240)
@@ -178,6 +186,7 @@ def main() -> None:
             else f"{args.execute} actions per chunk, "
         )
         + f"noise seed {args.noise_seed} (correlation {args.noise_correlation}), "
+        f"guidance {args.guidance} (until t {args.guidance_until}), "
         f"prefix {args.prefix_actions} actions "
         f"(weights 1 -> {args.prefix_min_weight}), {time.monotonic() - start:.0f} s"
     )

@@ -6,10 +6,12 @@ ahead) is compared with the expert's fingertip at the same instant (6 cm above t
 named cube). Over a set of layouts it prints the slope of the plan's lateral (y)
 end point against the expert's (1 = reaches as wide as the expert; below 1 = the
 plan shrinks towards the centre line, where the wrong cubes of sessions 17-19 lie)
-and the median end-point error in the table plane. A screen, not a success figure:
-session 20 widened it from 0.64 to 0.76 without more successes.
+and the median end-point error in the table plane, and the share of draws whose end
+point lies nearest the named cube (the first decision; chance is a third). A screen,
+not a success figure: session 20 widened the slope from 0.64 to 0.76 and session 21
+raised the named-cube share from 75 to 89 % (guidance), neither with more successes.
 
-    python scripts/lateral_reach.py CHECKPOINT [CHECKPOINT ...]
+    python scripts/lateral_reach.py CHECKPOINT [CHECKPOINT ...] [--guidance W]
 
 Sets: the pipeline's training layouts (`--train-seed0`, `--train-layouts`, every
 cube named) and unseen ones (`--unseen-seed0`, `--unseen-layouts`, each seed's
@@ -42,6 +44,8 @@ def main() -> None:
     ap.add_argument("--unseen-layouts", type=int, default=60)
     ap.add_argument("--draws", type=int, default=4, help="chunks per layout (median end)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--guidance", type=float, default=1.0, help="PolicySettings.guidance_scale")
+    ap.add_argument("--guidance-until", type=float, default=1.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -59,9 +63,13 @@ def main() -> None:
     world = PiperWorld(width=320, height=240)
     try:
         for ckpt in args.checkpoints:
-            policy = Policy.from_checkpoint(ckpt, settings=PolicySettings(seed=0))
+            settings = PolicySettings(
+                seed=0, guidance_scale=args.guidance, guidance_until=args.guidance_until
+            )
+            policy = Policy.from_checkpoint(ckpt, settings=settings)
             for name, layouts in (("training layouts", train), ("unseen layouts", unseen)):
                 expert_xy, plan_xy = [], []
+                named = 0
                 for layout in layouts:
                     world.set_cubes(layout.cubes)
                     images = [world.render_front(HOME), world.render_wrist(HOME)]
@@ -70,7 +78,10 @@ def main() -> None:
                     for k in range(args.draws):
                         obs = Observation(images, layout.instruction, HOME.copy(), 1.0 + 0.2 * k)
                         chunk = policy.infer(obs)
-                        ends.append(fingertip(chain, np.asarray(chunk.actions[-1]))[0][:2])
+                        end = fingertip(chain, np.asarray(chunk.actions[-1]))[0][:2]
+                        ends.append(end)
+                        gaps = {c: np.linalg.norm(p[:2] - end) for c, p in layout.cubes.items()}
+                        named += min(gaps, key=gaps.__getitem__) == layout.target
                     plan_xy.append(np.median(ends, axis=0))
                     # the expert at the chunk's horizon (1.6 s = APPROACH_S with chunk 16)
                     expert = TouchExpert(layout, lower, upper, chain=chain)
@@ -83,7 +94,8 @@ def main() -> None:
                 error = np.median(np.linalg.norm(e - p, axis=1))
                 print(
                     f"{ckpt}: {name} ({len(layouts)}): lateral slope {slope:.2f}, "
-                    f"median end error {error * 100:.1f} cm",
+                    f"median end error {error * 100:.1f} cm, "
+                    f"ending nearest the named cube {named / (len(layouts) * args.draws):.0%}",
                     flush=True,
                 )
     finally:

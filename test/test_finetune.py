@@ -129,6 +129,7 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.start_frames=-1"], "'data.start_frames' must be >= 0"),
         (["data.augment.proprio_noise=-0.1"], "'data.augment.proprio_noise' must be in [0, 1]"),
         (["train.backbone_lr_scale=0"], "'train.backbone_lr_scale' must be in (0, 1]"),
+        (["data.augment.instruction_dropout=1"], "'data.augment.instruction_dropout' must be"),
     ],
 )
 def test_bad_recipes_fail_with_one_clear_sentence(overrides, words):
@@ -330,6 +331,33 @@ def test_proprio_noise_perturbs_the_training_state_only(toy):
     assert torch.equal(noisy[(3, 7)]["state"], noisy[(3, 7)]["state"])  # seeded
     assert not torch.equal(noisy[(3, 7)]["state"], noisy[(3, 8)]["state"])
     assert torch.equal(noisy[(3, 7)]["actions"], quiet[(3, 7)]["actions"])  # state only
+
+
+def test_instruction_dropout_masks_the_instruction_of_training_samples_only(toy):
+    data = DemoData(DataConfig(dataset=str(toy), chunk=4))
+    dropping = WindowDataset(
+        data, "train", dataclasses.replace(data.cfg.augment, instruction_dropout=0.3)
+    )
+    n = len(dropping)
+    drops = [bool(dropping[(i, 100 + i)]["drop_instruction"]) for i in range(n)]
+    assert abs(sum(drops) / n - 0.3) < 0.1, sum(drops) / n
+    assert dropping[(3, 7)]["drop_instruction"] == dropping[(3, 7)]["drop_instruction"]  # seeded
+    quiet = WindowDataset(data, "train", data.cfg.augment)  # 0: off
+    assert not any(quiet[(i, 100 + i)]["drop_instruction"] for i in range(n))
+    assert not any(
+        data.sample("val", i)["drop_instruction"] for i in range(len(data.windows["val"]))
+    )
+    # the encoder masks exactly the flagged rows' instruction tokens
+    torch.manual_seed(0)
+    model = DreamVLA(preset("tiny", head="flow", proprio_dim=7))
+    cfg = model.cfg
+    encoder = BatchEncoder(model, PromptBuilder(byte_tokenizer(cfg.newline_token_id + 1), cfg))
+    first = drops.index(True)
+    kept = next(i for i in range(n) if not drops[i])
+    samples = [dropping[(first, 100 + first)], dropping[(kept, 100 + kept)]]
+    ids = encoder(torch.utils.data.default_collate(samples), torch.device("cpu"))["input_ids"]
+    assert int((ids[0] == cfg.mask_token_id).sum()) > 0
+    assert int((ids[1] == cfg.mask_token_id).sum()) == 0
 
 
 def test_colour_swap_moves_pixels_and_words_together(toy):

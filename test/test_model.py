@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -538,3 +539,64 @@ def test_prompt_is_the_qwen_chat_format(tmp_path):
     text = policy.prompts.tokenizer.decode([i for i in ids if i > cfg.newline_token_id])
     assert "What action should the robot take to pick up the apple?" in text
     assert text.endswith("assistant\n")
+
+
+def test_dropped_instruction_masks_exactly_its_tokens(tmp_path):
+    policy = Policy.from_checkpoint(write_random_checkpoint(tmp_path / "p"))
+    cfg, prompts = policy.cfg, policy.prompts
+    ids = prompts.ids("Touch the red cube.", 2, 64)
+    masked = prompts.ids("Touch the red cube.", 2, 64, drop_instruction=True)
+    assert len(masked) == len(ids)  # same positions: the two rows batch without padding
+    changed = [k for k, (a, b) in enumerate(zip(ids, masked, strict=True)) if a != b]
+    assert changed and all(masked[k] == cfg.mask_token_id for k in changed)
+    assert changed == list(range(changed[0], changed[-1] + 1))  # one contiguous span
+    keep = [i for i in masked if i > cfg.newline_token_id]
+    text = prompts.tokenizer.decode(keep)
+    # the rest of the question stays (the space before the instruction may be a token)
+    assert re.search(r"What action should the robot take to ?\?\nassistant", text), text
+    assert "touch" not in text and "red" not in text
+    # the span is the instruction's: a longer instruction masks more tokens
+    longer = prompts.ids("touch the red cube now", 2, 64, drop_instruction=True)
+    assert longer.count(cfg.mask_token_id) > masked.count(cfg.mask_token_id)
+
+
+def test_guided_flow_extrapolates_from_the_masked_prompt():
+    model = tiny_model("flow", seed=3)
+    decoder = ActionDecoder(model)
+    ids, pixels, grid = prompt_inputs(model)
+    masked = ids.clone()
+    masked[0, -5:-1] = model.cfg.mask_token_id  # stands for the instruction's tokens
+    both = model.embed_prompt(torch.cat([ids, masked]), pixels, grid, shared_images=True)
+    assert torch.allclose(both[:1], model.embed_prompt(ids, pixels, grid), atol=1e-5)
+    noise = torch.randn(1, model.cfg.action.chunk, model.cfg.action.action_dim)
+    cond = decoder.flow(both[:1], None, None, 1, noise=noise)
+    uncond = decoder.flow(both[1:], None, None, 1, noise=noise)
+    assert not torch.allclose(cond, uncond, atol=1e-4)  # the instruction matters
+    # one Euler step from the same noise: x1 = x0 + v_u + w (v_c - v_u)
+    for w in (0.0, 2.5):
+        guided = decoder.flow(both, None, None, 1, noise=noise, guidance=w)
+        assert guided.shape == cond.shape
+        assert torch.allclose(guided, uncond + w * (cond - uncond), atol=1e-4)
+    with pytest.raises(ValueError, match="guidance needs 2B prompt rows"):
+        decoder.flow(both[:1], None, None, 1, noise=noise, guidance=2.0)
+
+
+def test_policy_guidance_needs_a_dropout_trained_flow_checkpoint(tmp_path):
+    obs = Observation(_frames(), "Pick up the apple.", np.zeros(7), stamp_s=3.0)
+    discrete = write_random_checkpoint(tmp_path / "d", head="discrete")
+    with pytest.raises(ValueError, match="needs a flow head"):
+        Policy.from_checkpoint(discrete, settings=PolicySettings(guidance_scale=2.0))
+    path = write_random_checkpoint(tmp_path / "f", head="flow")
+    with pytest.raises(ValueError, match="instruction_dropout > 0"):
+        Policy.from_checkpoint(path, settings=PolicySettings(guidance_scale=2.0))
+    (path / "recipe.yaml").write_text("data:\n  augment:\n    instruction_dropout: 0.15\n")
+    plain = Policy.from_checkpoint(path).infer(obs)
+    same = Policy.from_checkpoint(path, settings=PolicySettings(guidance_scale=1.0)).infer(obs)
+    assert np.array_equal(plain.normalised, same.normalised)  # 1: off, one row
+    guided = Policy.from_checkpoint(path, settings=PolicySettings(guidance_scale=3.0)).infer(obs)
+    assert guided.actions.shape == plain.actions.shape and np.all(np.isfinite(guided.actions))
+    assert not np.allclose(guided.normalised, plain.normalised, atol=1e-4)
+    with pytest.raises(ValueError, match="guidance_scale must be finite and >= 0"):
+        PolicySettings(guidance_scale=-1.0)
+    with pytest.raises(ValueError, match="guidance_scale must be finite and >= 0"):
+        PolicySettings(guidance_scale=float("nan"))

@@ -439,3 +439,14 @@ def test_launcher_stops_the_graph_when_a_node_dies():
         log.close()
     assert rc != 0 and "cam_a" in launcher.failed
     assert not any(c.alive() for c in launcher.children)
+
+
+def test_guidance_without_an_instruction_dropout_checkpoint_stops_the_node_at_start(tmp_path):
+    """Classifier-free guidance on a checkpoint that never learnt the masked-instruction
+    prompt would extrapolate from noise: the node refuses to start and says why."""
+    ckpt = write_random_checkpoint(tmp_path / "flow", head="flow")
+    proc = _start({"model.checkpoint": str(ckpt), "flow_guidance_scale": 2.0}, "guided")
+    wait_for(lambda: not proc.alive(), 60, lambda: "the node to exit\n" + proc.output())
+    assert proc.stop() == 1
+    assert "instruction_dropout > 0" in proc.output(), proc.output()
+    assert "Traceback" not in proc.output()

@@ -184,17 +184,22 @@ class DemoData:
         actions = ep.action[np.minimum(rows, ep.length - 1)]
         images = ep.frames[t]
         task = ep.task
+        drop = False
         if augment is not None:
             g = torch.Generator().manual_seed(seed)
             images = torch.stack([augment_frame(f, augment, g) for f in images])
             if augment.colour_words:
                 images, task = swap_colours(images, task, augment.colour_words, g)
+            if augment.instruction_dropout > 0:
+                g_drop = torch.Generator().manual_seed(seed + 2)
+                drop = float(torch.rand((), generator=g_drop)) < augment.instruction_dropout
         out: dict[str, Any] = {
             "images": images,
             "actions": torch.from_numpy(self.action_stats.normalise(actions)).float(),
             "raw_actions": torch.from_numpy(actions).float(),
             "pad": torch.from_numpy(pad),
             "task": task,
+            "drop_instruction": drop,
             "episode": episode_index,
             "t": t,
         }

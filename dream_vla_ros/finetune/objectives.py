@@ -51,8 +51,15 @@ class BatchEncoder:
         # data loader may already have put the batch there)
         images = batch["images"].to(device)
         b, n_cams = images.shape[:2]
+        drops = batch.get("drop_instruction")
         ids = [
-            self.prompts.ids(task, n_cams, self.images.tokens_per_image) for task in batch["task"]
+            self.prompts.ids(
+                task,
+                n_cams,
+                self.images.tokens_per_image,
+                drop_instruction=drops is not None and bool(drops[row]),
+            )
+            for row, task in enumerate(batch["task"])
         ]
         length = max(len(x) for x in ids)
         input_ids = torch.full((b, length), self.cfg.pad_token_id, dtype=torch.long)

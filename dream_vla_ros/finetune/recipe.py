@@ -47,6 +47,11 @@ class AugmentConfig:
     # bounds map to [-1, 1]): the model cannot read the state exactly, so it has to
     # look at the images too (against "continue from the state" copying). 0: off.
     proprio_noise: float = 0.0
+    # Probability that a training sample's instruction is masked (the prompt's
+    # instruction tokens replaced by the mask token), so the model also learns the
+    # instruction-free action distribution that classifier-free guidance
+    # (PolicySettings.guidance_scale) extrapolates away from. 0: off.
+    instruction_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,10 @@ def validate(recipe: Recipe) -> Recipe:
         (
             0.0 <= d.augment.proprio_noise <= 1.0,
             "'data.augment.proprio_noise' must be in [0, 1] (normalised units)",
+        ),
+        (
+            0.0 <= d.augment.instruction_dropout < 1.0,
+            "'data.augment.instruction_dropout' must be in [0, 1)",
         ),
         (
             not d.augment.colour_words

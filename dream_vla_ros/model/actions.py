@@ -228,17 +228,32 @@ class ActionDecoder:
         noise: torch.Tensor | None = None,
         prefix: torch.Tensor | None = None,
         prefix_weights: torch.Tensor | None = None,
+        guidance: float = 1.0,
+        guidance_until: float = 1.0,
     ) -> torch.Tensor:
         """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim).
 
         `noise` (B, chunk, action_dim) replaces the sampled start, e.g. to compare the
         same integration on two devices. `prefix` (B, m, action_dim), normalised, with
         `prefix_weights` (m,) inpaints the chunk's first m actions (`euler_integrate`):
-        the policy passes what is left of its previous chunk."""
+        the policy passes what is left of its previous chunk.
+
+        `guidance` w != 1 is classifier-free guidance: `prompt` holds 2B rows, the B
+        prompts and then the same B with their instruction masked (`proprio`: B rows),
+        and each step that starts before flow time `guidance_until` follows
+        v_masked + w * (v - v_masked) (later steps: v); B chunks come back."""
         head, projector = self.model.action_head, self.model.noisy_action_projector
         if projector is None or not hasattr(head, "predict_velocity"):
             raise ValueError("this model has no flow-matching head (action.head != 'flow')")
-        b = prompt.shape[0]
+        guided = guidance != 1.0
+        if guided and prompt.shape[0] % 2:
+            raise ValueError(
+                f"guidance needs 2B prompt rows (with and without the instruction), "
+                f"got {prompt.shape[0]}"
+            )
+        b = prompt.shape[0] // 2 if guided else prompt.shape[0]
+        if guided and proprio is not None:
+            proprio = torch.cat([proprio, proprio])  # the same state for both rows
         shape = (b, self.cfg.action.chunk, self.cfg.action.action_dim)
         if noise is None:
             noise = torch.randn(
@@ -250,9 +265,16 @@ class ActionDecoder:
             noise = noise.to(device=prompt.device, dtype=torch.float32)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            tokens = projector(x.reshape(b, -1, 1).to(prompt.dtype))
+            if guided:
+                x, t = torch.cat([x, x]), torch.cat([t, t])
+            tokens = projector(x.reshape(x.shape[0], -1, 1).to(prompt.dtype))
             hidden = self.action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
-            return head.predict_velocity(hidden).float()
+            v = head.predict_velocity(hidden).float()
+            if not guided:
+                return v
+            with_instruction, masked = v[:b], v[b:]
+            w = torch.where(t[:b] < guidance_until, guidance, 1.0)[:, None, None]
+            return masked + w * (with_instruction - masked)
 
         return euler_integrate(velocity, noise, steps, prefix, prefix_weights)
 

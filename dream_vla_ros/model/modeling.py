@@ -262,8 +262,11 @@ class DreamVLA(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         grid_thw: torch.Tensor | None = None,
+        shared_images: bool = False,
     ) -> torch.Tensor:
-        """Token embeddings with the image pads replaced by image features: (B, S, D)."""
+        """Token embeddings with the image pads replaced by image features: (B, S, D).
+        `shared_images`: `pixel_values` are one row's images, shown to every row (the
+        vision tower runs once)."""
         embeds = self.model.embed_tokens(input_ids)
         is_image = input_ids == self.cfg.image_token_id
         n_pads = int(is_image.sum())
@@ -272,6 +275,8 @@ class DreamVLA(nn.Module):
                 raise ValueError(f"the prompt has {n_pads} image tokens but no pixel_values")
             return embeds
         features = self.image_features(pixel_values, grid_thw)
+        if shared_images:
+            features = features.repeat(input_ids.shape[0], 1)
         if features.shape[0] != n_pads:
             raise ValueError(
                 f"image features and image tokens do not match: {features.shape[0]} features, "

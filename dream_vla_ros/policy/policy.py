@@ -4,12 +4,14 @@ the observation's time. No ROS here; the policy node (issue 4) wraps it."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
 from dream_vla_ros.model.checkpoint import LoadedCheckpoint, NormStats, load_checkpoint
@@ -54,8 +56,21 @@ class PolicySettings:
     # Flow head: share of the start noise that all actions of a chunk have in common
     # (each row stays N(0, 1); 0: independent rows, as trained).
     noise_correlation: float = 0.0
+    # Flow head: classifier-free guidance weight w. Each Euler step follows
+    # v_masked + w * (v - v_masked), v_masked being the velocity with the instruction
+    # masked: w > 1 leans further towards what the instruction changes. Needs a
+    # checkpoint trained with data.augment.instruction_dropout > 0; costs a second
+    # batch row per step. 1: off (one row, as trained). `guidance_until`: guide only
+    # the Euler steps that start before this flow time (0 = noise, 1 = the chunk),
+    # where the coarse plan forms; later steps follow the instruction's velocity.
+    guidance_scale: float = 1.0
+    guidance_until: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0):
+            raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
+        if not 0.0 <= self.guidance_until <= 1.0:
+            raise ValueError(f"guidance_until must be in [0, 1], got {self.guidance_until}")
         if self.prefix_actions < 0:
             raise ValueError(f"prefix_actions must be >= 0, got {self.prefix_actions}")
         if not 0.0 <= self.prefix_min_weight <= 1.0:
@@ -83,6 +98,9 @@ class Policy:
         self.prompts = PromptBuilder.from_dir(ckpt.path, self.cfg)
         self.decoder = ActionDecoder(self.model)
         self.generator = torch.Generator(device=self.device)
+        self._guided = self.settings.guidance_scale != 1.0
+        if self._guided:
+            _check_guidance(ckpt)
         self._previous: ActionChunk | None = None
         self._episode = 0  # bumped by reset(): a chunk inferred across it is not kept
         self.reset()
@@ -175,9 +193,12 @@ class Policy:
         except ImageError as exc:
             raise ObservationError(f"images: {exc}") from exc
         t_model = time.perf_counter()
-        ids = self.prompts.ids(obs.instruction, len(obs.images), self.images.tokens_per_image)
-        input_ids = torch.tensor([ids], device=self.device)
-        prompt = self.model.embed_prompt(input_ids, pixel_values, grid)
+        n, per_image = len(obs.images), self.images.tokens_per_image
+        rows = [self.prompts.ids(obs.instruction, n, per_image)]
+        if self._guided:
+            rows.append(self.prompts.ids(obs.instruction, n, per_image, drop_instruction=True))
+        input_ids = torch.tensor(rows, device=self.device)
+        prompt = self.model.embed_prompt(input_ids, pixel_values, grid, shared_images=True)
         proprio = None
         if self.cfg.action.proprio_dim > 0 and self.ckpt.proprio_stats is not None:
             state = self.ckpt.proprio_stats.normalise(np.asarray(obs.state, dtype=np.float64))
@@ -199,6 +220,8 @@ class Policy:
                 noise=self._start_noise(),
                 prefix=None if prefix is None else prefix[0],
                 prefix_weights=None if prefix is None else prefix[1],
+                guidance=self.settings.guidance_scale,
+                guidance_until=self.settings.guidance_until,
             )
         else:
             normed = self.decoder.regression(prompt, None, proprio)
@@ -219,3 +242,25 @@ class Policy:
         if episode == self._episode:
             self._previous = chunk
         return chunk
+
+
+def _check_guidance(ckpt: LoadedCheckpoint) -> None:
+    """Guidance compares against the masked-instruction prompt, which only a flow
+    checkpoint trained with instruction dropout has learnt (its recipe.yaml says)."""
+    if ckpt.config.action.head != "flow":
+        raise ValueError(
+            f"guidance_scale needs a flow head; this checkpoint's head is "
+            f"'{ckpt.config.action.head}'"
+        )
+    recipe_file = ckpt.path / "recipe.yaml"
+    dropout = 0.0
+    if recipe_file.exists():
+        recipe = yaml.safe_load(recipe_file.read_text()) or {}
+        augment = (recipe.get("data") or {}).get("augment") or {}
+        dropout = float(augment.get("instruction_dropout", 0.0) or 0.0)
+    if dropout <= 0.0:
+        raise ValueError(
+            f"guidance_scale needs a checkpoint trained with "
+            f"data.augment.instruction_dropout > 0; {ckpt.path} was not "
+            f"(its recipe.yaml: {'missing' if not recipe_file.exists() else 'dropout 0'})"
+        )

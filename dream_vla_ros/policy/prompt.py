@@ -9,6 +9,11 @@
 
 Special tokens are inserted by id (from the model config), so the text pieces
 never have to be recognised as specials by the tokenizer.
+
+With `drop_instruction` the instruction's tokens are replaced by the diffusion LM's
+mask token (same length, same positions): the "no instruction" prompt that
+instruction dropout trains and classifier-free guidance compares against
+(docs/finetune.md).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class PromptBuilder:
     def __init__(self, tokenizer: Tokenizer, cfg: DreamVLAConfig) -> None:
         self.tokenizer = tokenizer
         self.cfg = cfg
-        self._cache: dict[tuple[str, int, int], list[int]] = {}
+        self._cache: dict[tuple[str, int, int, bool], list[int]] = {}
 
     @classmethod
     def from_dir(cls, path: str | Path, cfg: DreamVLAConfig) -> PromptBuilder:
@@ -54,9 +59,34 @@ class PromptBuilder:
             raise ValueError(f"the tokenizer produced ids outside the text vocabulary for {text!r}")
         return ids
 
-    def ids(self, instruction: str, n_images: int, tokens_per_image: int) -> list[int]:
-        """Token ids of the prompt (up to and including 'assistant\\n'); cached per input."""
-        key = (instruction, n_images, tokens_per_image)
+    def _question(self, instruction: str, drop_instruction: bool) -> list[int]:
+        text = question(instruction)
+        ids = self._text(text)
+        if not drop_instruction:
+            return ids
+        start = QUESTION.index("{instruction}")
+        end = start + len(_normalised(instruction))
+        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
+        if len(offsets) != len(ids):
+            raise ValueError(f"the tokenizer's offsets do not match its ids for {text!r}")
+        dropped = [
+            self.cfg.mask_token_id if lo < end and hi > start else i
+            for i, (lo, hi) in zip(ids, offsets, strict=True)
+        ]
+        if dropped == ids:
+            raise ValueError(f"no token of the instruction found in {text!r}")
+        return dropped
+
+    def ids(
+        self,
+        instruction: str,
+        n_images: int,
+        tokens_per_image: int,
+        drop_instruction: bool = False,
+    ) -> list[int]:
+        """Token ids of the prompt (up to and including 'assistant\\n'); cached per input.
+        `drop_instruction`: the instruction's tokens masked (see the module docstring)."""
+        key = (instruction, n_images, tokens_per_image, drop_instruction)
         if key not in self._cache:
             c = self.cfg
             image = [c.vision_start_token_id, *[c.image_token_id] * tokens_per_image]
@@ -64,7 +94,7 @@ class PromptBuilder:
             out = [c.im_start_token_id, *self._text("system\n" + SYSTEM), c.im_end_token_id]
             out += self._text("\n") + [c.im_start_token_id] + self._text("user\n")
             out += image * n_images
-            out += self._text(question(instruction)) + [c.im_end_token_id]
+            out += self._question(instruction, drop_instruction) + [c.im_end_token_id]
             out += self._text("\n") + [c.im_start_token_id] + self._text("assistant\n")
             if len(self._cache) > 64:
                 self._cache.clear()

@@ -83,6 +83,8 @@ class PolicyNode(Node):
                 prefix_actions=p["flow_prefix_actions"],
                 prefix_min_weight=p["flow_prefix_min_weight"],
                 noise_correlation=p["flow_noise_correlation"],
+                guidance_scale=p["flow_guidance_scale"],
+                guidance_until=p["flow_guidance_until"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 seed=p["model.seed"],
@@ -229,6 +231,20 @@ class PolicyNode(Node):
             "flow_noise_correlation",
             0.0,
             "Flow head: share of the start noise common to a chunk's actions (0: independent)",
+            **_floats(0.0, 1.0),
+        )
+        declare(
+            "flow_guidance_scale",
+            1.0,
+            "Flow head: classifier-free guidance weight on the instruction (1: off; needs "
+            "a checkpoint trained with instruction dropout; a second batch row per step)",
+            **_floats(0.0, 10.0),
+        )
+        declare(
+            "flow_guidance_until",
+            1.0,
+            "Flow head: guide only the Euler steps that start before this flow time "
+            "(0 = noise, 1 = chunk; 1: every step)",
             **_floats(0.0, 1.0),
         )
         declare("center_crop", False, "Centre-crop images to a square before resizing")
