@@ -600,3 +600,22 @@ def test_policy_guidance_needs_a_dropout_trained_flow_checkpoint(tmp_path):
         PolicySettings(guidance_scale=-1.0)
     with pytest.raises(ValueError, match="guidance_scale must be finite and >= 0"):
         PolicySettings(guidance_scale=float("nan"))
+
+
+def test_guidance_until_guides_only_the_early_flow_steps():
+    model = tiny_model("flow", seed=3)
+    decoder = ActionDecoder(model)
+    ids, pixels, grid = prompt_inputs(model)
+    masked = ids.clone()
+    masked[0, -5:-1] = model.cfg.mask_token_id
+    both = model.embed_prompt(torch.cat([ids, masked]), pixels, grid, shared_images=True)
+    noise = torch.randn(1, model.cfg.action.chunk, model.cfg.action.action_dim)
+    plain = decoder.flow(both[:1], None, None, 2, noise=noise)
+    never = decoder.flow(both, None, None, 2, noise=noise, guidance=3.0, guidance_until=0.0)
+    assert torch.allclose(never, plain, atol=1e-5)  # no step starts before t 0
+    every = decoder.flow(both, None, None, 2, noise=noise, guidance=3.0)
+    first = decoder.flow(both, None, None, 2, noise=noise, guidance=3.0, guidance_until=0.5)
+    assert not torch.allclose(first, plain, atol=1e-4)  # the step at t 0 is guided
+    assert not torch.allclose(first, every, atol=1e-4)  # the step at t 0.5 is not
+    with pytest.raises(ValueError, match="guidance_until must be in"):
+        PolicySettings(guidance_until=1.5)

@@ -52,23 +52,24 @@ class PromptBuilder:
             raise FileNotFoundError(f"{path} has no tokenizer.json")
         return cls(Tokenizer.from_file(str(file)), cfg)
 
-    def _text(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+    def _encode(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, character offsets) of `text`, the ids checked against the text vocabulary."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
         limit = self.cfg.base_vocab_size
-        if any(not 0 <= i < limit for i in ids):
+        if any(not 0 <= i < limit for i in enc.ids):
             raise ValueError(f"the tokenizer produced ids outside the text vocabulary for {text!r}")
-        return ids
+        return enc.ids, enc.offsets
+
+    def _text(self, text: str) -> list[int]:
+        return self._encode(text)[0]
 
     def _question(self, instruction: str, drop_instruction: bool) -> list[int]:
         text = question(instruction)
-        ids = self._text(text)
+        ids, offsets = self._encode(text)
         if not drop_instruction:
             return ids
         start = QUESTION.index("{instruction}")
         end = start + len(_normalised(instruction))
-        offsets = self.tokenizer.encode(text, add_special_tokens=False).offsets
-        if len(offsets) != len(ids):
-            raise ValueError(f"the tokenizer's offsets do not match its ids for {text!r}")
         dropped = [
             self.cfg.mask_token_id if lo < end and hi > start else i
             for i, (lo, hi) in zip(ids, offsets, strict=True)
