@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from dream_vla_ros.model.actions import ALGORITHMS, DecodeSettings
 from dream_vla_ros.policy import Observation, Policy, PolicySettings
 from dream_vla_ros.sim.task import HOME, SuccessMonitor, sample_layout
 from dream_vla_ros.sim.world import PiperWorld
@@ -135,6 +136,18 @@ def main() -> None:
         "--guidance-until", type=float, default=1.0, help="guide the flow steps before this t"
     )
     parser.add_argument(
+        "--decode-steps", type=int, default=1, help="discrete head: unmasking steps"
+    )
+    parser.add_argument(
+        "--decode-algorithm",
+        default="maskgit_plus",
+        choices=ALGORITHMS,
+        help="discrete head: unmasking order",
+    )
+    parser.add_argument(
+        "--decode-temperature", type=float, default=0.0, help="discrete head: 0 = argmax"
+    )
+    parser.add_argument(
         "--servo",
         action="store_true",
         help="through the chunk controller on a virtual clock (re-plan, latency below)",
@@ -149,6 +162,11 @@ def main() -> None:
         parser.error("--replan-s must be >= 0.005 s (one control tick), --latency-s, --lag-s >= 0")
     torch.set_num_threads(args.threads)
     settings = PolicySettings(
+        decode=DecodeSettings(
+            steps=args.decode_steps,
+            algorithm=args.decode_algorithm,
+            temperature=args.decode_temperature,
+        ),
         flow_steps=args.flow_steps or None,
         seed=args.noise_seed,
         prefix_actions=args.prefix_actions,
@@ -187,6 +205,8 @@ def main() -> None:
         )
         + f"noise seed {args.noise_seed} (correlation {args.noise_correlation}), "
         f"guidance {args.guidance} (until t {args.guidance_until}), "
+        f"decode {args.decode_steps} steps {args.decode_algorithm} "
+        f"(temperature {args.decode_temperature}), "
         f"prefix {args.prefix_actions} actions "
         f"(weights 1 -> {args.prefix_min_weight}), {time.monotonic() - start:.0f} s"
     )
