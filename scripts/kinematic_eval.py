@@ -161,12 +161,16 @@ def main() -> None:
     if args.replan_s < 0.005 or args.latency_s < 0 or args.lag_s < 0:
         parser.error("--replan-s must be >= 0.005 s (one control tick), --latency-s, --lag-s >= 0")
     torch.set_num_threads(args.threads)
-    settings = PolicySettings(
-        decode=DecodeSettings(
+    try:
+        decode = DecodeSettings(
             steps=args.decode_steps,
             algorithm=args.decode_algorithm,
             temperature=args.decode_temperature,
-        ),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    settings = PolicySettings(
+        decode=decode,
         flow_steps=args.flow_steps or None,
         seed=args.noise_seed,
         prefix_actions=args.prefix_actions,
