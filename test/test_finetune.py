@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
+from dream_vla_ros.data.lerobot import DatasetError
 from dream_vla_ros.finetune.adapters import (
     apply_lora,
     head_modules,
@@ -127,6 +128,9 @@ def test_7b_recipe_is_the_paper_lora_setting():
         (["data.norm_quantile=0.5"], "'data.norm_quantile' must be in [0, 0.5)"),
         (["data.start_repeat=0"], "'data.start_repeat' must be >= 1"),
         (["data.start_frames=-1"], "'data.start_frames' must be >= 0"),
+        (["data.oversample_repeat=0"], "'data.oversample_repeat' must be >= 1"),
+        (["data.oversample_dim=-1"], "'data.oversample_dim' must be >= 0"),
+        (["data.oversample_min_abs=-0.1"], "'data.oversample_min_abs' must be finite and >= 0"),
         (["data.augment.proprio_noise=-0.1"], "'data.augment.proprio_noise' must be in [0, 1]"),
         (["train.backbone_lr_scale=0"], "'train.backbone_lr_scale' must be in (0, 1]"),
         (["data.augment.instruction_dropout=1"], "'data.augment.instruction_dropout' must be"),
@@ -264,6 +268,42 @@ def test_start_repeat_oversamples_the_first_windows_of_training_episodes_only(to
     i, j = [k for k, w in enumerate(more.windows["train"]) if w == (ep, 1)][:2]
     a, b = more.sample("train", i), more.sample("train", j)
     assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["images"], b["images"])
+
+
+def test_oversample_repeats_the_windows_of_episodes_that_end_far_out(toy):
+    """oversample_dim 0, a threshold between the training episodes' last |action[0]|:
+    every window of an episode ending at or beyond it appears 3 times, the others and
+    validation once; a dimension the actions do not have is refused by name."""
+    plain = DemoData(DataConfig(dataset=str(toy), chunk=8, val_fraction=0.2))
+    ends = {e: abs(plain.episodes[e].action[-1, 0]) for e in plain.train_episodes}
+    threshold = float(np.median(list(ends.values())))
+    wide = {e for e, v in ends.items() if v >= threshold}
+    assert 0 < len(wide) < len(ends)
+    cfg = DataConfig(
+        dataset=str(toy),
+        chunk=8,
+        val_fraction=0.2,
+        oversample_dim=0,
+        oversample_min_abs=threshold,
+        oversample_repeat=3,
+    )
+    more = DemoData(cfg)
+    assert more.oversampled == wide
+    assert more.windows["val"] == plain.windows["val"]
+    counts: dict[tuple[int, int], int] = {}
+    for key in more.windows["train"]:
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) == set(plain.windows["train"])
+    assert all(n == (3 if e in wide else 1) for (e, _), n in counts.items())
+    # with start_repeat the two multiply
+    both = DemoData(dataclasses.replace(cfg, start_frames=2, start_repeat=2))
+    e = sorted(wide)[0]
+    assert both.windows["train"].count((e, 0)) == 6 and both.windows["train"].count((e, 5)) == 3
+    # repeat 1 is off whatever the threshold
+    off = DemoData(dataclasses.replace(cfg, oversample_repeat=1))
+    assert off.windows["train"] == plain.windows["train"]
+    with pytest.raises(DatasetError, match=r"data\.oversample_dim 7 is not an action dimension"):
+        DemoData(dataclasses.replace(cfg, oversample_dim=7))
 
 
 def test_norm_quantile_zero_bounds_every_training_action(toy):

@@ -152,9 +152,27 @@ class DemoData:
                 f"{path}: the stored action stats have {self.action_stats.q01.shape[0]} "
                 f"dimensions, the dataset's actions {self.action_dim}"
             )
+        self.oversampled = self._oversampled(path)
         self.windows = {
             "train": self._windows(self.train_episodes, cfg.start_frames, cfg.start_repeat),
             "val": self._windows(self.val_episodes),
+        }
+
+    def _oversampled(self, path: Path) -> set[int]:
+        """Training episodes whose last action reaches |action[oversample_dim]| >=
+        oversample_min_abs (none when data.oversample_repeat is 1)."""
+        cfg = self.cfg
+        if cfg.oversample_repeat <= 1:
+            return set()
+        if not 0 <= cfg.oversample_dim < self.action_dim:
+            raise DatasetError(
+                f"{path}: data.oversample_dim {cfg.oversample_dim} is not an action dimension "
+                f"(the actions have {self.action_dim}: {self.names})"
+            )
+        return {
+            e
+            for e in self.train_episodes
+            if abs(self.episodes[e].action[-1, cfg.oversample_dim]) >= cfg.oversample_min_abs
         }
 
     def _resized(self, frames: np.ndarray) -> torch.Tensor:
@@ -165,13 +183,17 @@ class DemoData:
         self, episodes: list[int], start_frames: int = 0, start_repeat: int = 1
     ) -> list[tuple[int, int]]:
         """(episode, first frame) of every window; those starting before `start_frames`
-        `start_repeat` times."""
+        `start_repeat` times, and every window of an oversampled episode
+        `data.oversample_repeat` times (the two multiply)."""
         off = self.cfg.action_offset
         return [
             (e, t)
             for e in episodes
             for t in range(max(0, self.episodes[e].length - off))
-            for _ in range(start_repeat if t < start_frames else 1)
+            for _ in range(
+                (start_repeat if t < start_frames else 1)
+                * (self.cfg.oversample_repeat if e in self.oversampled else 1)
+            )
         ]
 
     def sample(

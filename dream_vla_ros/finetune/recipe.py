@@ -9,6 +9,7 @@ problem raises `RecipeError` with one sentence naming the key and what is wrong.
 from __future__ import annotations
 
 import contextlib
+import math
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -81,6 +82,14 @@ class DataConfig:
     # no gain on the sim touch task, docs/sim.md)
     start_frames: int = 0
     start_repeat: int = 1
+    # training windows of episodes whose last action has |action[oversample_dim]| >=
+    # oversample_min_abs appear `oversample_repeat` times per epoch (validation
+    # unchanged): demonstrations that end in a rare part of the workspace, e.g. the wide
+    # reaches (the base joint turned far) that the sim touch task fails most
+    # (docs/finetune.md, docs/sim.md). 1: off.
+    oversample_dim: int = 0
+    oversample_min_abs: float = 0.0
+    oversample_repeat: int = 1
 
 
 @dataclass(frozen=True)
@@ -258,6 +267,12 @@ def validate(recipe: Recipe) -> Recipe:
         (0.0 <= d.norm_quantile < 0.5, "'data.norm_quantile' must be in [0, 0.5)"),
         (d.start_frames >= 0, "'data.start_frames' must be >= 0"),
         (d.start_repeat >= 1, "'data.start_repeat' must be >= 1"),
+        (d.oversample_repeat >= 1, "'data.oversample_repeat' must be >= 1"),
+        (d.oversample_dim >= 0, "'data.oversample_dim' must be >= 0 (an action dimension)"),
+        (
+            math.isfinite(d.oversample_min_abs) and d.oversample_min_abs >= 0.0,
+            "'data.oversample_min_abs' must be finite and >= 0",
+        ),
         (
             0.0 < d.augment.crop_scale[0] <= d.augment.crop_scale[1] <= 1.0,
             "'data.augment.crop_scale' must be [low, high] with 0 < low <= high <= 1",

@@ -591,7 +591,13 @@ class Trainer:
             self._truncate_metrics(start_step)
             self.log(
                 f"train: {r.name}: {len(data.train_episodes)} train / {len(data.val_episodes)} "
-                f"val episodes, {len(data.windows['train'])} windows, head {r.model.head}, "
+                f"val episodes, {len(data.windows['train'])} windows"
+                + (
+                    f" ({len(data.oversampled)} episodes x {r.data.oversample_repeat})"
+                    if data.oversampled
+                    else ""
+                )
+                + f", head {r.model.head}, "
                 f"{f'LoRA r={r.lora.r}' if r.lora.enabled else 'full finetuning'}, "
                 f"{sum(p.numel() for p in params.values()):,} trainable parameters, "
                 f"device {accelerator.device}, from step {start_step}"
