@@ -130,6 +130,9 @@ def main() -> None:
         "--noise-correlation", type=float, default=0.0, help="start noise shared by a chunk"
     )
     parser.add_argument(
+        "--noise-scale", type=float, default=1.0, help="flow start noise scale (1: as trained)"
+    )
+    parser.add_argument(
         "--guidance", type=float, default=1.0, help="classifier-free guidance weight (1: off)"
     )
     parser.add_argument(
@@ -169,16 +172,20 @@ def main() -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    settings = PolicySettings(
-        decode=decode,
-        flow_steps=args.flow_steps or None,
-        seed=args.noise_seed,
-        prefix_actions=args.prefix_actions,
-        prefix_min_weight=args.prefix_min_weight,
-        noise_correlation=args.noise_correlation,
-        guidance_scale=args.guidance,
-        guidance_until=args.guidance_until,
-    )
+    try:
+        settings = PolicySettings(
+            decode=decode,
+            flow_steps=args.flow_steps or None,
+            seed=args.noise_seed,
+            prefix_actions=args.prefix_actions,
+            prefix_min_weight=args.prefix_min_weight,
+            noise_correlation=args.noise_correlation,
+            noise_scale=args.noise_scale,
+            guidance_scale=args.guidance,
+            guidance_until=args.guidance_until,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     policy = Policy.from_checkpoint(args.checkpoint, settings=settings)
     world = PiperWorld(width=320, height=240)
     start = time.monotonic()
@@ -207,7 +214,8 @@ def main() -> None:
             if args.servo
             else f"{args.execute} actions per chunk, "
         )
-        + f"noise seed {args.noise_seed} (correlation {args.noise_correlation}), "
+        + f"noise seed {args.noise_seed} (correlation {args.noise_correlation}, "
+        f"scale {args.noise_scale}), "
         f"guidance {args.guidance} (until t {args.guidance_until}), "
         f"decode {args.decode_steps} steps {args.decode_algorithm} "
         f"(temperature {args.decode_temperature}), "

@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--guidance", type=float, default=1.0, help="PolicySettings.guidance_scale")
     ap.add_argument("--guidance-until", type=float, default=1.0)
+    ap.add_argument("--noise-scale", type=float, default=1.0, help="PolicySettings.noise_scale")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +65,10 @@ def main() -> None:
     try:
         for ckpt in args.checkpoints:
             settings = PolicySettings(
-                seed=0, guidance_scale=args.guidance, guidance_until=args.guidance_until
+                seed=0,
+                guidance_scale=args.guidance,
+                guidance_until=args.guidance_until,
+                noise_scale=args.noise_scale,
             )
             policy = Policy.from_checkpoint(ckpt, settings=settings)
             for name, layouts in (("training layouts", train), ("unseen layouts", unseen)):

@@ -373,6 +373,35 @@ def test_proprio_noise_perturbs_the_training_state_only(toy):
     assert torch.equal(noisy[(3, 7)]["actions"], quiet[(3, 7)]["actions"])  # state only
 
 
+def test_clock_input_is_the_time_since_the_episode_start(toy, tmp_path):
+    """data.clock: the proprio input ends with the seconds since the episode's first
+    frame; with data.proprio off it is the only value. A checkpoint trained so says
+    clock_input and the policy then reads the clock from the observation stamps."""
+    both = DemoData(DataConfig(dataset=str(toy), chunk=4, clock=True))
+    plain = DemoData(DataConfig(dataset=str(toy), chunk=4))
+    assert (both.proprio_dim, plain.proprio_dim) == (8, 7)
+    fps = both.fps
+    for e, ep in both.episodes.items():
+        assert np.allclose(ep.proprio[:, :7], plain.episodes[e].proprio)
+        assert np.allclose(ep.proprio[:, 7], np.arange(ep.length) / fps, atol=1e-6)
+    longest = (max(ep.length for ep in both.episodes.values()) - 1) / fps
+    assert both.proprio_stats.q01[7] == pytest.approx(0.0, abs=1e-6)
+    assert both.proprio_stats.q99[7] > 0.9 * longest  # the 99th percentile of the clock
+    i = next(i for i, (_, t) in enumerate(both.windows["train"]) if t == 0)
+    assert float(both.sample("train", i)["state"][7]) == pytest.approx(-1.0)  # t = 0
+    only = DemoData(DataConfig(dataset=str(toy), chunk=4, proprio=False, clock=True))
+    assert only.proprio_dim == 1
+    assert torch.equal(only.sample("train", i)["state"], both.sample("train", i)["state"][7:])
+    r = recipe(toy, tmp_path / "run", "data.proprio=false", "data.clock=true", "train.steps=2")
+    final = Trainer(r, progress=False, log=lambda _: None).run().final
+    policy = Policy.from_checkpoint(final)
+    action = policy.cfg.action
+    assert (action.proprio_dim, action.clock_input, action.state_dim) == (1, True, 0)
+    frames = [np.zeros((48, 64, 3), np.uint8)] * 2
+    chunks = [policy.infer(Observation(frames, "reach", None, t)) for t in (3.0, 3.4)]
+    assert [c.clock_s for c in chunks] == pytest.approx([0.0, 0.4])
+
+
 def test_instruction_dropout_masks_the_instruction_of_training_samples_only(toy):
     data = DemoData(DataConfig(dataset=str(toy), chunk=4))
     dropping = WindowDataset(

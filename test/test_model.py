@@ -20,6 +20,7 @@ from dream_vla_ros.model import (
     CheckpointError,
     DecodeSettings,
     DreamVLA,
+    ModelConfigError,
     load_checkpoint,
     preset,
 )
@@ -512,6 +513,55 @@ def test_policy_correlated_start_noise(tmp_path):
     assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
     with pytest.raises(ValueError, match="noise_correlation must be in"):
         PolicySettings(noise_correlation=1.5)
+
+
+def test_policy_start_noise_scale(tmp_path):
+    path = write_random_checkpoint(tmp_path / "flow", head="flow")
+    obs = Observation(_frames(), "Pick up the apple.", np.zeros(7), 1.0)
+    half = Policy.from_checkpoint(path, settings=PolicySettings(noise_scale=0.5))
+    draws = torch.stack([half._start_noise()[0] for _ in range(2000)])
+    assert abs(draws.std().item() - 0.5) < 0.02 and abs(draws.mean().item()) < 0.02
+    both = Policy.from_checkpoint(
+        path, settings=PolicySettings(noise_scale=0.5, noise_correlation=1.0)
+    )
+    rows = both._start_noise()[0]
+    assert torch.allclose(rows, rows[:1].expand_as(rows))  # correlation kept, then scaled
+    assert abs(torch.stack([both._start_noise() for _ in range(2000)]).std().item() - 0.5) < 0.03
+    # scale 0: every draw starts at the centre, so re-plans of one observation agree
+    zero = Policy.from_checkpoint(path, settings=PolicySettings(noise_scale=0.0))
+    first, second = zero.infer(obs), zero.infer(obs)
+    assert np.allclose(first.actions, second.actions)
+    plain = Policy.from_checkpoint(path)
+    assert not np.allclose(plain.infer(obs).actions, plain.infer(obs).actions)
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise_scale must be finite and >= 0"):
+            PolicySettings(noise_scale=bad)
+
+
+def test_policy_reads_the_episode_clock_from_the_observation_stamps(tmp_path):
+    """A clock checkpoint reads the time since the first observation after reset():
+    no robot state, restarted by reset(), clipped at the training range (0-3 s here)."""
+    path = write_random_checkpoint(tmp_path / "clock", head="flow", proprio_dim=1, clock_input=True)
+    policy = Policy.from_checkpoint(path, settings=PolicySettings(noise_scale=0.0))
+    assert policy.cfg.action.state_dim == 0
+    frames, text = _frames(), "Pick up the apple."
+    chunks = [policy.infer(Observation(frames, text, None, t)) for t in (5.0, 5.5, 7.2)]
+    assert [c.clock_s for c in chunks] == pytest.approx([0.0, 0.5, 2.2])
+    assert not np.allclose(chunks[0].actions, chunks[1].actions)  # the clock is read
+    late = [policy.infer(Observation(frames, text, None, t)).actions for t in (8.0, 20.0)]
+    assert np.allclose(late[0], late[1])  # 3 s and 15 s: both the bound
+    assert policy.infer(Observation(frames, text, None, 4.0)).clock_s == 0.0  # never < 0
+    policy.reset()
+    again = policy.infer(Observation(frames, text, None, 100.0))
+    assert again.clock_s == 0.0 and np.allclose(again.actions, chunks[0].actions)
+    # a state-free checkpoint takes no state; one with both wants the joints only
+    both = write_random_checkpoint(tmp_path / "both", proprio_dim=8, clock_input=True)
+    joints = Policy.from_checkpoint(both)
+    assert joints.infer(Observation(frames, text, np.zeros(7), 1.0)).clock_s == 0.0
+    with pytest.raises(ObservationError, match="expected 7 values"):
+        joints.infer(Observation(frames, text, np.zeros(8), 1.0))
+    with pytest.raises(ModelConfigError, match=r"clock_input needs action\.proprio_dim >= 1"):
+        preset("tiny", proprio_dim=0, clock_input=True)
 
 
 def test_policy_rejects_bad_observations(tmp_path):

@@ -209,7 +209,8 @@ def test_runner_warms_up_then_publishes_stamped_chunks():
 
     def infer(obs: Observation) -> ActionChunk:
         seen.append(obs)
-        return ActionChunk(np.tile(obs.state, (4, 1)), obs.stamp_s, 0.05, latency_s=0.001)
+        actions = np.tile(obs.state, (4, 1))
+        return ActionChunk(actions, obs.stamp_s, 0.05, latency_s=0.001, clock_s=0.25)
 
     published: list[ActionChunk] = []
     done = threading.Event()
@@ -220,15 +221,25 @@ def test_runner_warms_up_then_publishes_stamped_chunks():
 
     buf = filled(cams=CAMS[:1], max_age_s=100.0)
     warm = Observation([rgb()], "warm", np.zeros(7), 0.0)
+    after: list[int] = []  # inferences done when the after-warm-up hook ran
     runner = PolicyRunner(
-        infer, buf, publish, lambda: 10.0, "pick", lambda: warm, RunnerSettings(warmup_iterations=2)
+        infer,
+        buf,
+        publish,
+        lambda: 10.0,
+        "pick",
+        lambda: warm,
+        RunnerSettings(warmup_iterations=2),
+        after_warmup=lambda: after.append(len(seen)),
     ).start()
     try:
         buf.add_frame("front", frame(9.97))
         assert done.wait(5.0)
     finally:
         runner.stop()
+    assert after == [2]  # once, after both warm-ups, before the first real observation
     assert [o.instruction for o in seen[:2]] == ["warm", "warm"] and runner.ready
+    assert runner.summary()["episode_clock_s"] == "0.25"  # what the model read
     assert published[0].stamp_s == 9.97 and seen[2].instruction == "pick"
     assert runner.summary()["chunks_published"] == "1"
 

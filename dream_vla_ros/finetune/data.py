@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,9 @@ class Episode:
     state: np.ndarray  # (n, P) SI
     action: np.ndarray  # (n, D) SI
     frames: torch.Tensor  # (n, cameras, 3, S, S) uint8
+    # (n, P') the model's proprio input: the state (data.proprio), then the episode
+    # clock (data.clock: seconds since the episode's first frame)
+    proprio: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
     @property
     def length(self) -> int:
@@ -127,14 +130,17 @@ class DemoData:
             state = np.asarray(cols.get("state", np.zeros((len(action), 0))), dtype=np.float64)
             if cfg.proprio and not np.all(np.isfinite(state)):
                 raise DatasetError(f"{path}: episode {info.index} has non-finite states")
+            inputs = [state] if cfg.proprio else []
+            if cfg.clock:
+                stamps = np.asarray(cols["timestamp"], dtype=np.float64)
+                inputs.append((stamps - stamps[0])[:, None])
+            proprio = np.concatenate(inputs, axis=1) if inputs else np.zeros((len(action), 0))
             cams = [self._resized(ds.images(info, key)) for key in cfg.cameras]
             self.episodes[info.index] = Episode(
-                info.index, info.task, state, action, torch.stack(cams, dim=1)
+                info.index, info.task, state, action, torch.stack(cams, dim=1), proprio
             )
         self.action_dim = int(next(iter(self.episodes.values())).action.shape[1])
-        self.proprio_dim = (
-            int(next(iter(self.episodes.values())).state.shape[1]) if cfg.proprio else 0
-        )
+        self.proprio_dim = int(next(iter(self.episodes.values())).proprio.shape[1])
         self.train_episodes, self.val_episodes = split_episodes(
             sorted(self.episodes), cfg.val_fraction, cfg.split_seed
         )
@@ -143,7 +149,9 @@ class DemoData:
             q = cfg.norm_quantile
             action_stats = quantile_stats(np.concatenate([e.action for e in train]), q)
             proprio_stats = (
-                quantile_stats(np.concatenate([e.state for e in train]), q) if cfg.proprio else None
+                quantile_stats(np.concatenate([e.proprio for e in train]), q)
+                if self.proprio_dim
+                else None
             )
             stats = (action_stats, proprio_stats)
         self.action_stats, self.proprio_stats = stats
@@ -226,7 +234,9 @@ class DemoData:
             "t": t,
         }
         if self.proprio_stats is not None:
-            state = torch.from_numpy(self.proprio_stats.normalise(ep.state[t])).float()
+            # normalise() clips: a clock past the stats' bound reads as the bound, as
+            # the policy reads it (Policy.infer)
+            state = torch.from_numpy(self.proprio_stats.normalise(ep.proprio[t])).float()
             if augment is not None and augment.proprio_noise > 0:
                 g = torch.Generator().manual_seed(seed + 1)
                 state = state + augment.proprio_noise * torch.randn(state.shape, generator=g)

@@ -62,6 +62,11 @@ class DataConfig:
     chunk: int = 8  # actions per chunk (H)
     action_offset: int = 1  # chunk[k] = action row t + offset + k (the policy's stamp convention)
     proprio: bool = True
+    # the model also reads the episode clock, the seconds since the episode's first
+    # frame (at run time: since the policy's first observation after it was enabled,
+    # reset or given an instruction), clipped to the training range: where in a
+    # demonstration it is, without the joint state (docs/finetune.md, docs/sim.md)
+    clock: bool = False
     val_fraction: float = 0.1  # share of episodes held out (at least one when > 0)
     split_seed: int = 0
     center_crop: bool = False  # must match the policy node's model.center_crop

@@ -244,6 +244,7 @@ class Trainer:
             "action_dim": data.action_dim,
             "chunk": r.data.chunk,
             "proprio_dim": data.proprio_dim,
+            "clock_input": r.data.clock,
             "flow_steps": r.model.flow_steps,
             "action_period_s": 1.0 / data.fps,
         }

@@ -39,9 +39,17 @@ class ActionConfig:
     chunk: int = 8  # actions per chunk
     n_bins: int = 256  # uniform bin edges over [-1, 1] (255 bin centres)
     proprio_dim: int = 7  # 0 = no proprio token
+    # ours: the proprio token's last value is the episode clock, the time since the
+    # policy began the task [s] (docs/model.md); the robot state is the values before it
+    clock_input: bool = False
     head_hidden: int = 0  # MLP width of the flow / L1 heads (0 = backbone width)
     flow_steps: int = 4
     action_period_s: float = 0.05  # time between consecutive actions of a chunk
+
+    @property
+    def state_dim(self) -> int:
+        """Robot-state values the proprio token reads (the clock excluded)."""
+        return self.proprio_dim - int(self.clock_input)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class DreamVLAConfig:
             problems.append("vision.embed_dim must be divisible by vision.num_heads")
         if self.action.head not in HEADS:
             problems.append(f"action.head must be one of {HEADS}, got '{self.action.head}'")
+        if self.action.clock_input and self.action.proprio_dim < 1:
+            problems.append("action.clock_input needs action.proprio_dim >= 1 (the clock's slot)")
         if self.action.n_bins < 2 or self.action.chunk < 1 or self.action.action_dim < 1:
             problems.append("action.n_bins >= 2, action.chunk >= 1 and action.action_dim >= 1")
         for name in ("pad_token_id", "mask_token_id", "image_token_id", "im_end_token_id"):

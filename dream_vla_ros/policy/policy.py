@@ -27,7 +27,7 @@ class ObservationError(ValueError):
 class Observation:
     images: list[np.ndarray]  # HxWx3 uint8 RGB: third-person first, then wrist
     instruction: str
-    state: np.ndarray | None = None  # (proprio_dim,) joint positions + gripper, SI
+    state: np.ndarray | None = None  # (state_dim,) joint positions + gripper, SI
     stamp_s: float = 0.0  # time the images were taken (ROS clock)
 
 
@@ -39,6 +39,7 @@ class ActionChunk:
     normalised: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     latency_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # preprocess_s, model_s
+    clock_s: float | None = None  # the episode clock the model read (clock checkpoints)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class PolicySettings:
     # Flow head: share of the start noise that all actions of a chunk have in common
     # (each row stays N(0, 1); 0: independent rows, as trained).
     noise_correlation: float = 0.0
+    # Flow head: the start noise is scaled by this (a sampling temperature): below 1
+    # the draws lean towards the centre of what the model learnt, so successive
+    # re-plans pick the same cube more often (docs/sim.md, "Session 23"). 1: as trained.
+    noise_scale: float = 1.0
     # Flow head: classifier-free guidance weight w. Each Euler step follows
     # v_masked + w * (v - v_masked), v_masked being the velocity with the instruction
     # masked: w > 1 leans further towards what the instruction changes. Needs a
@@ -77,6 +82,8 @@ class PolicySettings:
             raise ValueError(f"prefix_min_weight must be in [0, 1], got {self.prefix_min_weight}")
         if not 0.0 <= self.noise_correlation <= 1.0:
             raise ValueError(f"noise_correlation must be in [0, 1], got {self.noise_correlation}")
+        if not (math.isfinite(self.noise_scale) and self.noise_scale >= 0.0):
+            raise ValueError(f"noise_scale must be finite and >= 0, got {self.noise_scale}")
 
 
 class Policy:
@@ -125,6 +132,14 @@ class Policy:
         self.generator.manual_seed(self.settings.seed)
         self._previous = None
         self._episode += 1
+        self._clock_origin: float | None = None  # the first observation's stamp after this
+
+    def clock(self, stamp_s: float) -> float:
+        """The episode clock at `stamp_s` [s]: the time since the first observation
+        after `reset()` (0 for that one; never negative)."""
+        if self._clock_origin is None:
+            self._clock_origin = float(stamp_s)
+        return max(0.0, float(stamp_s) - self._clock_origin)
 
     def _prefix(self, stamp_s: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The previous chunk's plan (normalised) at this chunk's first action times."""
@@ -153,30 +168,32 @@ class Policy:
     def _start_noise(self) -> torch.Tensor | None:
         """Start noise whose rows share `noise_correlation` of their variance (None:
         the decoder draws independent rows)."""
-        rho = self.settings.noise_correlation
-        if rho == 0.0:
+        rho, scale = self.settings.noise_correlation, self.settings.noise_scale
+        if rho == 0.0 and scale == 1.0:
             return None
         shape = (1, self.cfg.action.chunk, self.cfg.action.action_dim)
         kw = {"generator": self.generator, "device": self.device, "dtype": torch.float32}
+        if rho == 0.0:
+            return scale * torch.randn(shape, **kw)
         shared = torch.randn((1, 1, shape[2]), **kw)
         own = torch.randn(shape, **kw)
-        return rho**0.5 * shared + (1.0 - rho) ** 0.5 * own
+        return scale * (rho**0.5 * shared + (1.0 - rho) ** 0.5 * own)
 
     def _check(self, obs: Observation) -> None:
         if not isinstance(obs.instruction, str) or not obs.instruction.strip():
             raise ObservationError("instruction: empty")
         if not obs.images:
             raise ObservationError("images: none given")
-        if self.cfg.action.proprio_dim > 0:
+        state_dim = self.cfg.action.state_dim
+        if state_dim > 0:
             if obs.state is None:
                 raise ObservationError(
-                    f"state: this checkpoint needs the robot state "
-                    f"({self.cfg.action.proprio_dim} values)"
+                    f"state: this checkpoint needs the robot state ({state_dim} values)"
                 )
             state = np.asarray(obs.state, dtype=np.float64)
-            if state.shape != (self.cfg.action.proprio_dim,):
+            if state.shape != (state_dim,):
                 raise ObservationError(
-                    f"state: expected {self.cfg.action.proprio_dim} values, got shape {state.shape}"
+                    f"state: expected {state_dim} values, got shape {state.shape}"
                 )
             if not np.all(np.isfinite(state)):
                 raise ObservationError("state: contains NaN or Inf")
@@ -199,9 +216,17 @@ class Policy:
             rows.append(self.prompts.ids(obs.instruction, n, per_image, drop_instruction=True))
         input_ids = torch.tensor(rows, device=self.device)
         prompt = self.model.embed_prompt(input_ids, pixel_values, grid, shared_images=True)
-        proprio = None
+        proprio, clock = None, None
         if self.cfg.action.proprio_dim > 0 and self.ckpt.proprio_stats is not None:
-            state = self.ckpt.proprio_stats.normalise(np.asarray(obs.state, dtype=np.float64))
+            values = []
+            if self.cfg.action.state_dim > 0:
+                values.append(np.asarray(obs.state, dtype=np.float64))
+            if self.cfg.action.clock_input:
+                # normalise() clips it to the training range: past the longest
+                # demonstration the model reads the clock at its end
+                clock = self.clock(float(obs.stamp_s))
+                values.append(np.array([clock]))
+            state = self.ckpt.proprio_stats.normalise(np.concatenate(values))
             proprio = torch.tensor(state[None], dtype=prompt.dtype, device=self.device)
         head = self.cfg.action.head
         if head == "discrete":
@@ -238,6 +263,7 @@ class Policy:
             normalised=normalised,
             latency_s=end - start,
             timings={"preprocess_s": t_model - start, "model_s": end - t_model},
+            clock_s=clock,
         )
         if episode == self._episode:
             self._previous = chunk

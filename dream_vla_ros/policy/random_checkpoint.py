@@ -26,13 +26,20 @@ def write_random_checkpoint(
 ) -> Path:
     """`action_box` = (centre, half_width) per action dimension confines the
     random policy's actions to a box (the demo keeps it near the home pose);
-    default: the PiPER's soft limits, so every decoded action is in range."""
+    default: the PiPER's soft limits, so every decoded action is in range. The
+    proprio bounds: the soft limits for a 7-value state, 0-3 s for the episode clock
+    (`clock_input=True`)."""
     cfg = preset(preset_name, **action)
     torch.manual_seed(seed)
     model = DreamVLA(cfg).eval()
     limits = load_safety_config()
     lower, upper = np.asarray(limits.soft_lower), np.asarray(limits.soft_upper)
-    proprio = NormStats(lower, upper) if cfg.action.proprio_dim == 7 else None
+    bounds = [(lower, upper)] if cfg.action.state_dim == 7 else []
+    if cfg.action.clock_input:
+        bounds.append((np.zeros(1), np.full(1, 3.0)))
+    proprio = None
+    if bounds and sum(lo.size for lo, _ in bounds) == cfg.action.proprio_dim:
+        proprio = NormStats(*(np.concatenate(b) for b in zip(*bounds, strict=True)))
     if action_box is not None:
         centre, half = (np.asarray(v, dtype=np.float64) for v in action_box)
         if centre.shape != lower.shape or half.shape != lower.shape or np.any(half < 0):

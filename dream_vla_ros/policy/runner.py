@@ -42,6 +42,7 @@ class RunnerStats:
     publish_times: deque = field(default_factory=lambda: deque(maxlen=50))  # monotonic
     refused: Counter = field(default_factory=Counter)
     discarded: int = 0  # inferred, not published: disabled or new instruction meanwhile
+    clock_s: float | None = None  # the episode clock of the last chunk published (if read)
 
     def add_stage(self, name: str, seconds: float) -> None:
         self.stages_s.setdefault(name, deque(maxlen=200)).append(seconds)
@@ -58,6 +59,7 @@ class PolicyRunner:
         warmup_observation: Callable[[], Observation],
         settings: RunnerSettings | None = None,
         log: Callable[[str], None] = print,
+        after_warmup: Callable[[], None] | None = None,
     ) -> None:
         self.infer = infer
         self.buffer = buffer
@@ -75,6 +77,9 @@ class PolicyRunner:
         self._gate = threading.Lock()
         self._epoch = 0
         self._warmup_observation = warmup_observation
+        # e.g. Policy.reset: the warm-up inferences are not the first episode's (its
+        # sampler draws and its clock start with the first real observation)
+        self._after_warmup = after_warmup
         self._instruction = instruction
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,6 +133,8 @@ class PolicyRunner:
                 if self._stop.is_set():
                     return
                 self.infer(self._warmup_observation())
+            if self._after_warmup is not None:
+                self._after_warmup()
         except Exception as exc:  # a model that cannot run never becomes ready
             self.fatal = exc
             self.problem = f"warm-up failed: {exc!r}"
@@ -197,6 +204,7 @@ class PolicyRunner:
                 return
             publish_s = time.perf_counter() - start
         self.stats.chunks += 1
+        self.stats.clock_s = chunk.clock_s
         self.stats.latencies_s.append(taken.decode_s + chunk.latency_s)
         self.stats.add_stage("transport", taken.received_s - taken.stamp_s)  # stamp -> node
         self.stats.add_stage("queue", taken_at - taken.received_s)  # node -> inference start
@@ -240,6 +248,8 @@ class PolicyRunner:
             "discarded_chunks": str(self.stats.discarded),
             "bad_joint_states": str(buf.bad_joint_states),
         }
+        if self.stats.clock_s is not None:
+            values["episode_clock_s"] = f"{self.stats.clock_s:.2f}"
         for reason, count in sorted(self.stats.refused.items()):
             values[f"refused.{reason}"] = str(count)
         for role, count in sorted(buf.frames.items()):

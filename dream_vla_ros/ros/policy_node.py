@@ -83,6 +83,7 @@ class PolicyNode(Node):
                 prefix_actions=p["flow_prefix_actions"],
                 prefix_min_weight=p["flow_prefix_min_weight"],
                 noise_correlation=p["flow_noise_correlation"],
+                noise_scale=p["flow_noise_scale"],
                 guidance_scale=p["flow_guidance_scale"],
                 guidance_until=p["flow_guidance_until"],
                 center_crop=p["center_crop"],
@@ -133,7 +134,7 @@ class PolicyNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
-        proprio_dim = self.policy.cfg.action.proprio_dim
+        state_dim = self.policy.cfg.action.state_dim
         image_size = [(c.height or 480, c.width or 640) for c in self.cameras]
         mid_state = 0.5 * (self.policy.action_stats.q01 + self.policy.action_stats.q99)
 
@@ -141,7 +142,7 @@ class PolicyNode(Node):
             return Observation(
                 [np.zeros((h, w, 3), np.uint8) for h, w in image_size],
                 p["instruction"],
-                mid_state[:proprio_dim] if proprio_dim else None,
+                mid_state[:state_dim] if state_dim else None,
                 self._now(),
             )
 
@@ -154,6 +155,7 @@ class PolicyNode(Node):
             warmup,
             runner_settings,
             log=lambda text: self.get_logger().warning(text),
+            after_warmup=self.policy.reset,
         )
         self.runner.paused = not p["enabled"]
         self.runner.start()
@@ -232,6 +234,13 @@ class PolicyNode(Node):
             0.0,
             "Flow head: share of the start noise common to a chunk's actions (0: independent)",
             **_floats(0.0, 1.0),
+        )
+        declare(
+            "flow_noise_scale",
+            1.0,
+            "Flow head: scale of the start noise, a sampling temperature (1: as trained; "
+            "below 1 the draws lean towards the centre of the learnt distribution)",
+            **_floats(0.0, 2.0),
         )
         declare(
             "flow_guidance_scale",
