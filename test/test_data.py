@@ -438,6 +438,29 @@ def test_eval_bag_report(episodes, tmp_path):
     exact = evaluate_bag(folder, Oracle(), tmp_path / "oracle", EvalSettings(every_s=0.5))
     assert exact["mae_arm_rad"] < 1e-9 and exact["gripper_accuracy"] == 1.0
     assert summary["mae_arm_rad"] > 10 * exact["mae_arm_rad"]
+    # a bag is one episode: a clock checkpoint reads 0 s at its first prediction, even
+    # after the policy ran on something else
+    from dream_vla_ros.policy.policy import Observation
+
+    clock_ckpt = write_random_checkpoint(
+        tmp_path / "clock", "tiny", head="l1", proprio_dim=1, clock_input=True
+    )
+    clocked = Policy.from_checkpoint(clock_ckpt)
+    clocked.infer(Observation([np.zeros((48, 64, 3), np.uint8)], "earlier", None, 0.0))
+    seen: list[float] = []
+
+    class Recording:
+        def reset(self):
+            clocked.reset()
+
+        def infer(self, obs):
+            chunk = clocked.infer(obs)
+            seen.append(chunk.clock_s)
+            return chunk
+
+    evaluate_bag(folder, Recording(), tmp_path / "clocked", EvalSettings(every_s=0.5))
+    assert seen[0] == 0.0 and len(seen) >= 4
+    assert np.all(np.diff(seen) > 0.45) and seen[-1] < 5.0  # the bag's own times
 
 
 def test_dataset_build_cli_with_a_chosen_codec(episodes, tmp_path):

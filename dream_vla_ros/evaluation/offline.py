@@ -111,6 +111,9 @@ def evaluate_bag(bag: str | Path, policy: Any, out_dir: str | Path, s: EvalSetti
                 if k in need[role]:
                     frames[role][k] = decode_image_message(reader.deserialize(raw, conn.msgtype))
 
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset()  # a bag is one episode: a fresh sampler, and a clock from its first frame
     predictions: list[tuple[float, np.ndarray, float]] = []
     latencies: list[float] = []
     skipped: dict[str, int] = {}
