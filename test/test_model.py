@@ -554,6 +554,12 @@ def test_policy_reads_the_episode_clock_from_the_observation_stamps(tmp_path):
     policy.reset()
     again = policy.infer(Observation(frames, text, None, 100.0))
     assert again.clock_s == 0.0 and np.allclose(again.actions, chunks[0].actions)
+    # an inference that began before a reset (its chunk is dropped) does not start the
+    # next episode's clock: the first observation after the reset does
+    began = policy._episode
+    policy.reset()
+    assert policy.clock(100.0, began) == 0.0
+    assert policy.infer(Observation(frames, text, None, 100.3)).clock_s == 0.0
     # a state-free checkpoint takes no state; one with both wants the joints only
     both = write_random_checkpoint(tmp_path / "both", proprio_dim=8, clock_input=True)
     joints = Policy.from_checkpoint(both)

@@ -134,9 +134,13 @@ class Policy:
         self._episode += 1
         self._clock_origin: float | None = None  # the first observation's stamp after this
 
-    def clock(self, stamp_s: float) -> float:
+    def clock(self, stamp_s: float, episode: int | None = None) -> float:
         """The episode clock at `stamp_s` [s]: the time since the first observation
-        after `reset()` (0 for that one; never negative)."""
+        after `reset()` (0 for that one; never negative). `episode`: the episode the
+        caller's inference began in; after a reset since then (its chunk is not
+        kept) the observation reads 0 and does not start the new episode's clock."""
+        if episode is not None and episode != self._episode:
+            return 0.0
         if self._clock_origin is None:
             self._clock_origin = float(stamp_s)
         return max(0.0, float(stamp_s) - self._clock_origin)
@@ -224,7 +228,7 @@ class Policy:
             if self.cfg.action.clock_input:
                 # normalise() clips it to the training range: past the longest
                 # demonstration the model reads the clock at its end
-                clock = self.clock(float(obs.stamp_s))
+                clock = self.clock(float(obs.stamp_s), episode)
                 values.append(np.array([clock]))
             state = self.ckpt.proprio_stats.normalise(np.concatenate(values))
             proprio = torch.tensor(state[None], dtype=prompt.dtype, device=self.device)
