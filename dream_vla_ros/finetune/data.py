@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class Episode:
     frames: torch.Tensor  # (n, cameras, 3, S, S) uint8
     # (n, P') the model's proprio input: the state (data.proprio), then the episode
     # clock (data.clock: seconds since the episode's first frame)
-    proprio: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    proprio: np.ndarray
 
     @property
     def length(self) -> int:
