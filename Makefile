@@ -15,7 +15,8 @@ test: setup
 lint: setup
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	$(VENV)/mypy dream_vla_ros/control dream_vla_ros/robot dream_vla_ros/sim dream_vla_ros/launch_graph.py \
+	$(VENV)/mypy dream_vla_ros/control dream_vla_ros/robot dream_vla_ros/sim dream_vla_ros/graphs dream_vla_ros/evaluation/driver.py \
+	    dream_vla_ros/evaluation/homing.py dream_vla_ros/evaluation/closed_loop.py \
 	    dream_vla_ros/launcher.py dream_vla_ros/policy/images.py dream_vla_ros/policy/observations.py
 
 bench: setup

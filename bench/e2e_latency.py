@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from dream_vla_ros.launch_graph import graph, parse_arguments
+from dream_vla_ros.graphs import graph, parse_arguments
 from dream_vla_ros.launcher import Launcher
 
 

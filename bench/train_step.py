@@ -37,8 +37,8 @@ def child(args: argparse.Namespace) -> None:
     from dream_vla_ros.finetune.adapters import apply_lora, set_full_finetuning
     from dream_vla_ros.finetune.data import DemoData
     from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
+    from dream_vla_ros.finetune.optim import freeze_to
     from dream_vla_ros.finetune.recipe import DataConfig, LoraSettings
-    from dream_vla_ros.finetune.trainer import freeze_to
     from dream_vla_ros.model import DreamVLA, preset
     from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer
 

@@ -1,4 +1,4 @@
-"""`dream-vla launch GRAPH [arg:=value ...]`: run a graph of dream_vla_ros.launch_graph
+"""`dream-vla launch GRAPH [arg:=value ...]`: run a graph of dream_vla_ros.graphs
 without `ros2 launch` (no ROS imports here).
 
 One process per node, each in its own process group, all with the project's DDS
@@ -22,7 +22,7 @@ import time
 from typing import IO
 
 from dream_vla_ros.dds import domain_id_for, local_dds_env
-from dream_vla_ros.launch_graph import Graph, node_command
+from dream_vla_ros.graphs import Graph, node_command
 
 
 class Child:

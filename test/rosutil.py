@@ -1,4 +1,5 @@
-"""Helpers for tests that start real nodes in real processes over local DDS."""
+"""Helpers for tests that start real nodes in real processes over local DDS (the
+client that talks to them is the tools' own: dream_vla_ros.ros.client.GraphClient)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from dream_vla_ros.ros.client import BackgroundNode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,28 +58,6 @@ class NodeProcess:
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
-
-
-class TestNode(BackgroundNode):
-    __test__ = False  # a helper, not a test class
-
-    """An rclpy node in the test process, spun on a background thread."""
-
-    def __init__(self, name: str = "test_client") -> None:
-        super().__init__(name)
-        self._publishers: dict[tuple, object] = {}
-
-    def publisher(self, msg_type, topic: str, depth: int = 10, timeout: float = 10.0):
-        """A publisher that is already matched to a subscriber.
-
-        Messages published before DDS discovery completes are dropped, so tests
-        that time their first message wait for the match first."""
-        key = (msg_type, topic, depth)
-        if key not in self._publishers:
-            pub = self.node.create_publisher(msg_type, topic, depth)
-            wait_for(lambda: pub.get_subscription_count() > 0, timeout, f"a subscriber of {topic}")
-            self._publishers[key] = pub
-        return self._publishers[key]
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:

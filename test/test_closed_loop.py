@@ -13,8 +13,10 @@ from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
+from dream_vla_ros.evaluation.closed_loop import collect, evaluate
+from dream_vla_ros.evaluation.driver import GraphError, faulted
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
-from dream_vla_ros.ros.closed_loop import collect, evaluate
+from dream_vla_ros.ros.client import GraphClient
 from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout, start_pose
 
 pytestmark = pytest.mark.ros
@@ -22,7 +24,13 @@ pytestmark = pytest.mark.ros
 
 def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
     summary = collect(
-        tmp_path / "episodes", 3, seed0=1000, camera=(96, 72), per_layout=2, random_starts=1
+        GraphClient,
+        tmp_path / "episodes",
+        3,
+        seed0=1000,
+        camera=(96, 72),
+        per_layout=2,
+        random_starts=1,
     )
     assert summary["expert_success_rate"] == 1.0, summary
     assert summary["random_starts"] == 1
@@ -74,12 +82,17 @@ def fault_the_first(client, k: int) -> None:
         reply = client.call(SetBool, "/controller/sim/set_feedback", SetBool.Request(data=on))
         assert reply.success, reply.message
         if not on:
-            client.wait(client.faulted, 10, "the controller to fault")
+            client.wait(lambda: faulted(client), 10, "the controller to fault")
 
 
 def test_a_collected_episode_the_controller_stopped_is_kept_as_failed(tmp_path):
     summary = collect(
-        tmp_path / "episodes", 2, seed0=1000, camera=(96, 72), during_episode=fault_the_first
+        GraphClient,
+        tmp_path / "episodes",
+        2,
+        seed0=1000,
+        camera=(96, 72),
+        during_episode=fault_the_first,
     )
     assert [(r["success"], r["controller_fault"]) for r in summary["results"]] == [
         (False, True),
@@ -102,6 +115,7 @@ def test_the_evaluator_reports_rollouts_plots_and_a_gif(tmp_path):
         tmp_path / "random", "tiny", seed=0, head="flow", action_box=(HOME, np.full(7, 0.02))
     )
     summary = evaluate(
+        GraphClient,
         ckpt,
         tmp_path / "eval",
         seeds=[7, 8],
@@ -215,9 +229,7 @@ class ScriptedController:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_srvs.srv import Trigger
 
-        from dream_vla_ros.ros.client import BackgroundNode
-
-        self.ros = BackgroundNode("scripted_controller")
+        self.ros = GraphClient("scripted_controller")
         self.mode, self.reason = "fault", "arm fault: CAN link down"
         self.left = faults_after_enable
         self.calls: list[str] = []
@@ -253,22 +265,24 @@ class ScriptedController:
 
 
 def test_recovery_retries_a_controller_that_faults_again_after_its_enable():
-    from dream_vla_ros.ros.closed_loop import ClosedLoopError, GraphClient
+    from dream_vla_ros.evaluation.driver import controller_mode
+    from dream_vla_ros.evaluation.homing import recover_controller
 
     for faults, attempts in ((2, 5), (9, 3)):
         controller = ScriptedController(faults_after_enable=faults)
         client = GraphClient("recovery_test")
+        client.watch()
         lines: list[str] = []
         try:
-            client.wait(client.faulted, 10, "the scripted controller's first report")
+            client.wait(lambda c=client: faulted(c), 10, "the scripted controller's first report")
             if faults < attempts:
-                assert client.recover_controller(lines.append, attempts=attempts) is True
-                assert client.controller_mode() == "running"
+                assert recover_controller(client, lines.append, attempts=attempts) is True
+                assert controller_mode(client) == "running"
                 assert controller.calls == ["reset", "enable"] * (faults + 1)
                 assert sum("again (fault: tracking fault" in line for line in lines) == faults
             else:
-                with pytest.raises(ClosedLoopError, match=r"faulted again after 3 resets.*joint5"):
-                    client.recover_controller(lines.append, attempts=attempts)
+                with pytest.raises(GraphError, match=r"faulted again after 3 resets.*joint5"):
+                    recover_controller(client, lines.append, attempts=attempts)
                 assert controller.calls == ["reset", "enable"] * attempts
         finally:
             client.close()
@@ -285,9 +299,7 @@ class ScriptedArm:
         from sensor_msgs.msg import JointState
         from trajectory_msgs.msg import JointTrajectory
 
-        from dream_vla_ros.ros.client import BackgroundNode
-
-        self.ros = BackgroundNode("scripted_arm")
+        self.ros = GraphClient("scripted_arm")
         self.q, self.hold_s = q.copy(), hold_s
         self.sizes: list[int] = []  # points of every chunk received
         self.first: float | None = None
@@ -320,24 +332,25 @@ def test_homing_restarts_from_a_held_arm_and_never_sends_an_empty_chunk():
     gets a new path from where it is, and a late wake-up past a path's end still
     sends home (an empty chunk is refused by the controller: the arm stayed 0.15 rad
     short and the evaluation gave up)."""
-    from dream_vla_ros.ros.closed_loop import GraphClient, _go_home
+    from dream_vla_ros.evaluation.homing import at_home, go_home
 
     start = HOME + np.r_[0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     arm = ScriptedArm(start, hold_s=3.0)  # the first path (1 s) and its late chunks
     client = GraphClient("homing_test")
-    publish, stalled = client.publish, []
+    client.watch()
+    send, stalled = client.send_chunk, []
 
-    def publish_then_stall(*args) -> None:
-        publish(*args)
+    def send_then_stall(*args) -> None:
+        send(*args)
         if arm.first is not None and time.monotonic() - arm.first > 3.5 and not stalled:
             stalled.append(True)
             time.sleep(1.2)  # past the second path's end (1 s)
 
-    client.publish = publish_then_stall  # type: ignore[method-assign]
+    client.send_chunk = send_then_stall  # type: ignore[method-assign]
     try:
         client.wait(lambda: client.measured() is not None, 20, "the scripted arm's state")
-        _go_home(client)
-        assert client.at_home()
+        go_home(client)
+        assert at_home(client)
         assert stalled, "the second path never started"
         assert min(arm.sizes) >= 1, arm.sizes
         assert arm.sizes[-1] == 1  # the late wake-up's chunk: home, one point

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosutil import NodeProcess, TestNode, wait_for
+from rosutil import NodeProcess, wait_for
 from sensor_msgs.msg import JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES, load_safety_config
 from dream_vla_ros.control.controller import MAX_TICK_GAP_PERIODS
+from dream_vla_ros.ros.client import GraphClient
 from dream_vla_ros.ros.conversions import chunk_message, time_to_sec
 
 pytestmark = pytest.mark.ros
@@ -33,7 +34,7 @@ MAX_GAP = MAX_TICK_GAP_PERIODS * PERIOD  # the longest step one command may take
 
 
 class Recorder:
-    def __init__(self, client: TestNode) -> None:
+    def __init__(self, client: GraphClient) -> None:
         self.lock = threading.Lock()
         self.states: list[tuple[float, np.ndarray]] = []
         self.commands: list[tuple[float, np.ndarray, np.ndarray]] = []
@@ -98,7 +99,7 @@ def controller(tmp_path, request):
         },
         name=f"controller-{request.node.name}",
     )
-    client = TestNode()
+    client = GraphClient()
     rec = Recorder(client)
     try:
         wait_for(lambda: len(rec.states) > 10 or not proc.alive(), 30.0, "first /joint_states")
@@ -113,7 +114,7 @@ def controller(tmp_path, request):
 
 
 def publish_profile(
-    client: TestNode, profile, duration: float, horizon: int = 20, dt: float = 0.05
+    client: GraphClient, profile, duration: float, horizon: int = 20, dt: float = 0.05
 ):
     """Publish chunks of `profile(t)` at 10 Hz for `duration` s; return the last chunk's stamp."""
     pub = client.publisher(JointTrajectory, "/dream_vla/action_chunk")

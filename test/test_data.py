@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from rosutil import ROOT, NodeProcess, TestNode, wait_for
+from rosutil import ROOT, NodeProcess, wait_for
 from std_srvs.srv import Trigger
 
 from dream_vla_ros.control import JOINT_NAMES
@@ -26,8 +26,9 @@ from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import EpisodeError, list_episodes, read_meta
 from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.data.video import VideoWriter
-from dream_vla_ros.launch_graph import COLLECT, Graph, parse_arguments
+from dream_vla_ros.graphs import COLLECT, Graph, parse_arguments
 from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.ros.client import GraphClient
 from dream_vla_ros.ros.conversions import time_to_sec
 
 FPS = 10
@@ -41,7 +42,7 @@ def episodes(tmp_path_factory) -> Path:
     values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=5"])
     log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()
-    client = TestNode("data_test")
+    client = GraphClient("data_test")
     rec = NodeProcess(
         "dream_vla_ros.ros.recorder_node",
         {"output_dir": str(out), "instruction": "touch the red cube", "min_free_disk_mb": 1.0},
@@ -340,7 +341,7 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
 
     folder = episodes / "episode_000001"
     meta = read_meta(folder)
-    client = TestNode("play_test")
+    client = GraphClient("play_test")
     sim = Node(
         "sim_time_listener",
         context=client.context,

@@ -23,6 +23,8 @@ from dream_vla_ros.finetune.adapters import (
     set_full_finetuning,
     trainable_parameters,
 )
+from dream_vla_ros.finetune.averaging import WeightAverage
+from dream_vla_ros.finetune.checkpoints import RAW_WEIGHTS
 from dream_vla_ros.finetune.data import (
     MIN_SPAN,
     DemoData,
@@ -31,8 +33,15 @@ from dream_vla_ros.finetune.data import (
     split_episodes,
     swap_colours,
 )
+from dream_vla_ros.finetune.errors import TrainingError
 from dream_vla_ros.finetune.export import merge_checkpoint
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
+from dream_vla_ros.finetune.optim import (
+    check_gradients,
+    check_optimizer_covers,
+    lr_factor,
+    param_groups,
+)
 from dream_vla_ros.finetune.recipe import (
     DataConfig,
     LoraSettings,
@@ -41,16 +50,7 @@ from dream_vla_ros.finetune.recipe import (
     load_recipe,
 )
 from dream_vla_ros.finetune.toy import write_toy_dataset
-from dream_vla_ros.finetune.trainer import (
-    RAW_WEIGHTS,
-    Trainer,
-    TrainingError,
-    WeightAverage,
-    check_gradients,
-    check_optimizer_covers,
-    lr_factor,
-    param_groups,
-)
+from dream_vla_ros.finetune.trainer import Trainer
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.model.checkpoint import load_base_weights, load_config
 from dream_vla_ros.policy import Observation, Policy
@@ -787,15 +787,16 @@ def test_cli_trains_merges_and_plots(toy, tmp_path):
 
 @pytest.mark.ros
 def test_a_trained_lora_checkpoint_drives_the_policy_node(toy, tmp_path):
-    from rosutil import NodeProcess, TestNode, wait_for
+    from rosutil import NodeProcess, wait_for
     from test_policy_node import BASE_PARAMS, POLICY, Feeder, Watch, _wait_ready
 
     from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.ros.client import GraphClient
     from dream_vla_ros.ros.conversions import time_to_sec
 
     r = recipe(toy, tmp_path / "run", "lora.enabled=true", "lora.r=4", "train.steps=2")
     final = Trainer(r, progress=False, log=lambda _: None).run().final
-    client = TestNode("finetune_policy_test")
+    client = GraphClient("finetune_policy_test")
     watch = Watch(client)
     params = {
         **BASE_PARAMS,

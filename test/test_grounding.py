@@ -1,4 +1,4 @@
-"""Grounding pretraining on rendered scenes (dream_vla_ros/sim/grounding.py)."""
+"""Grounding pretraining on rendered scenes (dream_vla_ros/finetune/grounding.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.finetune.grounding import GroundingSettings, build_base, render_scenes
 from dream_vla_ros.finetune.recipe import load_recipe
 from dream_vla_ros.model.checkpoint import load_base_weights, load_config
 from dream_vla_ros.model.modeling import DreamVLA
 from dream_vla_ros.paths import config_path, model_path
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
-from dream_vla_ros.sim.grounding import GroundingSettings, build_base, render_scenes
 from dream_vla_ros.sim.task import COLOURS, X_RANGE, sample_layout
 
 os.environ.setdefault("MUJOCO_GL", "egl")

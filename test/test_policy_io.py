@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dream_vla_ros.control.kinematics import DHChain
-from dream_vla_ros.launch_graph import LaunchError, graph, node_command, parse_arguments
+from dream_vla_ros.graphs import LaunchError, graph, node_command, parse_arguments
 from dream_vla_ros.policy.images import (
     ImageDecodeError,
     decode_compressed,

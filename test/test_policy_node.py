@@ -17,14 +17,15 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rosutil import ROOT, NodeProcess, TestNode, wait_for
+from rosutil import ROOT, NodeProcess, wait_for
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES
-from dream_vla_ros.launch_graph import Graph, NodeSpec
+from dream_vla_ros.graphs import Graph, NodeSpec
 from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
+from dream_vla_ros.ros.client import GraphClient
 from dream_vla_ros.ros.conversions import (
     duration_to_sec,
     image_message,
@@ -55,7 +56,7 @@ BASE_PARAMS = {
 class Watch:
     """Chunks and diagnostics as the test process sees them."""
 
-    def __init__(self, client: TestNode) -> None:
+    def __init__(self, client: GraphClient) -> None:
         self.lock = threading.Lock()
         self.chunks: list[tuple[float, JointTrajectory]] = []  # (arrival, msg)
         self.diag: dict[str, tuple[str, dict[str, str]]] = {}
@@ -109,7 +110,7 @@ class Watch:
 class Feeder:
     """Publishes joint states (50 Hz) and camera images (10 Hz) from the test process."""
 
-    def __init__(self, client: TestNode, topics: dict[str, str], states: bool = True) -> None:
+    def __init__(self, client: GraphClient, topics: dict[str, str], states: bool = True) -> None:
         self.client = client
         self.pubs = {
             role: client.node.create_publisher(Image, topic, qos_profile_sensor_data)
@@ -157,7 +158,7 @@ class Feeder:
 
 @pytest.fixture
 def client():
-    node = TestNode("policy_test")
+    node = GraphClient("policy_test")
     yield node
     node.close()
 
@@ -247,7 +248,7 @@ def test_inputs_refused_with_a_reason_and_recovery(client):
         assert proc.stop() == 0, proc.output()
 
 
-def _set_delay(client: TestNode, seconds: float) -> None:
+def _set_delay(client: GraphClient, seconds: float) -> None:
     request = SetParameters.Request()
     value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=seconds)
     request.parameters = [Parameter(name="debug.inference_delay_s", value=value)]

@@ -17,12 +17,13 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rosutil import NodeProcess, TestNode, wait_for
+from rosutil import NodeProcess, wait_for
 from std_srvs.srv import Trigger
 
 from dream_vla_ros.data.episode import list_episodes, read_meta, recover_episode
-from dream_vla_ros.launch_graph import COLLECT, Graph, parse_arguments
+from dream_vla_ros.graphs import COLLECT, Graph, parse_arguments
 from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.ros.client import GraphClient
 
 pytestmark = pytest.mark.ros
 
@@ -42,7 +43,7 @@ def world(tmp_path_factory):
     values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=3"])
     log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()
-    client = TestNode("recording_test")
+    client = GraphClient("recording_test")
     try:
         yield client
     finally:
@@ -65,11 +66,11 @@ def _recorder(out: Path, name: str) -> NodeProcess:
     )
 
 
-def _call(client: TestNode, service: str) -> Trigger.Response:
+def _call(client: GraphClient, service: str) -> Trigger.Response:
     return client.call(Trigger, service, timeout=20.0)
 
 
-def _start_episode(client: TestNode, name: str) -> str:
+def _start_episode(client: GraphClient, name: str) -> str:
     """~/start, retried while the recorder has not yet seen every topic's publisher."""
     deadline = time.monotonic() + 60
     while True:

@@ -175,14 +175,15 @@ def test_sim_world_node_publishes_cameras_and_the_task():
     import time
 
     from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
-    from rosutil import NodeProcess, TestNode, wait_for
+    from rosutil import NodeProcess, wait_for
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
 
     from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.ros.client import GraphClient
     from dream_vla_ros.ros.conversions import joint_state
 
-    client = TestNode("sim_world_test")
+    client = GraphClient("sim_world_test")
     lock = threading.Lock()
     images: dict[str, list[Image]] = {"front": [], "wrist": []}
     tasks: list[dict] = []
@@ -282,18 +283,19 @@ def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(
     import threading
     import time
 
-    from rosutil import TestNode, wait_for
+    from rosutil import wait_for
     from sensor_msgs.msg import JointState
 
     from dream_vla_ros.control import JOINT_NAMES
-    from dream_vla_ros.launch_graph import COLLECT_WORLD, Graph, parse_arguments
+    from dream_vla_ros.graphs import COLLECT_WORLD, Graph, parse_arguments
     from dream_vla_ros.launcher import Launcher
+    from dream_vla_ros.ros.client import GraphClient
 
     g = Graph("world", "controller, sim_world, expert", (), COLLECT_WORLD.nodes[:3])
     values = parse_arguments(COLLECT_WORLD, ["camera_width:=96", "camera_height:=72"])
     log = open(tmp_path / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()
-    client = TestNode("expert_test")
+    client = GraphClient("expert_test")
     lock = threading.Lock()
     latest: list[np.ndarray] = []
     monitor: list[SuccessMonitor] = []

@@ -82,3 +82,9 @@ def splice(
         dt = (times[2:] - times[:-2])[:, None]  # (K-2, 1)
         velocities[1:-1] = (positions[2:] - positions[:-2]) / dt
     return HermiteTrajectory(times, positions, velocities)
+
+
+def minimum_jerk(s: np.ndarray | float) -> np.ndarray:
+    """10s^3 - 15s^4 + 6s^5 on [0, 1]: zero velocity and acceleration at both ends."""
+    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
+    return s**3 * (10.0 - 15.0 * s + 6.0 * s * s)

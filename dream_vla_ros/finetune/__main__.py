@@ -1,8 +1,8 @@
-"""`python -m dream_vla_ros.finetune RECIPE [KEY=VALUE ...]`: `dream-vla train` for
-`accelerate launch -m dream_vla_ros.finetune ...` (multi-GPU, multi-node)."""
+"""`python -m dream_vla_ros.finetune RECIPE [KEY=VALUE ...]`: what `dream-vla train`
+runs, for `accelerate launch -m dream_vla_ros.finetune ...` (multi-GPU, multi-node)."""
 
 import sys
 
-from dream_vla_ros.finetune.trainer import main
+from dream_vla_ros.finetune.entry import main
 
 sys.exit(main())

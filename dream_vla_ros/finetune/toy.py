@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from dream_vla_ros.control import JOINT_NAMES
+from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter
-from dream_vla_ros.robot.teleop import minimum_jerk
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
 
 START = np.array([0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.05])  # arm up, well inside the limits

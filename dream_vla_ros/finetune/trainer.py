@@ -1,5 +1,11 @@
 """The finetuning loop: recipe -> data -> model (+ LoRA) -> AdamW -> checkpoints.
 
+The loop is here; checkpoints (writing, restoring, pruning) are in checkpoints.py,
+the optimizer's pieces in optim.py, the weight average in averaging.py, metrics and
+curves in metrics.py. It is longer than most modules because `Trainer.run` is one
+piece: set-up, resume, the accumulation loop and saving share the accelerator's
+state, and splitting them would pass a dozen values between functions.
+
 Runs through `accelerate`, so the same code trains on a CPU, one GPU, or many
 GPUs and nodes (`accelerate launch -m dream_vla_ros.finetune RECIPE ...`, DDP;
 FSDP for full finetuning through an accelerate config file). Everything random
@@ -22,36 +28,49 @@ Output folder (`recipe.output_dir`):
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from dream_vla_ros.finetune.adapters import (
-    HEAD_MODULES,
     apply_lora,
     head_modules,
     set_full_finetuning,
     trainable_parameters,
 )
+from dream_vla_ros.finetune.averaging import WeightAverage
+from dream_vla_ros.finetune.checkpoints import (
+    STATE_JSON,
+    TrainingState,
+    prune_checkpoints,
+    restore_training_checkpoint,
+    save_training_checkpoint,
+)
 from dream_vla_ros.finetune.data import DemoData, StepBatchSampler, WindowDataset
+from dream_vla_ros.finetune.errors import TrainingError
+from dream_vla_ros.finetune.metrics import (
+    append_metrics,
+    plot_curves,
+    summary_line,
+    truncate_metrics,
+)
 from dream_vla_ros.finetune.objectives import BatchEncoder, TrainingObjective, draw_noise
-from dream_vla_ros.finetune.recipe import Recipe, TrainConfig, dump_recipe
+from dream_vla_ros.finetune.optim import (
+    check_gradients,
+    check_optimizer_covers,
+    freeze_to,
+    lr_factor,
+    param_groups,
+)
+from dream_vla_ros.finetune.recipe import Recipe
 from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
 from dream_vla_ros.model.checkpoint import (
-    PART_FILES,
     NormStats,
     adapter_base,
     load_base_weights,
@@ -64,13 +83,7 @@ from dream_vla_ros.model.config import PRESETS, preset
 from dream_vla_ros.model.modeling import DreamVLA
 from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words
 
-STATE_TENSORS = "trainer_state.safetensors"
-STATE_JSON = "trainer_state.json"
-RAW_WEIGHTS = "trainer_weights.safetensors"  # the trained weights when the saved ones are EMA
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why."""
+__all__ = ["TrainResult", "Trainer", "TrainingError"]
 
 
 @dataclass
@@ -82,120 +95,6 @@ class TrainResult:
     validations: list[dict[str, Any]] = field(default_factory=list)
     samples_per_s: float = 0.0
     summary: str = ""
-
-
-def git_revision() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        rev = out.stdout.strip()
-        if rev:
-            dirty = subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                check=False,
-            ).stdout.strip()
-            return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
-def lr_factor(step: int, recipe: Recipe) -> float:
-    """Learning-rate multiplier for the optimizer step `step` (0-based)."""
-    t = recipe.train
-    if t.warmup_steps and step < t.warmup_steps:
-        return (step + 1) / t.warmup_steps
-    if t.schedule == "constant":
-        return 1.0
-    span = max(1, t.steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    shape = 1.0 - progress if t.schedule == "linear" else cosine
-    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * shape
-
-
-# ---------------------------------------------------------------------------- optimizer state
-
-
-def save_optimizer_state(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict, dict]:
-    """AdamW state -> (tensors, json) without pickle."""
-    sd = optimizer.state_dict()
-    tensors = {}
-    for index, slots in sd["state"].items():
-        for key, value in slots.items():
-            tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    meta = {"param_groups": sd["param_groups"], "param_names": names}
-    return tensors, meta
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, names: list[str]
-) -> None:
-    if meta["param_names"] != names:
-        raise TrainingError(
-            "the checkpoint's trainable parameters differ from this run's (was the recipe's "
-            "lora, head or freeze_vision changed?)"
-        )
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        index, slot = key.split(".", 1)
-        state.setdefault(int(index), {})[slot] = value
-    groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-# ---------------------------------------------------------------------------- weight average
-
-
-class WeightAverage:
-    """Exponential moving average of the trainable weights (`train.ema_decay`).
-
-    After optimizer step n (1-based) every average moves towards its weight by
-    1 - min(decay, (1 + n) / (10 + n)): early weights fade fast, the last
-    ~1 / (1 - decay) steps dominate at the end."""
-
-    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float) -> None:
-        self.params = params
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in params.items()}
-
-    def factor(self, step: int) -> float:
-        return min(self.decay, (1 + step) / (10 + step))
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        weight = 1.0 - self.factor(step)
-        for name, p in self.params.items():
-            self.shadow[name].lerp_(p.detach(), weight)
-
-    @contextmanager
-    def applied(self) -> Iterator[None]:
-        """The averaged weights in the model inside the block, the trained ones after."""
-        with torch.no_grad():
-            trained = {n: p.detach().clone() for n, p in self.params.items()}
-            for name, p in self.params.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in self.params.items():
-                    p.copy_(trained[name])
-
-    def trained_tensors(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().contiguous() for n, p in self.params.items()}
-
-
-# ---------------------------------------------------------------------------- trainer
 
 
 class Trainer:
@@ -293,105 +192,18 @@ class Trainer:
         return model, base_dir, tokenizer
 
     # -- checkpoints ----------------------------------------------------------
-    def _save(self, name: str, step: int, extra: dict[str, Any]) -> Path:
-        if self.ema is None:
-            return self._write(name, step, extra)
-        raw = self.ema.trained_tensors()
-        with self.ema.applied():
-            path = self._write(name, step, {**extra, "ema_decay": self.ema.decay})
-        save_file(raw, str(path / RAW_WEIGHTS))
-        return path
-
-    def _write(self, name: str, step: int, extra: dict[str, Any]) -> Path:
-        r = self.recipe
-        final = self.out / name
-        tmp = self.out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model = self.model
-        if self.peft_model is not None:
-            self.peft_model.save_pretrained(str(tmp))
-            (tmp / "README.md").unlink(missing_ok=True)
-            adapter_cfg = json.loads((tmp / "adapter_config.json").read_text())
-            adapter_cfg["base_model_name_or_path"] = os.path.relpath(
-                self.base_dir.resolve(), final.resolve()
-            )
-            (tmp / "adapter_config.json").write_text(json.dumps(adapter_cfg, indent=2))
-            (tmp / "config.json").write_text(json.dumps(model.cfg.to_json_dict(), indent=2))
-            for part, module in head_modules(model).items():
-                tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(tensors, str(tmp / PART_FILES[part]), metadata={"format": "pt"})
-            stats: dict[str, Any] = {"action": self.data.action_stats.to_json()}
-            if self.data.proprio_stats is not None:
-                stats["proprio"] = self.data.proprio_stats.to_json()
-            (tmp / "norm_stats.json").write_text(json.dumps(stats, indent=2))
-        else:
-            save_checkpoint(model, tmp, self.data.action_stats, self.data.proprio_stats)
-        self.tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "recipe.yaml").write_text(dump_recipe(r))
-        info = {
-            "step": step,
-            "git_revision": git_revision(),
-            "base": r.model.base,
-            "adapter": "lora" if self.peft_model is not None else "full",
-            "dataset": str(Path(r.data.dataset).resolve()),
-            "cameras": list(r.data.cameras),
-            "center_crop": r.data.center_crop,
-            "train_episodes": self.data.train_episodes,
-            "val_episodes": self.data.val_episodes,
-            "fps": self.data.fps,
-            **extra,
-        }
-        (tmp / "training.json").write_text(json.dumps(info, indent=2))
-        tensors, meta = save_optimizer_state(self.optimizer, self.param_names)
-        save_file(tensors, str(tmp / STATE_TENSORS))
-        meta.update({"step": step, "recipe": r.to_dict()})
-        (tmp / STATE_JSON).write_text(json.dumps(meta))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        return final
-
-    def _prune(self) -> None:
-        keep = self.recipe.train.keep_last
-        for old in sorted(self.out.glob("checkpoint-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def _restore(self, model: DreamVLA) -> int:
-        """Trainable weights and optimizer state from self.resume; returns its step."""
-        src = self.resume
-        assert src is not None
-        if self.peft_model is not None:
-            from peft import set_peft_model_state_dict
-
-            result = set_peft_model_state_dict(
-                self.peft_model, load_file(str(src / "adapter_model.safetensors"))
-            )
-            if getattr(result, "unexpected_keys", None):
-                raise TrainingError(f"{src}: adapter keys do not fit this model")
-            for part, module in head_modules(model).items():
-                module.load_state_dict(load_file(str(src / PART_FILES[part])))
-        else:
-            load_base_weights(model, src)
-        raw_file = src / RAW_WEIGHTS
-        if (self.ema is not None) != raw_file.exists():
-            raise TrainingError(
-                f"{src} was saved {'with' if raw_file.exists() else 'without'} a weight "
-                f"average; this run's train.ema_decay is {self.recipe.train.ema_decay}"
-            )
-        if self.ema is not None:
-            # the checkpoint's weights are the average; the trained ones go on training
-            self.ema.shadow = {n: p.detach().clone() for n, p in self.ema.params.items()}
-            raw = load_file(str(raw_file))
-            if set(raw) != set(self.ema.params):
-                raise TrainingError(f"{raw_file} does not hold this run's trainable weights")
-            with torch.no_grad():
-                for name, p in self.ema.params.items():
-                    p.copy_(raw[name])
-        meta = json.loads((src / STATE_JSON).read_text())
-        load_optimizer_state(
-            self.optimizer, load_file(str(src / STATE_TENSORS)), meta, self.param_names
+    def _state(self) -> TrainingState:
+        return TrainingState(
+            recipe=self.recipe,
+            model=self.model,
+            peft_model=self.peft_model,
+            base_dir=self.base_dir,
+            data=self.data,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            param_names=self.param_names,
+            average=self.ema,
         )
-        return int(meta["step"])
 
     # -- validation -----------------------------------------------------------
     def validate(self, step: int, split: str = "val") -> dict[str, Any] | None:
@@ -455,51 +267,6 @@ class Trainer:
             out["gripper_mae"] = float(per_step_dim[:, 6].mean())
         return out
 
-    # -- feedback -------------------------------------------------------------
-    def _write_metrics(self, record: dict[str, Any]) -> None:
-        with (self.out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _plot(self) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-        if self.losses:
-            steps, losses = zip(*self.losses)
-            axes[0].plot(steps, losses, lw=0.8, label="loss")
-            axes[0].set_yscale("log")
-        axes[0].set_xlabel("step")
-        axes[0].set_title(f"training loss ({self.recipe.model.head})")
-        vals = [v for v in self.validations if v]
-        if vals:
-            axes[1].plot([v["step"] for v in vals], [v["joint_mae"] for v in vals], "o-")
-            axes[2].plot(
-                np.arange(1, len(vals[-1]["joint_mae_by_step"]) + 1),
-                vals[-1]["joint_mae_by_step"],
-                "o-",
-                label=f"step {vals[-1]['step']}",
-            )
-            if len(vals) > 1:
-                axes[2].plot(
-                    np.arange(1, len(vals[0]["joint_mae_by_step"]) + 1),
-                    vals[0]["joint_mae_by_step"],
-                    "o--",
-                    label=f"step {vals[0]['step']}",
-                )
-            axes[2].legend()
-        axes[1].set_xlabel("step")
-        axes[1].set_title(f"{vals[-1]['split'] if vals else 'val'} joint MAE (rad)")
-        axes[2].set_xlabel("horizon step")
-        axes[2].set_title("joint MAE by horizon step (rad)")
-        fig.tight_layout()
-        path = self.out / "curves.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        return path
-
     # -- the loop ---------------------------------------------------------------
     def run(self) -> TrainResult:
         from accelerate import Accelerator
@@ -561,7 +328,11 @@ class Trainer:
         self.optimizer = optimizer
         check_optimizer_covers(model, optimizer)
         self.ema = WeightAverage(params, t.ema_decay) if t.ema_decay > 0 else None
-        start_step = self._restore(model) if self.resume is not None else 0
+        start_step = (
+            restore_training_checkpoint(self._state(), self.resume)
+            if self.resume is not None
+            else 0
+        )
         if start_step >= t.steps:
             raise TrainingError(f"{self.resume} is at step {start_step}; train.steps is {t.steps}")
         # the learning rate is a function of the step; a resumed optimizer carries
@@ -589,7 +360,7 @@ class Trainer:
         self.losses: list[tuple[int, float]] = []
         self.validations: list[dict[str, Any]] = []
         if main:
-            self._truncate_metrics(start_step)
+            truncate_metrics(self.out, start_step)
             self.log(
                 f"train: {r.name}: {len(data.train_episodes)} train / {len(data.val_episodes)} "
                 f"val episodes, {len(data.windows['train'])} windows"
@@ -607,7 +378,7 @@ class Trainer:
             v = self.validate(0)  # the starting point of the validation curve
             if v is not None:
                 self.validations.append(v)
-                self._write_metrics(v)
+                append_metrics(self.out, v)
         from tqdm import tqdm
 
         bar = tqdm(
@@ -665,8 +436,9 @@ class Trainer:
                     bar.set_postfix(
                         loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}"
                     )
-                    self._write_metrics(
-                        {"step": step, "loss": mean_loss, "lr": lr, "samples_per_s": samples_per_s}
+                    append_metrics(
+                        self.out,
+                        {"step": step, "loss": mean_loss, "lr": lr, "samples_per_s": samples_per_s},
                     )
                 window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
             bar.update(1)
@@ -675,14 +447,15 @@ class Trainer:
                 v = self.validate(step)
                 if v is not None:
                     self.validations.append(v)
-                    self._write_metrics(v)
-                self._plot()
+                    append_metrics(self.out, v)
+                plot_curves(self.losses, self.validations, r.model.head, self.out / "curves.png")
             if (t.save_every and step % t.save_every == 0 and not last) or last:
                 accelerator.wait_for_everyone()
                 if main:
                     name = "final" if last else f"checkpoint-{step:06d}"
-                    self._save(name, step, {"loss": self.losses[-1][1] if self.losses else None})
-                    self._prune()
+                    loss = self.losses[-1][1] if self.losses else None
+                    save_training_checkpoint(self._state(), self.out, name, step, {"loss": loss})
+                    prune_checkpoints(self.out, t.keep_last)
             if last:
                 break
         bar.close()
@@ -698,104 +471,15 @@ class Trainer:
             validations=self.validations,
             samples_per_s=overall_sps,
         )
-        result.summary = self._summary(result, time.perf_counter() - started)
+        result.summary = summary_line(
+            r.name,
+            result.steps,
+            time.perf_counter() - started,
+            overall_sps,
+            self.losses,
+            self.validations,
+            result.final,
+        )
         if main:
             self.log(result.summary)
         return result
-
-    def _truncate_metrics(self, start_step: int) -> None:
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [
-            line
-            for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= start_step
-        ]
-        path.write_text("".join(line + "\n" for line in keep))
-
-    def _summary(self, result: TrainResult, seconds: float) -> str:
-        parts = [f"train: {self.recipe.name}: {result.steps} steps in {seconds:.0f} s"]
-        parts.append(f"{result.samples_per_s:.1f} samples/s")
-        if result.losses:
-            parts.append(f"loss {result.losses[0][1]:.4g} -> {result.losses[-1][1]:.4g}")
-        if result.validations:
-            v = result.validations[-1]
-            by_step = v["joint_mae_by_step"]
-            parts.append(
-                f"{v['split']} joint MAE {v['joint_mae']:.4f} rad "
-                f"(step 1 {by_step[0]:.4f}, step {len(by_step)} {by_step[-1]:.4f})"
-            )
-        parts.append(f"checkpoint {result.final}")
-        return ", ".join(parts)
-
-
-def freeze_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Cast the parameters that do not train to `dtype` (in place)."""
-    for p in model.parameters():
-        if not p.requires_grad and p.is_floating_point():
-            p.data = p.data.to(dtype)
-
-
-def param_groups(params: dict[str, torch.nn.Parameter], t: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on matrices only; the pretrained VLM's weights (by
-    name, LoRA adapters included) at `lr * backbone_lr_scale`, the heads at `lr`."""
-    groups: list[dict[str, Any]] = []
-    # one rate for all (the default) keeps the two groups older checkpoints resume into
-    split = t.backbone_lr_scale != 1.0
-    for backbone in (True, False) if split else (False,):
-        scale = t.backbone_lr_scale if backbone else 1.0
-        chosen = [p for n, p in params.items() if not split or _in_backbone(n) == backbone]
-        for decay in (True, False):
-            ps = [p for p in chosen if (p.ndim >= 2) == decay]
-            if ps:
-                groups.append(
-                    {
-                        "params": ps,
-                        "weight_decay": t.weight_decay if decay else 0.0,
-                        "lr": t.lr * scale,
-                    }
-                )
-    return groups
-
-
-def _in_backbone(name: str) -> bool:
-    """Not one of the action heads (a peft wrapper prefixes names with base_model.model.)."""
-    return name.removeprefix("base_model.model.").split(".")[0] not in HEAD_MODULES
-
-
-def check_optimizer_covers(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Every parameter that requires a gradient is in the optimizer, and every head
-    module trains (the bug class where a head is built but never optimised)."""
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [
-        n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer
-    ]
-    if missing:
-        raise TrainingError(f"trainable parameters missing from the optimizer: {missing[:5]}")
-    base = model
-    while not isinstance(base, DreamVLA) and hasattr(base, "model"):
-        base = base.model
-    if isinstance(base, DreamVLA):
-        for name, module in head_modules(base).items():
-            params = list(module.parameters())
-            if not any(id(p) in in_optimizer for p in params):
-                raise TrainingError(f"the {name} is not in the optimizer: it would never train")
-
-
-def check_gradients(model: torch.nn.Module) -> None:
-    """After the first backward: every trainable parameter received a gradient."""
-    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    if without:
-        raise TrainingError(
-            f"{len(without)} trainable parameters got no gradient, e.g. {without[:5]}"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m dream_vla_ros.finetune RECIPE [key=value ...] [--resume DIR]` (what
-    `dream-vla train` runs; use it under `accelerate launch -m`)."""
-    from dream_vla_ros.cli import main as cli_main
-
-    cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-    return 0

@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.robot import piper_protocol as proto
 
 
@@ -42,12 +43,6 @@ class TeleopSource(Protocol):
     def preview(self, now_s: float, times_s: np.ndarray) -> np.ndarray | None: ...
 
     def close(self) -> None: ...
-
-
-def minimum_jerk(s: np.ndarray | float) -> np.ndarray:
-    """10s^3 - 15s^4 + 6s^5 on [0, 1]: zero velocity and acceleration at both ends."""
-    s = np.clip(np.asarray(s, dtype=np.float64), 0.0, 1.0)
-    return s**3 * (10.0 - 15.0 * s + 6.0 * s * s)
 
 
 @dataclass(frozen=True)
@@ -202,5 +197,4 @@ __all__ = [
     "ScriptedTeleop",
     "TeleopError",
     "TeleopSource",
-    "minimum_jerk",
 ]

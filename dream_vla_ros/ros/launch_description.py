@@ -1,9 +1,9 @@
-"""For launch/sim.launch.py and launch/bringup.launch.py: a dream_vla_ros.launch_graph
-Graph as launch_ros actions (ROS 2 install with `ros2 launch` only).
+"""For launch/*.launch.py: a dream_vla_ros.graphs Graph as launch_ros actions
+(ROS 2 install with `ros2 launch` only).
 
 The graph itself (nodes, parameter files, which argument sets which parameter)
-is defined once in dream_vla_ros/launch_graph.py; `dream-vla launch` runs the
-same graph without ros2 launch.
+is defined once in dream_vla_ros/graphs/definitions.py; `dream-vla launch` runs
+the same graph without ros2 launch.
 """
 
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
@@ -12,7 +12,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 from dream_vla_ros.dds import local_dds_env
-from dream_vla_ros.launch_graph import PACKAGE, REQUIRED, graph, split_template
+from dream_vla_ros.graphs import PACKAGE, graph, split_template
 from dream_vla_ros.paths import config_path
 from launch import LaunchDescription
 
@@ -41,13 +41,12 @@ def describe(name):
         if key in env:
             actions.append(SetEnvironmentVariable(key, env[key]))
     for arg in g.arguments:
-        required = (g.name, arg.name) in REQUIRED
         actions.append(
             DeclareLaunchArgument(
                 arg.name,
                 description=arg.description,
                 choices=list(arg.choices) or None,
-                **({} if required else {"default_value": arg.default}),
+                **({} if arg.required else {"default_value": arg.default}),
             )
         )
     for node in g.nodes:

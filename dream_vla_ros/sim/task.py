@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.control.kinematics import DHChain
-from dream_vla_ros.robot.teleop import minimum_jerk
 
 COLOURS = ("red", "green", "blue")
 CUBE_SIZE = 0.04

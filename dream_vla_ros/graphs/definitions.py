@@ -1,74 +1,16 @@
 """The node graphs, defined once (no ROS imports).
 
-`launch/sim.launch.py` and `launch/bringup.launch.py` turn these descriptions
-into launch_ros actions under a real ROS 2 install; `dream-vla launch NAME
-[arg:=value ...]` (dream_vla_ros.launcher) turns the same descriptions into one
-process per node on machines without `ros2 launch`. Which nodes run, which
-parameter files they read and which launch arguments set which parameters is
-only written here.
+`launch/*.launch.py` turn these descriptions into launch_ros actions under a real
+ROS 2 install; `dream-vla launch NAME [arg:=value ...]` (dream_vla_ros.launcher)
+turns the same descriptions into one process per node on machines without
+`ros2 launch`. Which nodes run, which parameter files they read and which launch
+arguments set which parameters is only written here. A graph that reuses another
+graph's node names it (`SIM.node("controller")`), so both run the same node.
 """
 
 from __future__ import annotations
 
-import re
-import sys
-from dataclasses import dataclass
-
-from dream_vla_ros.paths import config_path
-
-PACKAGE = "dream_vla_ros"
-TYPES = ("str", "float", "int", "bool", "str_list")
-
-
-class LaunchError(ValueError):
-    """Bad launch arguments; the message names the argument and what is allowed."""
-
-
-@dataclass(frozen=True)
-class Argument:
-    name: str
-    default: str
-    description: str
-    choices: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Override:
-    """`parameter` := `template` with {argument} references, typed for the parameter."""
-
-    parameter: str
-    template: str | tuple[str, ...]  # a tuple is a list parameter, one template per element
-    type: str = "str"
-
-    def __post_init__(self) -> None:
-        if self.type not in TYPES:
-            raise ValueError(f"override type must be one of {TYPES}")
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    name: str
-    module: str  # python -m MODULE (the launcher)
-    executable: str  # console script (ros2 launch)
-    params_files: tuple[str, ...]  # under config/
-    overrides: tuple[Override, ...] = ()
-    # CPU niceness: the controller's 200 Hz loop keeps priority over model and
-    # rendering work when they share cores (launch_ros: prefix "nice -n N")
-    nice: int = 0
-
-
-@dataclass(frozen=True)
-class Graph:
-    name: str
-    description: str
-    arguments: tuple[Argument, ...]
-    nodes: tuple[NodeSpec, ...]
-
-    def argument(self, name: str) -> Argument:
-        for arg in self.arguments:
-            if arg.name == name:
-                return arg
-        raise KeyError(name)
+from dream_vla_ros.graphs.spec import Argument, Graph, LaunchError, NodeSpec, Override
 
 
 def _ros_node(
@@ -178,7 +120,10 @@ BRINGUP = Graph(
     "cameras come from your camera drivers",
     arguments=(
         Argument(
-            "checkpoint", "", "Checkpoint directory (required: no random weights on a real arm)"
+            "checkpoint",
+            "",
+            "Checkpoint directory (required: no random weights on a real arm)",
+            required=True,
         ),
         *_common("cuda", "bf16"),
         Argument("can_name", "can0", "CAN interface of the PiPER"),
@@ -230,8 +175,8 @@ COLLECT = Graph(
         *_camera_args(640, 480),
     ),
     nodes=(
-        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
-        SIM.nodes[1],  # the schematic cameras
+        SIM.node("controller"),  # exactly as in `sim`
+        SIM.node("sim_camera"),
         _ros_node(
             "teleop",
             ("teleop.yaml",),
@@ -253,7 +198,7 @@ COLLECT_PIPER = Graph(
         Argument("auto_enable", "false", "Enable the follower at start-up", ("true", "false")),
     ),
     nodes=(
-        BRINGUP.nodes[0],  # the real controller, exactly as in `bringup`
+        BRINGUP.node("controller"),  # exactly as in `bringup`
         _ros_node(
             "teleop",
             ("teleop.yaml",),
@@ -292,7 +237,7 @@ COLLECT_WORLD = Graph(
         *_camera_args(320, 240),
     ),
     nodes=(
-        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
+        SIM.node("controller"),  # exactly as in `sim`
         _SIM_WORLD,
         _ros_node("teleop", ("teleop.yaml",), (Override("source", "touch_expert"),)),
         _RECORDER,
@@ -310,7 +255,7 @@ SIM_WORLD = Graph(
         *_camera_args(320, 240),
     ),
     nodes=(
-        SIM.nodes[0],  # the simulated controller, exactly as in `sim`
+        SIM.node("controller"),  # exactly as in `sim`
         _SIM_WORLD,
         _ros_node(
             "policy",
@@ -327,96 +272,10 @@ SIM_WORLD = Graph(
 )
 
 GRAPHS = {g.name: g for g in (SIM, BRINGUP, COLLECT, COLLECT_PIPER, COLLECT_WORLD, SIM_WORLD)}
-REQUIRED = {("bringup", "checkpoint")}
 
 
 def graph(name: str) -> Graph:
+    """The graph called `name`; LaunchError lists the graphs otherwise."""
     if name not in GRAPHS:
         raise LaunchError(f"unknown graph '{name}'; choose one of {sorted(GRAPHS)}")
     return GRAPHS[name]
-
-
-def parse_arguments(g: Graph, argv: list[str]) -> dict[str, str]:
-    """`name:=value` words -> every argument's value (defaults filled in), validated."""
-    values = {a.name: a.default for a in g.arguments}
-    for word in argv:
-        name, sep, value = word.partition(":=")
-        if not sep:
-            raise LaunchError(f"'{word}' is not name:=value")
-        if name not in values:
-            raise LaunchError(
-                f"'{name}' is not an argument of '{g.name}'; arguments: {', '.join(values)}"
-            )
-        arg = g.argument(name)
-        if arg.choices and value not in arg.choices:
-            raise LaunchError(f"{name}:={value} is not one of {', '.join(arg.choices)}")
-        values[name] = value
-    for graph_name, name in REQUIRED:
-        if graph_name == g.name and not values[name]:
-            raise LaunchError(f"'{g.name}' needs {name}:=VALUE")
-    return values
-
-
-_REF = re.compile(r"\{([a-z_]+)\}")
-
-
-def split_template(template: str) -> list[tuple[bool, str]]:
-    """'{a}/x' -> [(True, 'a'), (False, '/x')]: argument references and literal text."""
-    parts: list[tuple[bool, str]] = []
-    pos = 0
-    for match in _REF.finditer(template):
-        if match.start() > pos:
-            parts.append((False, template[pos : match.start()]))
-        parts.append((True, match.group(1)))
-        pos = match.end()
-    if pos < len(template):
-        parts.append((False, template[pos:]))
-    return parts
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    return "".join(values[text] if ref else text for ref, text in split_template(template))
-
-
-def _yaml_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def parameter_value(override: Override, values: dict[str, str]) -> str:
-    """The `-p name:=VALUE` text (YAML, as rcl parses it) of an override."""
-    if isinstance(override.template, tuple):
-        return "[" + ", ".join(_yaml_str(_fill(t, values)) for t in override.template) + "]"
-    text = _fill(override.template, values)
-    if override.type == "str":
-        return _yaml_str(text)
-    try:
-        if override.type == "float":
-            return repr(float(text))
-        if override.type == "int":
-            return str(int(text))
-    except ValueError:
-        kind = "an integer" if override.type == "int" else "a number"
-        raise LaunchError(f"{override.parameter} needs {kind}, got '{text}'") from None
-    if override.type == "bool":
-        if text.lower() not in ("true", "false"):
-            raise LaunchError(f"{override.parameter} needs true or false, got '{text}'")
-        return text.lower()
-    raise LaunchError(f"{override.parameter}: unsupported type {override.type}")
-
-
-def node_command(node: NodeSpec, values: dict[str, str], python: str | None = None) -> list[str]:
-    """The command line that runs `node` with its parameter files and overrides."""
-    cmd = [
-        python or sys.executable,
-        "-u",
-        "-m",
-        node.module,
-        "--ros-args",
-        "-r",
-        f"__node:={node.name}",
-    ]
-    for name in node.params_files:
-        cmd += ["--params-file", str(config_path(name))]
-    for override in node.overrides:
-        cmd += ["-p", f"{override.parameter}:={parameter_value(override, values)}"]
-    return cmd

@@ -1,0 +1,239 @@
+"""`dream-vla sim ground|collect|evaluate|pipeline|proxy`: the touch-the-cube task in
+the MuJoCo world (docs/sim.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dream_vla_ros.finetune.entry import training_errors
+from dream_vla_ros.guard import guarded
+from dream_vla_ros.paths import config_path
+
+
+def _collection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
+    p.add_argument("--seed0", type=int, default=1000, help="first layout seed of collection")
+    p.add_argument(
+        "--per-layout",
+        type=int,
+        default=3,
+        help="episodes per layout, each naming a different cube (1-3)",
+    )
+    p.add_argument(
+        "--random-starts",
+        type=int,
+        default=0,
+        help="more episodes per layout from random poses over the table (0-6)",
+    )
+
+
+def _evaluation_options(p: argparse.ArgumentParser, proxy: bool = False) -> None:
+    p.add_argument("--seeds", type=int, default=20 if not proxy else 60, help="layouts")
+    p.add_argument("--eval-seed0", type=int, default=5000, help="first evaluation seed")
+    p.add_argument("--timeout", type=float, default=8.0, help="[s] per rollout")
+
+
+def _camera_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--camera-width", type=int, default=320)
+    p.add_argument("--camera-height", type=int, default=240)
+
+
+def add_parsers(sub) -> None:
+    p_sim = sub.add_parser("sim", help="touch-the-cube world: collect, evaluate, pipeline")
+    p_sim.set_defaults(run=run)
+    sim_sub = p_sim.add_subparsers(dest="action", required=True)
+    p_col = sim_sub.add_parser("collect", help="OUT: record expert episodes in the world")
+    p_col.add_argument("out")
+    _collection_options(p_col)
+    _camera_options(p_col)
+    p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
+    p_ev.add_argument("checkpoint")
+    p_ev.add_argument("out")
+    _evaluation_options(p_ev)
+    _camera_options(p_ev)
+    p_ground = sim_sub.add_parser(
+        "ground", help="OUT: pretrain the tiny base on rendered scenes (grounding)"
+    )
+    p_ground.add_argument("out")
+    p_ground.add_argument("--layouts", type=int, default=600, help="rendered training scenes")
+    p_ground.add_argument("--vision-steps", type=int, default=1600)
+    p_ground.add_argument("--refer-steps", type=int, default=1200)
+    p_ground.add_argument("--seed", type=int, default=0)
+    p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
+    p_pipe.add_argument("out")
+    p_pipe.add_argument("--recipe", default=str(config_path("finetune/touch_tiny_cpu.yaml")))
+    p_pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    p_pipe.add_argument("--no-progress", action="store_true")
+    p_pipe.add_argument(
+        "--image-tolerance",
+        type=float,
+        default=0.6,
+        help="[s] dataset build: largest gap between a frame and its camera image "
+        "(the renderer on a busy 2-core host stalls for up to ~0.7 s)",
+    )
+    p_pipe.add_argument(
+        "--state-tolerance", type=float, default=0.3, help="[s] dataset build: joint-state gap"
+    )
+    _collection_options(p_pipe)
+    _evaluation_options(p_pipe)
+    _camera_options(p_pipe)
+    p_proxy = sim_sub.add_parser(
+        "proxy", help="CHECKPOINT: kinematic closed-loop proxy without ROS (seconds, not minutes)"
+    )
+    p_proxy.add_argument("checkpoint")
+    _evaluation_options(p_proxy, proxy=True)
+    p_proxy.add_argument("--execute", type=int, default=5, help="actions applied per chunk")
+    p_proxy.add_argument(
+        "--servo",
+        action="store_true",
+        help="through the chunk controller on a virtual clock (re-plan, latency below)",
+    )
+    p_proxy.add_argument("--replan-s", type=float, default=0.2, help="--servo: re-plan period")
+    p_proxy.add_argument("--latency-s", type=float, default=0.06, help="--servo: stamp to chunk")
+    p_proxy.add_argument("--lag-s", type=float, default=0.0, help="--servo: arm behind command")
+    p_proxy.add_argument("--threads", type=int, default=1, help="torch threads")
+    p_proxy.add_argument("--out", default="", help="write results.json here")
+    policy = p_proxy.add_argument_group("policy settings (the policy node's parameters)")
+    policy.add_argument("--flow-steps", type=int, default=0, help="0: the checkpoint's")
+    policy.add_argument("--noise-seed", type=int, default=0, help="reset per layout")
+    policy.add_argument("--noise-scale", type=float, default=1.0, help="flow_noise_scale")
+    policy.add_argument("--noise-correlation", type=float, default=0.0)
+    policy.add_argument("--prefix-actions", type=int, default=0)
+    policy.add_argument("--prefix-min-weight", type=float, default=1.0)
+    policy.add_argument("--guidance", type=float, default=1.0, help="flow_guidance_scale")
+    policy.add_argument("--guidance-until", type=float, default=1.0)
+    policy.add_argument("--decode-steps", type=int, default=1, help="discrete head")
+    policy.add_argument("--decode-algorithm", default="maskgit_plus", help="discrete head")
+    policy.add_argument("--decode-temperature", type=float, default=0.0, help="discrete head")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dream_vla_ros.evaluation.driver import GraphError
+
+    if args.action == "ground":
+        return _ground(args)
+    handlers = {
+        "collect": _collect,
+        "evaluate": _evaluate,
+        "pipeline": _pipeline,
+        "proxy": _proxy,
+    }
+    errors = (GraphError, ValueError, *training_errors())
+    return guarded(f"sim {args.action}", errors, lambda: handlers[args.action](args))
+
+
+def _ground(args: argparse.Namespace) -> int:
+    """Pretrain the tiny base on rendered scenes (dream_vla_ros/finetune/grounding.py)."""
+    import sys
+
+    from dream_vla_ros.finetune.grounding import GroundingSettings, build_base
+
+    settings = GroundingSettings(
+        layouts=args.layouts,
+        vision_steps=args.vision_steps,
+        refer_steps=args.refer_steps,
+        seed=args.seed,
+    )
+    if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
+        print(
+            "dream-vla sim ground: --layouts, --vision-steps and --refer-steps must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    build_base(args.out, settings)
+    return 0
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    return list(range(args.eval_seed0, args.eval_seed0 + args.seeds))
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from dream_vla_ros.evaluation.closed_loop import collect
+    from dream_vla_ros.ros.client import GraphClient
+
+    summary = collect(
+        GraphClient,
+        args.out,
+        args.episodes,
+        args.seed0,
+        (args.camera_width, args.camera_height),
+        per_layout=args.per_layout,
+        random_starts=args.random_starts,
+    )
+    print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dream_vla_ros.evaluation.closed_loop import evaluate
+    from dream_vla_ros.ros.client import GraphClient
+
+    seeds = _seeds(args)
+    camera = (args.camera_width, args.camera_height)
+    summary = evaluate(GraphClient, args.checkpoint, args.out, seeds, args.timeout, camera)
+    print(f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from dream_vla_ros.evaluation.pipeline import PipelineSettings, run_pipeline
+    from dream_vla_ros.ros.client import GraphClient
+
+    settings = PipelineSettings(
+        recipe=args.recipe,
+        overrides=tuple(args.overrides),
+        episodes=args.episodes,
+        seed0=args.seed0,
+        per_layout=args.per_layout,
+        random_starts=args.random_starts,
+        seeds=tuple(_seeds(args)),
+        timeout_s=args.timeout,
+        camera=(args.camera_width, args.camera_height),
+        image_tolerance_s=args.image_tolerance,
+        state_tolerance_s=args.state_tolerance,
+        progress=not args.no_progress,
+    )
+    run_pipeline(GraphClient, args.out, settings)
+    return 0
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    import torch
+
+    from dream_vla_ros.evaluation.kinematic import ProxySettings, run_proxy
+    from dream_vla_ros.model.actions import DecodeSettings
+    from dream_vla_ros.policy import PolicySettings
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    settings = ProxySettings(
+        execute=args.execute,
+        timeout_s=args.timeout,
+        servo=args.servo,
+        replan_s=args.replan_s,
+        latency_s=args.latency_s,
+        lag_s=args.lag_s,
+    )
+    policy = PolicySettings(
+        decode=DecodeSettings(
+            steps=args.decode_steps,
+            algorithm=args.decode_algorithm,
+            temperature=args.decode_temperature,
+        ),
+        flow_steps=args.flow_steps or None,
+        seed=args.noise_seed,
+        prefix_actions=args.prefix_actions,
+        prefix_min_weight=args.prefix_min_weight,
+        noise_correlation=args.noise_correlation,
+        noise_scale=args.noise_scale,
+        guidance_scale=args.guidance,
+        guidance_until=args.guidance_until,
+    )
+    torch.set_num_threads(args.threads)
+    summary = run_proxy(args.checkpoint, _seeds(args), settings, policy, out=args.out or None)
+    print(
+        f"proxy: success {summary['successes']} / {len(summary['rollouts'])} "
+        f"(wrong cube {summary['wrong_cube']}, none {summary['none']})"
+    )
+    return 0

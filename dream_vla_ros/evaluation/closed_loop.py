@@ -1,0 +1,332 @@
+"""Closed-loop work in the MuJoCo world through the real ROS graph (docs/sim.md):
+
+- `collect`: the `collect_world` graph (simulated controller, sim_world, the touch
+  expert behind the teleop node, the recorder); per episode: new layout, record the
+  expert's move, flag success from the measured joints, return home.
+- `evaluate`: controller + sim_world + policy (a checkpoint); per seed: the policy
+  idles while the arm is brought home with a chunk, then the layout and instruction
+  change, the policy is enabled, and the measured joints decide success. Writes
+  results.json, trajectories.png and rollout.gif.
+
+Every node of the graph is its own process started by the launcher; this module
+talks to them through a `GraphDriver` (evaluation/driver.py) made by `connect`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dream_vla_ros.control.config import load_safety_config
+from dream_vla_ros.evaluation.driver import (
+    POLICY_STATUS,
+    Connect,
+    GraphDriver,
+    GraphError,
+    at_pose,
+    faulted,
+)
+from dream_vla_ros.evaluation.homing import HOME_TOLERANCE_RAD, at_home, home, where
+from dream_vla_ros.evaluation.plots import plot_trajectories, write_gif
+from dream_vla_ros.graphs import COLLECT_WORLD, SIM_WORLD, parse_arguments
+from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.sim.task import (
+    APPROACH_S,
+    COLOURS,
+    DESCEND_S,
+    Layout,
+    SuccessMonitor,
+    fingertip,
+    sample_layout,
+    start_pose,
+)
+
+__all__ = ["GraphError", "Rollout", "collect", "evaluate"]
+
+
+def start_recording(client: GraphDriver, timeout_s: float = 60.0) -> None:
+    """/recorder/start, retried while the recorder has not yet discovered a publisher
+    on each of its topics (the cameras come up last); any other refusal is an error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok, message = client.trigger("/recorder/start", check=False)
+        if ok:
+            return
+        if "no publisher seen" not in message or time.monotonic() > deadline:
+            raise GraphError(f"/recorder/start: {message}")
+        time.sleep(0.5)
+
+
+@dataclass
+class Rollout:
+    seed: int
+    instruction: str
+    success: bool
+    touched: str
+    distance_m: float
+    seconds: float
+    tip_path: list[list[float]] = field(default_factory=list)
+    controller_fault: bool = False  # the controller faulted during the rollout
+
+
+def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
+    """Judge the layout's task from every measured joint state from now on; also
+    keep the fingertip's path (the first 5000 states)."""
+    from dream_vla_ros.control.kinematics import DHChain
+
+    chain = DHChain.load()
+    monitor = SuccessMonitor(layout, chain)
+    path: list[list[float]] = []
+
+    def hook(_t: float, q: np.ndarray) -> None:
+        monitor.update(q)
+        if len(path) < 5000:
+            path.append(fingertip(chain, q)[0].tolist())
+
+    client.on_state = hook
+    return monitor, path
+
+
+def _launch(graph, argv: list[str], log_path: Path) -> tuple[Launcher, Any]:
+    values = parse_arguments(graph, argv)
+    log = log_path.open("w")
+    launcher = Launcher(graph, values, out=log, grace_s=5.0)
+    os.environ.update(launcher.env)  # this process joins the graph's DDS domain
+    launcher.start()
+    return launcher, log
+
+
+def collect(
+    connect: Connect,
+    out_dir: str | Path,
+    episodes: int,
+    seed0: int = 1000,
+    camera: tuple[int, int] = (320, 240),
+    log: Callable[[str], None] = print,
+    per_layout: int = 1,
+    during_episode: Callable[[GraphDriver, int], None] | None = None,
+    random_starts: int = 0,
+) -> dict[str, Any]:
+    """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
+    demonstrated `per_layout` times (1-3) from home with a different named cube,
+    starting with the seed's own (the same images with different instructions and
+    actions: the colour word is what decides), then `random_starts` more times from
+    a random pose over the table (`sim.task.start_pose`; the named cube cycles on),
+    which shows the way to the cube from where a policy's errors take the arm.
+    `during_episode(client, i)` runs once the expert has started episode i (the
+    tests use it to make the controller fault)."""
+    if not 1 <= per_layout <= len(COLOURS):
+        raise ValueError(f"per_layout must be 1 to {len(COLOURS)}, got {per_layout}")
+    if not 0 <= random_starts <= 2 * len(COLOURS):
+        raise ValueError(f"random_starts must be 0 to {2 * len(COLOURS)}, got {random_starts}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    cycle = per_layout + random_starts
+    limits = load_safety_config(None)  # the teleop node's (its limits_file is not set)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [f"output_dir:={out}", f"camera_width:={camera[0]}", f"camera_height:={camera[1]}"]
+    launcher, graph_log = _launch(COLLECT_WORLD, argv, out / "graph.log")
+    client = connect("closed_loop_collect")
+    client.watch()
+    results = []
+    faults = 0
+
+    def expert_home() -> None:
+        client.set_param("teleop", "task.start_seed", -1)
+        client.set_param("teleop", "task.seed", -1)  # from the measured pose
+        client.wait(lambda: at_home(client) or faulted(client), 30, lambda: where(client))
+
+    def expert_to_start(start_seed: int) -> None:
+        pose = start_pose(start_seed, limits.soft_lower, limits.soft_upper)
+        client.set_param("teleop", "task.start_seed", start_seed)
+        client.set_param("teleop", "task.seed", -1)
+        client.wait(
+            lambda: at_pose(client, pose, HOME_TOLERANCE_RAD) or faulted(client),
+            30,
+            f"the arm to reach the start pose {np.round(pose, 3).tolist()}",
+        )
+
+    def stop_expert() -> None:
+        # After a fault the expert still streams its episode (the touch pose); a
+        # re-enabled controller would go there first, and the next plan, from a
+        # moving arm, would fight it. Plan from the stopped arm before the reset.
+        client.set_param("teleop", "task.seed", -1)
+
+    def go_home() -> int:
+        return home(client, log, expert_home, before_reset=stop_expert)
+
+    try:
+        client.wait(lambda: client.measured() is not None, 120, "/joint_states (see graph.log)")
+        faults += go_home()
+        for i in range(episodes):
+            if launcher.check() != 0:
+                raise GraphError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            seed, j = seed0 + i // cycle, i % cycle
+            own = COLOURS.index(sample_layout(seed).target)
+            layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
+            client.set_param("sim_world", "task.target", layout.target)
+            client.set_param("sim_world", "task.seed", seed)
+            client.set_param("teleop", "task.target", layout.target)
+            client.set_param("recorder", "instruction", layout.instruction)
+            start = "home"
+            if j >= per_layout:
+                start_seed = seed * 16 + j
+                expert_to_start(start_seed)
+                start = f"start pose {start_seed}"
+            time.sleep(0.3)  # the new layout reaches the cameras
+            monitor, _ = track(client, layout)
+            start_recording(client)
+            client.set_param("teleop", "task.seed", seed)
+            if during_episode is not None:
+                during_episode(client, i)
+            # the expert's move and the arm's lag, then a short hold at the touch
+            deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
+            while not monitor.touched and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.6)
+            outcome = monitor.outcome
+            client.on_state = None
+            # an episode the controller stopped is not a demonstration of the task
+            fault = faulted(client)
+            success = outcome.success and not fault
+            client.trigger("/recorder/stop" if success else "/recorder/stop_failed")
+            results.append(
+                {
+                    "seed": seed,
+                    "target": layout.target,
+                    "start": start,
+                    "success": success,
+                    "touched": outcome.touched,
+                    "controller_fault": fault,
+                }
+            )
+            verdict = "success" if success else f"FAILED ({outcome.touched or 'none'})"
+            verdict += " (controller fault)" if fault else ""
+            log(
+                f"collect: episode {i + 1}/{episodes} seed {seed} from {start}: "
+                f"{layout.instruction}: {verdict}"
+            )
+            faults += go_home()
+    finally:
+        client.close()
+        launcher.shutdown()
+        graph_log.close()
+    summary = {
+        "episodes": episodes,
+        "per_layout": per_layout,
+        "random_starts": random_starts,
+        "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
+        "controller_resets": faults,
+        "results": results,
+    }
+    (out / "collect.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate(
+    connect: Connect,
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    seeds: list[int],
+    timeout_s: float = 8.0,
+    camera: tuple[int, int] = (320, 240),
+    log: Callable[[str], None] = print,
+    during_rollout: Callable[[GraphDriver, int], None] | None = None,
+) -> dict[str, Any]:
+    """Closed-loop success rate of a checkpoint over layout seeds.
+
+    `during_rollout(client, k)` runs once the policy is enabled for rollout k (the
+    tests use it to cut the simulated CAN feedback and check the recovery)."""
+    if not seeds:
+        raise ValueError("no evaluation seeds: --seeds must be >= 1")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [
+        f"checkpoint:={Path(checkpoint).resolve()}",
+        f"camera_width:={camera[0]}",
+        f"camera_height:={camera[1]}",
+        "policy_enabled:=false",
+    ]
+    launcher, graph_log = _launch(SIM_WORLD, argv, out / "graph.log")
+    client = connect("closed_loop_eval")
+    client.watch()
+    rollouts: list[Rollout] = []
+    gif_frames: list[np.ndarray] = []
+    faults = 0
+    try:
+        client.wait(lambda: client.measured() is not None, 120, "/joint_states")
+        client.wait(
+            lambda: client.status(POLICY_STATUS).get("ready") == "True",
+            180,
+            "the policy to warm up (see graph.log)",
+        )
+        for k, seed in enumerate(seeds):
+            if launcher.check() != 0:
+                raise GraphError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            client.set_param("policy", "enabled", False)
+            faults += home(client, log)
+            layout = sample_layout(seed)
+            client.set_param("sim_world", "task.seed", seed)
+            client.send_instruction(layout.instruction)
+            time.sleep(0.4)  # the new layout and instruction arrive before the policy runs
+            monitor, path = track(client, layout)
+            if k == 0:
+                client.record_frames(400)
+            start = time.monotonic()
+            client.set_param("policy", "enabled", True)
+            if during_rollout is not None:
+                during_rollout(client, k)
+            while time.monotonic() - start < timeout_s and not monitor.touched:
+                time.sleep(0.05)
+            client.set_param("policy", "enabled", False)
+            elapsed = time.monotonic() - start
+            client.on_state = None
+            if k == 0:
+                gif_frames = client.take_frames()
+            o = monitor.outcome
+            fault = faulted(client)  # reported with the rollout (a fault stops the arm)
+            rollouts.append(
+                Rollout(
+                    seed,
+                    layout.instruction,
+                    o.success,
+                    o.touched,
+                    o.distance_m,
+                    elapsed,
+                    path,
+                    fault,
+                )
+            )
+            log(
+                f"evaluate: seed {seed}: {layout.instruction}: "
+                f"{'success' if o.success else 'failure'} (touched {o.touched or 'nothing'}, "
+                f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s"
+                f"{', controller fault' if fault else ''})"
+            )
+        diagnostics = {n: client.status(f"dream_vla/{n}") for n in ("policy", "controller")}
+    finally:
+        client.close()
+        launcher.shutdown()
+        graph_log.close()
+    rate = float(np.mean([r.success for r in rollouts])) if rollouts else 0.0
+    summary = {
+        "checkpoint": str(checkpoint),
+        "seeds": seeds,
+        "success_rate": rate,
+        "controller_resets": faults,
+        "diagnostics": diagnostics,  # the nodes' last /diagnostics values
+        "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    plot_trajectories(rollouts, out / "trajectories.png")
+    if gif_frames:
+        write_gif(gif_frames, out / "rollout.gif")
+    return summary

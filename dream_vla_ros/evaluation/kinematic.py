@@ -1,0 +1,190 @@
+"""The kinematic closed-loop proxy of the touch-the-cube task (`dream-vla sim proxy`).
+
+A checkpoint runs on layout seeds without ROS: the front and wrist cameras are
+rendered at the current joints, a chunk is inferred, and then either
+
+- `rollout`: its first `execute` actions are applied exactly (the arm is where the
+  policy says); no controller, no latency, no servo lag: it measures what the model
+  decides, in about 0.2 s per layout; or
+- `servo_rollout`: the graph's timing: the project's chunk controller (splicing, the
+  limits of config/piper.yaml) at 200 Hz on a virtual clock, a chunk every
+  `replan_s` that reaches the controller `latency_s` after its observation, the arm
+  `lag_s` behind its command.
+
+It is a proxy: the figure that counts is `dream-vla sim evaluate` through the real
+graph (docs/sim.md compares the two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dream_vla_ros.policy import Observation, Policy, PolicySettings
+from dream_vla_ros.sim.task import HOME, Layout, Outcome, SuccessMonitor, sample_layout
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    execute: int = 5  # actions applied per chunk (kinematic mode)
+    timeout_s: float = 8.0  # seconds of actions per layout
+    servo: bool = False  # through the chunk controller on a virtual clock
+    replan_s: float = 0.2  # servo: re-plan period (the graph: 5 Hz)
+    latency_s: float = 0.06  # servo: observation stamp to chunk at the controller
+    lag_s: float = 0.0  # servo: the arm behind its command
+    width: int = 320
+    height: int = 240
+
+    def __post_init__(self) -> None:
+        if self.execute < 1:
+            raise ValueError(f"execute must be >= 1, got {self.execute}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.replan_s < 0.005 or self.latency_s < 0 or self.lag_s < 0:
+            raise ValueError(
+                "replan_s must be >= 0.005 s (one control tick) and latency_s, lag_s >= 0; "
+                f"got {self.replan_s}, {self.latency_s}, {self.lag_s}"
+            )
+
+
+def rollout(policy: Policy, world, seed: int, execute: int, timeout_s: float):
+    """Apply each chunk's first `execute` actions exactly until a cube is touched or
+    `timeout_s` seconds of actions have passed; returns (layout, outcome)."""
+    layout = sample_layout(seed)
+    world.set_cubes(layout.cubes)
+    monitor = SuccessMonitor(layout)
+    q = HOME.copy()
+    policy.reset()
+    period = policy.cfg.action.action_period_s
+    steps = round(timeout_s / period)
+    done = 0
+    while done < steps and not monitor.touched:
+        images = [world.render_front(q), world.render_wrist(q)]
+        stamp = done * period  # q is the pose at that instant
+        chunk = policy.infer(Observation(images, layout.instruction, q.copy(), stamp))
+        for action in chunk.actions[:execute]:
+            q = np.asarray(action, dtype=np.float64).copy()
+            monitor.update(q)
+            done += 1
+            if monitor.touched or done >= steps:
+                break
+    return layout, monitor.outcome
+
+
+def servo_rollout(
+    policy: Policy,
+    world,
+    seed: int,
+    replan_s: float,
+    latency_s: float,
+    timeout_s: float,
+    lag_s: float = 0.0,
+    control_hz: float = 200.0,
+) -> tuple[Layout, Outcome]:
+    """The graph's timing without ROS (see the module docstring)."""
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.control.config import load_safety_config
+    from dream_vla_ros.control.controller import ChunkController
+    from dream_vla_ros.control.validation import ChunkRejected
+
+    layout = sample_layout(seed)
+    world.set_cubes(layout.cubes)
+    monitor = SuccessMonitor(layout)
+    period = 1.0 / control_hz
+    controller = ChunkController(load_safety_config(), period)
+    q = HOME.copy()
+    t0 = 1.0  # the virtual clock starts here: the controller refuses a chunk stamped 0
+    controller.activate(q, t0)
+    policy.reset()
+    ticks = round(timeout_s * control_hz)
+    replan, delay = round(replan_s * control_hz), round(latency_s * control_hz)
+    sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
+    pending: list[tuple[int, Any]] = []  # (tick it arrives at, chunk)
+    for k in range(ticks):
+        now = t0 + k * period
+        if k % replan == 0:
+            images = [world.render_front(q), world.render_wrist(q)]
+            chunk = policy.infer(Observation(images, layout.instruction, q.copy(), now))
+            pending.append((k + delay, chunk))
+        while pending and pending[0][0] <= k:
+            _, c = pending.pop(0)
+            times = c.period_s * np.arange(1, len(c.actions) + 1)
+            with contextlib.suppress(ChunkRejected):  # counted by the controller
+                controller.submit(JOINT_NAMES, c.stamp_s, times.tolist(), c.actions.tolist(), now)
+        command = controller.tick(now, q)
+        if command is None:
+            break  # a tracking fault: the arm stops
+        sent = sent[1:] + [command.position.copy()]
+        q = sent[0]
+        monitor.update(q)
+        if monitor.touched:
+            break
+    return layout, monitor.outcome
+
+
+def run_proxy(
+    checkpoint: str | Path,
+    seeds: list[int],
+    settings: ProxySettings,
+    policy_settings: PolicySettings | None = None,
+    out: str | Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """The proxy over `seeds`; returns (and with `out`, writes results.json) the
+    successes, the wrong-cube and no-touch counts and every rollout."""
+    from dream_vla_ros.sim.world import PiperWorld
+
+    policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
+    world = PiperWorld(width=settings.width, height=settings.height)
+    start = time.monotonic()
+    rollouts = []
+    try:
+        for seed in seeds:
+            if settings.servo:
+                layout, o = servo_rollout(
+                    policy,
+                    world,
+                    seed,
+                    settings.replan_s,
+                    settings.latency_s,
+                    settings.timeout_s,
+                    settings.lag_s,
+                )
+            else:
+                layout, o = rollout(policy, world, seed, settings.execute, settings.timeout_s)
+            rollouts.append(
+                {
+                    "seed": seed,
+                    "instruction": layout.instruction,
+                    "success": o.success,
+                    "touched": o.touched,
+                    "distance_m": o.distance_m,
+                }
+            )
+            if not o.success:
+                log(
+                    f"seed {seed}: {layout.instruction}: touched {o.touched or 'nothing'}, "
+                    f"closest {o.distance_m * 100:.1f} cm"
+                )
+    finally:
+        world.close()
+    summary = {
+        "checkpoint": str(checkpoint),
+        "mode": "servo" if settings.servo else "kinematic",
+        "settings": settings.__dict__,
+        "successes": sum(r["success"] for r in rollouts),
+        "wrong_cube": sum(bool(r["touched"]) and not r["success"] for r in rollouts),
+        "none": sum(not r["touched"] for r in rollouts),
+        "seconds": round(time.monotonic() - start, 1),
+        "rollouts": rollouts,
+    }
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary

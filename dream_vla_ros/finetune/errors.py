@@ -1,0 +1,5 @@
+"""The error of the training loop."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why."""
