@@ -63,7 +63,6 @@ setup(
             "sim_world_node = dream_vla_ros.ros.sim_world_node:main",
             "teleop_node = dream_vla_ros.ros.teleop_node:main",
             "recorder_node = dream_vla_ros.ros.recorder_node:main",
-            "demo_chunk_publisher = dream_vla_ros.ros.demo_publisher:main",
         ],
     },
 )

@@ -38,7 +38,12 @@ FPS = 10
 def episodes(tmp_path_factory) -> Path:
     """Three episodes recorded live: success (3 s), success (2.5 s), failed (1.5 s)."""
     out = tmp_path_factory.mktemp("episodes")
-    g = Graph("world", "collect without its recorder", (), COLLECT.nodes[:3])
+    g = Graph(
+        "world",
+        "collect without its recorder",
+        (),
+        tuple(COLLECT.node(n) for n in ("controller", "sim_camera", "teleop")),
+    )
     values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=5"])
     log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()

@@ -376,15 +376,19 @@ def test_graph_arguments_and_commands():
     assert "model.checkpoint:=''" in policy
     assert any(a.endswith("config/policy_sim.yaml") for a in policy)
     assert "arm.backend:='sim'" in cmds["controller"]
-    assert "rate_hz:=10.0" in cmds["sim_camera"]
+    # arguments left empty keep the node's own value (its table or parameter file)
+    assert not any("rate_hz" in a or "device" in a for a in cmds["sim_camera"] + policy)
+    values = parse_arguments(g, ["camera_rate_hz:=8.0", "device:=cpu"])
+    assert "rate_hz:=8.0" in node_command(g.node("sim_camera"), values)
+    assert "device:='cpu'" in node_command(g.node("policy"), values)
     # simulated graphs publish joint states at 50 Hz (2-core hosts, docs/policy_node.md);
     # the real arm's graph keeps the node's 200 Hz default
     for name in ("sim", "collect", "collect_world", "sim_world"):
         sim_graph = graph(name)
-        controller = node_command(sim_graph.nodes[0], parse_arguments(sim_graph, []))
+        controller = node_command(sim_graph.node("controller"), parse_arguments(sim_graph, []))
         assert "joint_state_rate_hz:=50.0" in controller, name
     real = graph("bringup")
-    controller = node_command(real.nodes[0], parse_arguments(real, ["checkpoint:=/x"]))
+    controller = node_command(real.node("controller"), parse_arguments(real, ["checkpoint:=/x"]))
     assert not any("joint_state_rate_hz" in a for a in controller)
 
 

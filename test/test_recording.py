@@ -39,7 +39,12 @@ RECORDER = "dream_vla_ros.ros.recorder_node"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Simulated controller, schematic cameras (160x120, 10 Hz) and scripted teleop."""
-    g = Graph("world", "collect without its recorder", (), COLLECT.nodes[:3])
+    g = Graph(
+        "world",
+        "collect without its recorder",
+        (),
+        tuple(COLLECT.node(n) for n in ("controller", "sim_camera", "teleop")),
+    )
     values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=3"])
     log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()

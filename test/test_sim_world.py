@@ -291,7 +291,12 @@ def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(
     from dream_vla_ros.launcher import Launcher
     from dream_vla_ros.ros.client import GraphClient
 
-    g = Graph("world", "controller, sim_world, expert", (), COLLECT_WORLD.nodes[:3])
+    g = Graph(
+        "world",
+        "controller, sim_world, expert",
+        (),
+        tuple(COLLECT_WORLD.node(n) for n in ("controller", "sim_world", "teleop")),
+    )
     values = parse_arguments(COLLECT_WORLD, ["camera_width:=96", "camera_height:=72"])
     log = open(tmp_path / "world.log", "w")  # noqa: SIM115
     launcher = Launcher(g, values, out=log, grace_s=5.0).start()

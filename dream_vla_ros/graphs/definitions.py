@@ -22,20 +22,25 @@ def _ros_node(
     )
 
 
-def _common(device: str, dtype: str) -> tuple[Argument, ...]:
+# An argument whose default is "" leaves the node's own value (its parameter table
+# or its parameter file in config/): the defaults are written once, there.
+_KEEP = "(empty: the node's parameter file)"
+
+
+def _common() -> tuple[Argument, ...]:
     return (
-        Argument("instruction", "pick up the red cube", "Task instruction for the policy"),
-        Argument("device", device, "Torch device of the policy: cpu, cuda, cuda:N"),
-        Argument("dtype", dtype, "Model dtype", ("fp32", "bf16", "fp16")),
+        Argument("instruction", "", f"Task instruction for the policy {_KEEP}"),
+        Argument("device", "", f"Torch device of the policy: cpu, cuda, cuda:N {_KEEP}"),
+        Argument("dtype", "", f"Model dtype {_KEEP}", ("fp32", "bf16", "fp16")),
         Argument("inference_delay_s", "0.0", "Test hook: extra policy delay before publishing [s]"),
     )
 
 
 _POLICY_MODEL = (
     Override("model.checkpoint", "{checkpoint}"),
-    Override("device", "{device}"),
-    Override("dtype", "{dtype}"),
-    Override("instruction", "{instruction}"),
+    Override("device", "{device}", if_given=True),
+    Override("dtype", "{dtype}", if_given=True),
+    Override("instruction", "{instruction}", if_given=True),
     Override("debug.inference_delay_s", "{inference_delay_s}", "float"),
 )
 
@@ -46,16 +51,16 @@ def _simulated_policy_args(head: str) -> tuple[Argument, ...]:
         Argument("checkpoint", "", "Checkpoint directory; empty: random weights of `preset`"),
         Argument("preset", "tiny", "Preset of the random-weights model"),
         Argument("head", head, "Head of the random-weights model", ("discrete", "flow", "l1")),
-        *_common("cpu", "fp32"),
+        *_common(),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
     )
 
 
-def _camera_args(width: int, height: int) -> tuple[Argument, ...]:
+def _camera_args() -> tuple[Argument, ...]:
     return (
-        Argument("camera_rate_hz", "10.0", "Frames per second per camera"),
-        Argument("camera_width", str(width), "Camera width [px]"),
-        Argument("camera_height", str(height), "Camera height [px]"),
+        Argument("camera_rate_hz", "", f"Frames per second per camera {_KEEP}"),
+        Argument("camera_width", "", f"Camera width [px] {_KEEP}"),
+        Argument("camera_height", "", f"Camera height [px] {_KEEP}"),
     )
 
 
@@ -66,12 +71,12 @@ SIM = Graph(
     arguments=(
         *_simulated_policy_args("l1"),
         Argument("camera_format", "raw", "Camera messages", ("raw", "compressed")),
-        *_camera_args(640, 480),
+        *_camera_args(),
     ),
     nodes=(
         _ros_node(
             "controller",
-            ("controller.yaml",),
+            (),  # the node's defaults; config/controller.yaml is the real arm's
             (
                 Override("arm.backend", "sim"),
                 Override("arm.can_name", "{can_name}"),
@@ -91,18 +96,18 @@ SIM = Graph(
         ),
         _ros_node(
             "sim_camera",
-            ("sim_camera.yaml",),
+            (),
             (
                 Override("format", "{camera_format}"),
-                Override("rate_hz", "{camera_rate_hz}", "float"),
-                Override("width", "{camera_width}", "int"),
-                Override("height", "{camera_height}", "int"),
+                Override("rate_hz", "{camera_rate_hz}", "float", if_given=True),
+                Override("width", "{camera_width}", "int", if_given=True),
+                Override("height", "{camera_height}", "int", if_given=True),
             ),
             nice=5,
         ),
         _ros_node(
             "policy",
-            ("policy.yaml", "policy_sim.yaml"),
+            ("policy_sim.yaml",),
             (
                 *_POLICY_MODEL,
                 Override("model.preset", "{preset}"),
@@ -125,7 +130,7 @@ BRINGUP = Graph(
             "Checkpoint directory (required: no random weights on a real arm)",
             required=True,
         ),
-        *_common("cuda", "bf16"),
+        *_common(),
         Argument("can_name", "can0", "CAN interface of the PiPER"),
         Argument("front_topic", "/camera/front/image_raw", "Front (third-person) camera topic"),
         Argument("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic"),
@@ -137,7 +142,6 @@ BRINGUP = Graph(
             "controller",
             ("controller.yaml",),
             (
-                Override("arm.backend", "piper"),
                 Override("arm.can_name", "{can_name}"),
                 Override("auto_enable", "{auto_enable}", "bool"),
             ),
@@ -158,7 +162,7 @@ BRINGUP = Graph(
 
 _RECORDER = _ros_node(
     "recorder",
-    ("recorder.yaml",),
+    (),
     (Override("output_dir", "{output_dir}"), Override("instruction", "{instruction}")),
 )
 
@@ -172,14 +176,14 @@ COLLECT = Graph(
         Argument("seed", "0", "Seed of the scripted teleop"),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
         Argument("camera_format", "raw", "Camera messages", ("raw", "compressed")),
-        *_camera_args(640, 480),
+        *_camera_args(),
     ),
     nodes=(
         SIM.node("controller"),  # exactly as in `sim`
         SIM.node("sim_camera"),
         _ros_node(
             "teleop",
-            ("teleop.yaml",),
+            (),
             (Override("source", "scripted"), Override("scripted.seed", "{seed}", "int")),
         ),
         _RECORDER,
@@ -201,7 +205,7 @@ COLLECT_PIPER = Graph(
         BRINGUP.node("controller"),  # exactly as in `bringup`
         _ros_node(
             "teleop",
-            ("teleop.yaml",),
+            (),
             (
                 Override("source", "piper_leader"),
                 Override("leader.can_name", "{leader_can_name}"),
@@ -217,9 +221,9 @@ _SIM_WORLD = _ros_node(
     ("sim_world.yaml",),
     (
         Override("task.seed", "{task_seed}", "int"),
-        Override("rate_hz", "{camera_rate_hz}", "float"),
-        Override("width", "{camera_width}", "int"),
-        Override("height", "{camera_height}", "int"),
+        Override("rate_hz", "{camera_rate_hz}", "float", if_given=True),
+        Override("width", "{camera_width}", "int", if_given=True),
+        Override("height", "{camera_height}", "int", if_given=True),
     ),
     nice=5,
 )
@@ -234,12 +238,12 @@ COLLECT_WORLD = Graph(
         Argument("instruction", "touch the red cube", "Instruction stored with each episode"),
         Argument("task_seed", "0", "Initial layout seed (sim_world)"),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
-        *_camera_args(320, 240),
+        *_camera_args(),
     ),
     nodes=(
         SIM.node("controller"),  # exactly as in `sim`
         _SIM_WORLD,
-        _ros_node("teleop", ("teleop.yaml",), (Override("source", "touch_expert"),)),
+        _ros_node("teleop", (), (Override("source", "touch_expert"),)),
         _RECORDER,
     ),
 )
@@ -252,14 +256,14 @@ SIM_WORLD = Graph(
         *_simulated_policy_args("flow"),
         Argument("task_seed", "0", "Layout seed (sim_world)"),
         Argument("policy_enabled", "true", "Policy publishes chunks at start", ("true", "false")),
-        *_camera_args(320, 240),
+        *_camera_args(),
     ),
     nodes=(
         SIM.node("controller"),  # exactly as in `sim`
         _SIM_WORLD,
         _ros_node(
             "policy",
-            ("policy.yaml", "policy_sim.yaml"),
+            ("policy_sim.yaml",),
             (
                 *_POLICY_MODEL,
                 Override("model.preset", "{preset}"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from dream_vla_ros.paths import config_path
 
@@ -35,6 +36,9 @@ class Override:
     parameter: str
     template: str | tuple[str, ...]  # a tuple is a list parameter, one template per element
     type: str = "str"
+    # only when the filled value is not empty: an argument whose default is "" then
+    # leaves the node's own parameter (its table or its parameter file) in force
+    if_given: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -120,26 +124,54 @@ def _yaml_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def parameter_value(override: Override, values: dict[str, str]) -> str:
-    """The `-p name:=VALUE` text (YAML, as rcl parses it) of an override."""
+def override_value(override: Override, values: dict[str, str]) -> Any:
+    """The typed value (str, float, int, bool, list[str]) an override gives its
+    parameter, or None when an `if_given` override's argument is empty."""
     if isinstance(override.template, tuple):
-        return "[" + ", ".join(_yaml_str(_fill(t, values)) for t in override.template) + "]"
+        return [_fill(t, values) for t in override.template]
     text = _fill(override.template, values)
+    if override.if_given and not text:
+        return None
     if override.type == "str":
-        return _yaml_str(text)
+        return text
     try:
         if override.type == "float":
-            return repr(float(text))
+            return float(text)
         if override.type == "int":
-            return str(int(text))
+            return int(text)
     except ValueError:
         kind = "an integer" if override.type == "int" else "a number"
         raise LaunchError(f"{override.parameter} needs {kind}, got '{text}'") from None
     if override.type == "bool":
         if text.lower() not in ("true", "false"):
             raise LaunchError(f"{override.parameter} needs true or false, got '{text}'")
-        return text.lower()
+        return text.lower() == "true"
     raise LaunchError(f"{override.parameter}: unsupported type {override.type}")
+
+
+def parameter_value(override: Override, values: dict[str, str]) -> str | None:
+    """The `-p name:=VALUE` text (YAML, as rcl parses it) of an override; None when
+    the override does not apply."""
+    value = override_value(override, values)
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return "[" + ", ".join(_yaml_str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _yaml_str(value)
+    return repr(value)
+
+
+def node_parameters(node: NodeSpec, values: dict[str, str]) -> dict[str, Any]:
+    """{parameter: typed value} of the node's overrides that apply (ros2 launch)."""
+    out = {}
+    for override in node.overrides:
+        value = override_value(override, values)
+        if value is not None:
+            out[override.parameter] = value
+    return out
 
 
 def node_command(node: NodeSpec, values: dict[str, str], python: str | None = None) -> list[str]:
@@ -156,5 +188,7 @@ def node_command(node: NodeSpec, values: dict[str, str], python: str | None = No
     for name in node.params_files:
         cmd += ["--params-file", str(config_path(name))]
     for override in node.overrides:
-        cmd += ["-p", f"{override.parameter}:={parameter_value(override, values)}"]
+        text = parameter_value(override, values)
+        if text is not None:
+            cmd += ["-p", f"{override.parameter}:={text}"]
     return cmd

@@ -17,9 +17,6 @@ from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (
-    SetParametersResult,
-)
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -38,22 +35,53 @@ from dream_vla_ros.control import (
 from dream_vla_ros.control.loop import PeriodicLoop
 from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
 from dream_vla_ros.ros.conversions import chunk_fields, joint_state
-from dream_vla_ros.ros.node_main import (
-    float_range,
-    int_range,
-    parameter_declarer,
-    run_node,
-)
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param, declare_parameters
 
 BACKENDS = ("piper", "sim")
+
+# The controller's parameters, each declared here once. The defaults are safe for
+# a real arm: nothing enables the motors at start-up (auto_enable false) and the
+# feedback timeout is the real CAN bus's; config/controller.yaml picks the real
+# arm's backend, and the simulated graphs ask for what they change.
+PARAMETERS = (
+    Param("arm.backend", "sim", "Arm backend: 'piper' (real arm on socketcan) or 'sim'"),
+    Param("arm.can_name", "can0", "CAN interface (socketcan) or virtual channel (sim)"),
+    Param("arm.enable_timeout_s", 2.0, "Enable handshake timeout [s]", (0.1, 30.0)),
+    Param(
+        "arm.feedback_timeout_s", 0.1, "Joint feedback older than this is a fault [s]", (0.01, 1.0)
+    ),
+    Param("arm.speed_rate_percent", 100, "Firmware speed rate (0x151 byte 2) [%]", (1, 100)),
+    Param("arm.gripper_effort_nm", 1.0, "Gripper effort [N*m]", (0.0, 5.0)),
+    Param("limits_file", "", "Safety limits YAML; empty: the package's config/piper.yaml"),
+    Param("control_rate_hz", 200.0, "Control loop rate [Hz]", (10.0, 1000.0)),
+    Param("joint_state_rate_hz", 200.0, "Rate of /joint_states [Hz]", (1.0, 1000.0)),
+    Param("auto_enable", False, "Enable the arm and start holding at start-up"),
+    Param("chunk_topic", "/dream_vla/action_chunk", "Action chunks (JointTrajectory)"),
+    Param("joint_state_topic", "/joint_states", "Measured joint states"),
+    Param("diagnostics_period_s", 1.0, "Period of /diagnostics [s]", (0.05, 60.0)),
+    Param(
+        "sim.initial_positions",
+        [0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02],
+        "Simulator start pose (6 joints rad + gripper m)",
+    ),
+    Param(
+        "sim.max_tracking_error_rad",
+        0.0,
+        "Simulator only: tracking-fault bound [rad] instead of the limits file's; 0: keep",
+        (0.0, 2.0),
+    ),
+)
 
 
 class ControllerNode(Node):
     def __init__(self) -> None:
         super().__init__("controller")
-        self._declare_parameters()
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        p = self._params()
+        p = declare_parameters(self, PARAMETERS)
+        if p["arm.backend"] not in BACKENDS:
+            raise ConfigError(
+                f"arm.backend must be one of {', '.join(BACKENDS)}, got '{p['arm.backend']}'"
+            )
 
         self.cfg = load_safety_config(p["limits_file"] or None)
         if p["arm.backend"] == "sim" and p["sim.max_tracking_error_rad"] > 0:
@@ -131,83 +159,6 @@ class ControllerNode(Node):
             f"controller up: backend={p['arm.backend']} can={p['arm.can_name']} "
             f"rate={p['control_rate_hz']} Hz mode={self.core.mode.value}"
         )
-
-    # -- parameters -------------------------------------------------------------------
-    def _declare_parameters(self) -> None:
-        self._param_names: list[str] = []
-        declare = parameter_declarer(self, self._param_names)
-
-        declare("arm.backend", "sim", "Arm backend: 'piper' (real arm on socketcan) or 'sim'")
-        declare("arm.can_name", "can0", "CAN interface (socketcan) or virtual channel (sim)")
-        declare(
-            "arm.enable_timeout_s",
-            2.0,
-            "Enable handshake timeout [s]",
-            floating_point_range=float_range(0.1, 30.0),
-        )
-        declare(
-            "arm.feedback_timeout_s",
-            0.1,
-            "Joint feedback older than this is a fault [s]",
-            floating_point_range=float_range(0.01, 1.0),
-        )
-        declare(
-            "arm.speed_rate_percent",
-            100,
-            "Firmware speed rate (0x151 byte 2) [%]",
-            integer_range=int_range(1, 100),
-        )
-        declare(
-            "arm.gripper_effort_nm",
-            1.0,
-            "Gripper effort [N*m]",
-            floating_point_range=float_range(0.0, 5.0),
-        )
-        declare("limits_file", "", "Safety limits YAML; empty: the package's config/piper.yaml")
-        declare(
-            "control_rate_hz",
-            200.0,
-            "Control loop rate [Hz]",
-            floating_point_range=float_range(10.0, 1000.0),
-        )
-        declare(
-            "joint_state_rate_hz",
-            200.0,
-            "Rate of /joint_states [Hz]",
-            floating_point_range=float_range(1.0, 1000.0),
-        )
-        declare("auto_enable", False, "Enable the arm and start holding at startup")
-        declare("chunk_topic", "/dream_vla/action_chunk", "Action chunks (JointTrajectory)")
-        declare("joint_state_topic", "/joint_states", "Measured joint states")
-        declare(
-            "diagnostics_period_s",
-            1.0,
-            "Period of /diagnostics [s]",
-            floating_point_range=float_range(0.05, 60.0),
-        )
-        declare(
-            "sim.initial_positions",
-            [0.0, 0.6, -0.6, 0.0, 0.3, 0.0, 0.02],
-            "Simulator start pose (6 joints rad + gripper m)",
-        )
-        declare(
-            "sim.max_tracking_error_rad",
-            0.0,
-            "Simulator only: tracking-fault bound [rad] instead of the limits file's; 0: keep",
-            floating_point_range=float_range(0.0, 2.0),
-        )
-
-    def _params(self) -> dict:
-        return {name: self.get_parameter(name).value for name in self._param_names}
-
-    def _validate_parameters(self, params) -> SetParametersResult:
-        for param in params:
-            if param.name == "arm.backend" and param.value not in BACKENDS:
-                return SetParametersResult(
-                    successful=False,
-                    reason=f"arm.backend must be one of {BACKENDS}, got '{param.value}'",
-                )
-        return SetParametersResult(successful=True)
 
     # -- control tick (control thread) ------------------------------------------------
     def _now(self) -> float:

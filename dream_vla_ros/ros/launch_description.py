@@ -3,33 +3,41 @@
 
 The graph itself (nodes, parameter files, which argument sets which parameter)
 is defined once in dream_vla_ros/graphs/definitions.py; `dream-vla launch` runs
-the same graph without ros2 launch.
+the same graph without ros2 launch. Each node is built when the launch arguments
+are known (an OpaqueFunction), with the same templating as `dream-vla launch`
+(graphs/spec.py), so an argument left empty leaves the node's own parameter.
 """
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration, TextSubstitution
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
 
 from dream_vla_ros.dds import local_dds_env
-from dream_vla_ros.graphs import PACKAGE, graph, split_template
+from dream_vla_ros.graphs import PACKAGE, graph, node_parameters
 from dream_vla_ros.paths import config_path
 from launch import LaunchDescription
 
-_VALUE_TYPES = {"str": str, "float": float, "int": int, "bool": bool}
 
+def _node_action(g, node):
+    def build(context):
+        values = {a.name: LaunchConfiguration(a.name).perform(context) for a in g.arguments}
+        for arg in g.arguments:
+            if arg.required and not values[arg.name]:
+                raise RuntimeError(f"'{g.name}' needs {arg.name}:=VALUE")
+        params = [str(config_path(f)) for f in node.params_files]
+        params.append(node_parameters(node, values))
+        return [
+            Node(
+                package=PACKAGE,
+                executable=node.executable,
+                name=node.name,
+                parameters=params,
+                output="screen",
+                prefix=f"nice -n {node.nice}" if node.nice else None,
+            )
+        ]
 
-def _substitutions(template):
-    return [
-        LaunchConfiguration(text) if is_ref else TextSubstitution(text=text)
-        for is_ref, text in split_template(template)
-    ]
-
-
-def _parameter(override):
-    if isinstance(override.template, tuple):  # a list of strings, one template per element
-        return [_substitutions(t) for t in override.template]
-    return ParameterValue(_substitutions(override.template), value_type=_VALUE_TYPES[override.type])
+    return OpaqueFunction(function=build)
 
 
 def describe(name):
@@ -45,21 +53,12 @@ def describe(name):
             DeclareLaunchArgument(
                 arg.name,
                 description=arg.description,
-                choices=list(arg.choices) or None,
+                # an empty default ("the node's own value") is a valid choice too
+                choices=[*arg.choices, ""]
+                if arg.choices and not arg.default
+                else (list(arg.choices) or None),
                 **({} if arg.required else {"default_value": arg.default}),
             )
         )
-    for node in g.nodes:
-        params = [str(config_path(f)) for f in node.params_files]
-        params.append({o.parameter: _parameter(o) for o in node.overrides})
-        actions.append(
-            Node(
-                package=PACKAGE,
-                executable=node.executable,
-                name=node.name,
-                parameters=params,
-                output="screen",
-                prefix=f"nice -n {node.nice}" if node.nice else None,
-            )
-        )
+    actions.extend(_node_action(g, node) for node in g.nodes)
     return LaunchDescription(actions)

@@ -1,45 +1,18 @@
 """What every node's `main()` does: local DDS, init, build the node (a bad parameter
 or a missing device ends the process with one line and exit code 1), spin until
-Ctrl-C, shut down cleanly. Also the parameter-range helpers the nodes share."""
+Ctrl-C, shut down cleanly."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy._rclpy_pybind11 import RCLError
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
 from dream_vla_ros.dds import apply_local_dds
-
-
-def float_range(lo: float, hi: float) -> list[FloatingPointRange]:
-    return [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-
-
-def int_range(lo: int, hi: int) -> list[IntegerRange]:
-    return [IntegerRange(from_value=lo, to_value=hi, step=1)]
-
-
-def parameter_declarer(
-    node: Node, names: list[str], dynamic: tuple[str, ...] = ()
-) -> Callable[..., None]:
-    """`declare(name, default, description, **ranges)`: declares a parameter with its
-    description and ranges, read-only unless listed in `dynamic`, and records its name."""
-
-    def declare(name: str, default: Any, description: str, **ranges: Any) -> None:
-        names.append(name)
-        node.declare_parameter(
-            name,
-            default,
-            ParameterDescriptor(description=description, read_only=name not in dynamic, **ranges),
-        )
-
-    return declare
 
 
 def run_node(

@@ -28,12 +28,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES, ConfigError
 from dream_vla_ros.ros.conversions import chunk_message, image_frame, time_to_sec
-from dream_vla_ros.ros.node_main import (
-    float_range,
-    int_range,
-    parameter_declarer,
-    run_node,
-)
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param, declare_parameters
 
 DEMO_BOX = (  # the random-weights policy acts inside this box around the home pose
     (0.15, 0.85, -0.75, 0.0, 0.45, 0.1, 0.035),
@@ -41,23 +37,144 @@ DEMO_BOX = (  # the random-weights policy acts inside this box around the home p
 )
 
 
-# settable while running; the rest are read-only
-DYNAMIC = ("debug.inference_delay_s", "enabled")
-
-
-def _floats(lo: float, hi: float) -> dict:
-    return {"floating_point_range": float_range(lo, hi)}
-
-
-def _ints(lo: int, hi: int) -> dict:
-    return {"integer_range": int_range(lo, hi)}
+# The policy node's parameters, each declared here once. The defaults run anywhere
+# (CPU, fp32); config/policy.yaml holds what the real arm with a GPU changes,
+# config/policy_sim.yaml what the CPU simulation changes.
+PARAMETERS = (
+    Param("model.checkpoint", "", "Checkpoint directory (published layout); empty: random weights"),
+    Param("model.preset", "tiny", "Preset of the random-weights model when no checkpoint is given"),
+    Param("model.head", "l1", "Action head of the random-weights model: discrete | flow | l1"),
+    Param(
+        "model.allow_random_weights",
+        False,
+        "Permit random weights when model.checkpoint is empty (simulation and demos only)",
+    ),
+    Param("model.seed", 0, "Seed of the random weights and of the action sampler", (0, 2**31 - 1)),
+    Param(
+        "enabled",
+        True,
+        "Infer and publish chunks (false: idle, nothing published)",
+        dynamic=True,
+    ),
+    Param("device", "cpu", "Torch device: cpu, cuda, cuda:N"),
+    Param("dtype", "fp32", "Model dtype: fp32 | bf16 | fp16"),
+    Param("torch_threads", 0, "CPU threads for torch (0: torch's default)", (0, 256)),
+    Param(
+        "decode.algorithm",
+        "maskgit_plus",
+        "Discrete head: origin | maskgit_plus | topk_margin | entropy | left_to_right",
+    ),
+    Param("decode.steps", 1, "Discrete head: unmasking steps (1 = all tokens at once)", (1, 4096)),
+    Param(
+        "decode.temperature", 0.0, "Discrete head: sampling temperature (0 = greedy)", (0.0, 10.0)
+    ),
+    Param("decode.top_p", 1.0, "Discrete head: nucleus sampling mass (1 = off)", (0.0, 1.0)),
+    Param("flow_steps", 0, "Flow head: Euler steps (0: the checkpoint's)", (0, 1000)),
+    Param(
+        "flow_prefix_actions",
+        0,
+        "Flow head: a new chunk's first N actions continue what the previous chunk "
+        "planned for those instants (inpainted; 0: off; reset on enable and instruction)",
+        (0, 1000),
+    ),
+    Param(
+        "flow_prefix_min_weight",
+        1.0,
+        "Flow head: weight of the last inpainted action (linear from 1)",
+        (0.0, 1.0),
+    ),
+    Param(
+        "flow_noise_correlation",
+        0.0,
+        "Flow head: share of the start noise common to a chunk's actions (0: independent)",
+        (0.0, 1.0),
+    ),
+    Param(
+        "flow_noise_scale",
+        1.0,
+        "Flow head: scale of the start noise, a sampling temperature (1: as trained; "
+        "below 1 the draws lean towards the centre of the learnt distribution)",
+        (0.0, 2.0),
+    ),
+    Param(
+        "flow_guidance_scale",
+        1.0,
+        "Flow head: classifier-free guidance weight on the instruction (1: off; needs "
+        "a checkpoint trained with instruction dropout; a second batch row per step)",
+        (0.0, 10.0),
+    ),
+    Param(
+        "flow_guidance_until",
+        1.0,
+        "Flow head: guide only the Euler steps that start before this flow time "
+        "(0 = noise, 1 = chunk; 1: every step)",
+        (0.0, 1.0),
+    ),
+    Param("center_crop", False, "Centre-crop images to a square before resizing"),
+    Param(
+        "cuda_graphs",
+        True,
+        "On a GPU: capture the vision tower and backbone once per input shape and "
+        "replay them (2-2.4x less latency for the 7B at batch 1, docs/model.md)",
+    ),
+    Param(
+        "instruction", "pick up the red cube", "Task instruction (also settable on ~/instruction)"
+    ),
+    Param(
+        "cameras.topics",
+        ["/camera/front/image_raw", "/camera/wrist/image_raw"],
+        "Camera topics, in the order the model sees them",
+    ),
+    Param(
+        "cameras.kinds",
+        ["raw", "raw"],
+        "Per camera: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)",
+    ),
+    Param(
+        "cameras.roles",
+        ["front", "wrist"],
+        "Per camera: front | wrist (the first one stamps the observation)",
+    ),
+    Param("cameras.widths", [0, 0], "Per camera: expected width in pixels (0 = any)"),
+    Param("cameras.heights", [0, 0], "Per camera: expected height in pixels (0 = any)"),
+    Param("joint_state_topic", "/joint_states", "Measured joint states (the proprio input)"),
+    Param("chunk_topic", "/dream_vla/action_chunk", "Output action chunks (JointTrajectory)"),
+    Param(
+        "action_rate_hz",
+        0.0,
+        "Time between chunk points = 1/rate (0: the checkpoint's)",
+        (0.0, 1000.0),
+    ),
+    Param("chunk_length", 0, "Points published per chunk (0: all the model predicts)", (0, 4096)),
+    Param(
+        "max_inference_rate_hz",
+        10.0,
+        "Upper bound on inferences per second (0: unbounded)",
+        (0.0, 1000.0),
+    ),
+    Param("max_observation_age_s", 0.5, "Older observations are refused [s]", (0.001, 60.0)),
+    Param(
+        "sync_tolerance_s",
+        0.05,
+        "Cameras and joint state must be this close in time [s]",
+        (0.0, 10.0),
+    ),
+    Param("warmup_iterations", 2, "Inferences on a blank observation before ready", (0, 100)),
+    Param("diagnostics_period_s", 1.0, "Period of /diagnostics [s]", (0.05, 60.0)),
+    Param(
+        "debug.inference_delay_s",
+        0.0,
+        "Test hook: extra delay before publishing a chunk [s]",
+        (0.0, 10.0),
+        dynamic=True,
+    ),
+)
 
 
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy")
-        self._declare_parameters()
-        p = {name: self.get_parameter(name).value for name in self._param_names}
+        p = declare_parameters(self, PARAMETERS)
         self.p = p
         # torch and the model are imported here, after rclpy is up, so a bad
         # parameter is reported before seconds of imports
@@ -165,172 +282,6 @@ class PolicyNode(Node):
             f"chunk={self.chunk_length} x {self.period_s:.3f} s; warming up"
         )
 
-    # -- parameters ---------------------------------------------------------------------
-    def _declare_parameters(self) -> None:
-        self._param_names: list[str] = []
-        declare = parameter_declarer(self, self._param_names, DYNAMIC)
-
-        declare(
-            "model.checkpoint", "", "Checkpoint directory (published layout); empty: random weights"
-        )
-        declare(
-            "model.preset", "tiny", "Preset of the random-weights model when no checkpoint is given"
-        )
-        declare("model.head", "l1", "Action head of the random-weights model: discrete | flow | l1")
-        declare(
-            "model.allow_random_weights",
-            False,
-            "Permit random weights when model.checkpoint is empty (simulation and demos only)",
-        )
-        declare(
-            "model.seed",
-            0,
-            "Seed of the random weights and of the action sampler",
-            **_ints(0, 2**31 - 1),
-        )
-        declare("enabled", True, "Infer and publish chunks (false: idle, nothing published)")
-        declare("device", "cpu", "Torch device: cpu, cuda, cuda:N")
-        declare("dtype", "fp32", "Model dtype: fp32 | bf16 | fp16")
-        declare("torch_threads", 0, "CPU threads for torch (0: torch's default)", **_ints(0, 256))
-        declare(
-            "decode.algorithm",
-            "maskgit_plus",
-            "Discrete head: origin | maskgit_plus | topk_margin | entropy | left_to_right",
-        )
-        declare(
-            "decode.steps",
-            1,
-            "Discrete head: unmasking steps (1 = all tokens at once)",
-            **_ints(1, 4096),
-        )
-        declare(
-            "decode.temperature",
-            0.0,
-            "Discrete head: sampling temperature (0 = greedy)",
-            **_floats(0.0, 10.0),
-        )
-        declare(
-            "decode.top_p",
-            1.0,
-            "Discrete head: nucleus sampling mass (1 = off)",
-            **_floats(0.0, 1.0),
-        )
-        declare("flow_steps", 0, "Flow head: Euler steps (0: the checkpoint's)", **_ints(0, 1000))
-        declare(
-            "flow_prefix_actions",
-            0,
-            "Flow head: a new chunk's first N actions continue what the previous chunk "
-            "planned for those instants (inpainted; 0: off; reset on enable and instruction)",
-            **_ints(0, 1000),
-        )
-        declare(
-            "flow_prefix_min_weight",
-            1.0,
-            "Flow head: weight of the last inpainted action (linear from 1)",
-            **_floats(0.0, 1.0),
-        )
-        declare(
-            "flow_noise_correlation",
-            0.0,
-            "Flow head: share of the start noise common to a chunk's actions (0: independent)",
-            **_floats(0.0, 1.0),
-        )
-        declare(
-            "flow_noise_scale",
-            1.0,
-            "Flow head: scale of the start noise, a sampling temperature (1: as trained; "
-            "below 1 the draws lean towards the centre of the learnt distribution)",
-            **_floats(0.0, 2.0),
-        )
-        declare(
-            "flow_guidance_scale",
-            1.0,
-            "Flow head: classifier-free guidance weight on the instruction (1: off; needs "
-            "a checkpoint trained with instruction dropout; a second batch row per step)",
-            **_floats(0.0, 10.0),
-        )
-        declare(
-            "flow_guidance_until",
-            1.0,
-            "Flow head: guide only the Euler steps that start before this flow time "
-            "(0 = noise, 1 = chunk; 1: every step)",
-            **_floats(0.0, 1.0),
-        )
-        declare("center_crop", False, "Centre-crop images to a square before resizing")
-        declare(
-            "cuda_graphs",
-            True,
-            "On a GPU: capture the vision tower and backbone once per input shape and "
-            "replay them (2-2.4x less latency for the 7B at batch 1, docs/model.md)",
-        )
-        declare(
-            "instruction",
-            "pick up the red cube",
-            "Task instruction (also settable on ~/instruction)",
-        )
-        declare(
-            "cameras.topics",
-            ["/camera/front/image_raw"],
-            "Camera topics, in the order the model sees them",
-        )
-        declare(
-            "cameras.kinds",
-            ["raw"],
-            "Per camera: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)",
-        )
-        declare(
-            "cameras.roles",
-            ["front"],
-            "Per camera: front | wrist (the first one stamps the observation)",
-        )
-        declare("cameras.widths", [0], "Per camera: expected width in pixels (0 = any)")
-        declare("cameras.heights", [0], "Per camera: expected height in pixels (0 = any)")
-        declare("joint_state_topic", "/joint_states", "Measured joint states (the proprio input)")
-        declare("chunk_topic", "/dream_vla/action_chunk", "Output action chunks (JointTrajectory)")
-        declare(
-            "action_rate_hz",
-            0.0,
-            "Time between chunk points = 1/rate (0: the checkpoint's)",
-            **_floats(0.0, 1000.0),
-        )
-        declare(
-            "chunk_length",
-            0,
-            "Points published per chunk (0: all the model predicts)",
-            **_ints(0, 4096),
-        )
-        declare(
-            "max_inference_rate_hz",
-            10.0,
-            "Upper bound on inferences per second (0: unbounded)",
-            **_floats(0.0, 1000.0),
-        )
-        declare(
-            "max_observation_age_s",
-            0.5,
-            "Older observations are refused [s]",
-            **_floats(0.001, 60.0),
-        )
-        declare(
-            "sync_tolerance_s",
-            0.05,
-            "Cameras and joint state must be this close in time [s]",
-            **_floats(0.0, 10.0),
-        )
-        declare(
-            "warmup_iterations",
-            2,
-            "Inferences on a blank observation before ready",
-            **_ints(0, 100),
-        )
-        declare("diagnostics_period_s", 1.0, "Period of /diagnostics [s]", **_floats(0.05, 60.0))
-        declare(
-            "debug.inference_delay_s",
-            0.0,
-            "Test hook: extra delay before publishing a chunk [s]",
-            **_floats(0.0, 10.0),
-        )
-
     def _camera_specs(self, spec_type) -> list:
         p = self.p
         topics, kinds, roles = p["cameras.topics"], p["cameras.kinds"], p["cameras.roles"]
@@ -343,7 +294,7 @@ class PolicyNode(Node):
                 raise ConfigError(f"{key} has {len(values)} entries for {n} camera topics")
         sizes = []
         for key, values in (("cameras.widths", widths), ("cameras.heights", heights)):
-            if list(values) == [0]:  # the default: any size, for every camera
+            if not any(values):  # all 0 (the default): any size, for every camera
                 values = [0] * n
             if len(values) != n:
                 raise ConfigError(f"{key} has {len(values)} entries for {n} camera topics")

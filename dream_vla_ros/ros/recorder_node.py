@@ -34,49 +34,47 @@ from dream_vla_ros.data.episode import (
     recover_episode,
 )
 from dream_vla_ros.ros.conversions import message_class
-from dream_vla_ros.ros.node_main import float_range, parameter_declarer, run_node
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param, declare_parameters
+
+PARAMETERS = (
+    Param("output_dir", "episodes", "Folder of the episodes (created if missing)"),
+    Param(
+        "topics",
+        [
+            "/camera/front/image_raw",
+            "/camera/wrist/image_raw",
+            "/joint_states",
+            "/dream_vla/teleop/command",
+        ],
+        "Topics of an episode; every one needs a publisher when an episode starts",
+    ),
+    Param("camera_topics", ["/camera/front/image_raw", "/camera/wrist/image_raw"], "Cameras"),
+    Param("camera_roles", ["front", "wrist"], "Role of each camera topic"),
+    Param("instruction", "", "Instruction of the next episode (also ~/instruction)", dynamic=True),
+    Param("robot_type", "piper", "Robot name stored with each episode"),
+    Param(
+        "min_free_disk_mb",
+        500.0,
+        "Refuse to start, or stop the episode, below this much free disk [MB]",
+        (0.0, 1e7),
+        dynamic=True,
+    ),
+    Param("max_episode_s", 600.0, "Stop an episode after this long (0: no limit) [s]", (0.0, 1e6)),
+    Param(
+        "flush_period_s",
+        0.5,
+        "Close and flush an MCAP chunk this often: what a crash can lose [s]",
+        (0.05, 10.0),
+    ),
+    Param("typestore", "ros2_kilted", "rosbags type store for message definitions"),
+)
 
 
 class RecorderNode(Node):
     def __init__(self) -> None:
         super().__init__("recorder")
-        names: list[str] = []
-        declare = parameter_declarer(self, names, dynamic=("instruction", "min_free_disk_mb"))
-        declare("output_dir", "episodes", "Folder of the episodes (created if missing)")
-        declare(
-            "topics",
-            [
-                "/camera/front/image_raw",
-                "/camera/wrist/image_raw",
-                "/joint_states",
-                "/dream_vla/teleop/command",
-            ],
-            "Topics of an episode; every one needs a publisher when an episode starts",
-        )
-        declare("camera_topics", ["/camera/front/image_raw", "/camera/wrist/image_raw"], "Cameras")
-        declare("camera_roles", ["front", "wrist"], "Role of each camera topic")
-        declare("instruction", "", "Instruction of the next episode (also ~/instruction)")
-        declare("robot_type", "piper", "Robot name stored with each episode")
-        declare(
-            "min_free_disk_mb",
-            500.0,
-            "Refuse to start, or stop the episode, below this much free disk [MB]",
-            floating_point_range=float_range(0.0, 1e7),
-        )
-        declare(
-            "max_episode_s",
-            600.0,
-            "Stop an episode after this long (0: no limit) [s]",
-            floating_point_range=float_range(0.0, 1e6),
-        )
-        declare(
-            "flush_period_s",
-            0.5,
-            "Close and flush an MCAP chunk this often: what a crash can lose [s]",
-            floating_point_range=float_range(0.05, 10.0),
-        )
-        declare("typestore", "ros2_kilted", "rosbags type store for message definitions")
-        p = {n: self.get_parameter(n).value for n in names}
+        p = declare_parameters(self, PARAMETERS)
         self.p = p
         if len(p["camera_topics"]) != len(p["camera_roles"]):
             raise ValueError("camera_topics and camera_roles must have the same length")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -19,36 +18,34 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.ros.conversions import compressed_message, image_message, time_to_sec
-from dream_vla_ros.ros.node_main import float_range, int_range, run_node
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param, declare_parameters
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
+
+CAMERA_PARAMETERS = (
+    Param("rate_hz", 10.0, "Frames per second per camera", (0.5, 60.0)),
+    Param("width", 640, "Image width [px]", (32, 4096)),
+    Param("height", 480, "Image height [px]", (32, 4096)),
+    Param("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)"),
+    Param("front_topic", "/camera/front/image_raw", "Front camera topic"),
+    Param("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic ('' = none)"),
+    Param("joint_state_topic", "/joint_states", "Joint states to render"),
+)
 
 
 class SimCameraNode(Node):
     NAME = "sim_camera"
+    PARAMETERS: tuple[Param, ...] = CAMERA_PARAMETERS
 
     def __init__(self) -> None:
         super().__init__(self.NAME)
 
-        def declare(name, default, description, **extra):
-            return self.declare_parameter(
-                name, default, ParameterDescriptor(description=description, read_only=True, **extra)
-            ).value
-
-        rate = declare(
-            "rate_hz",
-            10.0,
-            "Frames per second per camera",
-            floating_point_range=float_range(0.5, 60.0),
-        )
-        size = int_range(32, 4096)
-        width = declare("width", 640, "Image width [px]", integer_range=size)
-        height = declare("height", 480, "Image height [px]", integer_range=size)
-        self.kind = declare("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)")
+        p = declare_parameters(self, self.PARAMETERS)
+        width, height, rate = p["width"], p["height"], p["rate_hz"]
+        self.kind = p["format"]
         if self.kind not in ("raw", "compressed"):
             raise ValueError(f"format must be raw or compressed, got '{self.kind}'")
-        front = declare("front_topic", "/camera/front/image_raw", "Front camera topic")
-        wrist = declare("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic ('' = none)")
-        joints = declare("joint_state_topic", "/joint_states", "Joint states to render")
+        front, wrist, joints = p["front_topic"], p["wrist_topic"], p["joint_state_topic"]
 
         self.scene = self.make_scene(width, height)
         msg_type = Image if self.kind == "raw" else CompressedImage

@@ -13,36 +13,40 @@ from __future__ import annotations
 
 import json
 
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from std_msgs.msg import String
 
-from dream_vla_ros.ros.node_main import int_range, run_node
-from dream_vla_ros.ros.sim_camera_node import SimCameraNode
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param
+from dream_vla_ros.ros.sim_camera_node import CAMERA_PARAMETERS, SimCameraNode
 from dream_vla_ros.sim.task import sample_layout
 
 
 class SimWorldNode(SimCameraNode):
     NAME = "sim_world"
+    PARAMETERS = (
+        *CAMERA_PARAMETERS,
+        Param(
+            "task.seed",
+            0,
+            "Seed of the cube layout and the named cube (sim/task.py)",
+            (0, 2**31 - 1),
+            dynamic=True,
+        ),
+        Param(
+            "task.target",
+            "",
+            "The colour to touch (red | green | blue); empty: the seed's own",
+            dynamic=True,
+        ),
+    )
 
     def __init__(self) -> None:
         super().__init__()
-        seed = self.declare_parameter(
-            "task.seed",
-            0,
-            ParameterDescriptor(
-                description="Seed of the cube layout and the named cube (sim/task.py)",
-                integer_range=int_range(0, 2**31 - 1),
-            ),
-        ).value
-        target = self.declare_parameter(
-            "task.target",
-            "",
-            ParameterDescriptor(
-                description="The colour to touch (red | green | blue); empty: the seed's own"
-            ),
-        ).value
+        seed = self.get_parameter("task.seed").value
+        target = self.get_parameter("task.target").value
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_task = self.create_publisher(String, "~/task", latched)
         self._apply(int(seed), str(target))

@@ -12,7 +12,7 @@ is forwarded and the controller's watchdog decelerates and holds.
 from __future__ import annotations
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -27,65 +27,58 @@ from dream_vla_ros.robot.teleop import (
     TeleopSource,
 )
 from dream_vla_ros.ros.conversions import chunk_message, joint_state
-from dream_vla_ros.ros.node_main import float_range, int_range, parameter_declarer, run_node
+from dream_vla_ros.ros.node_main import run_node
+from dream_vla_ros.ros.parameters import Param, declare_parameters
+
+PARAMETERS = (
+    Param("source", "scripted", "scripted | piper_leader | touch_expert (sim task)"),
+    Param("rate_hz", 50.0, "Command rate [Hz]", (1.0, 500.0)),
+    Param("chunk_points", 10, "Points per forwarded chunk", (1, 200)),
+    Param("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic"),
+    Param("command_topic", "/dream_vla/teleop/command", "Teleop target (recorded action)"),
+    Param("joint_state_topic", "/joint_states", "Follower joint states"),
+    Param("leader.can_name", "can_leader", "CAN interface of the leader arm"),
+    Param("leader.bustype", "socketcan", "socketcan | virtual"),
+    Param("scripted.seed", 0, "Seed of the scripted waypoints"),
+    Param("scripted.segment_s", 2.0, "Duration of one scripted move [s]", (0.2, 60.0)),
+    Param(
+        "scripted.joint_span_rad",
+        0.35,
+        "Scripted waypoints within +-span of the start pose [rad]",
+        (0.01, 1.5),
+    ),
+    Param("limits_file", "", "Joint limits (empty: the package's config/piper.yaml)"),
+    Param(
+        "task.seed",
+        -1,
+        "touch_expert: layout seed of the episode (sim/task.py); -1 = go home and hold. "
+        "Setting it restarts the expert from the measured pose",
+        (-1, 2**31 - 1),
+        dynamic=True,
+    ),
+    Param(
+        "task.target",
+        "",
+        "touch_expert: the colour to touch (red | green | blue); empty: the seed's own. "
+        "Takes effect with the next task.seed",
+        dynamic=True,
+    ),
+    Param(
+        "task.start_seed",
+        -1,
+        "touch_expert: where task.seed -1 takes the arm: -1 = home, >= 0 = the seeded "
+        "random start pose of sim/task.py start_pose (a demonstration from a random start). "
+        "Takes effect with the next task.seed",
+        (-1, 2**31 - 1),
+        dynamic=True,
+    ),
+)
 
 
 class TeleopNode(Node):
     def __init__(self) -> None:
         super().__init__("teleop")
-        names: list[str] = []
-        declare = parameter_declarer(self, names)
-        declare("source", "scripted", "scripted | piper_leader | touch_expert (sim task)")
-        declare("rate_hz", 50.0, "Command rate [Hz]", floating_point_range=float_range(1.0, 500.0))
-        declare("chunk_points", 10, "Points per forwarded chunk", integer_range=int_range(1, 200))
-        declare("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic")
-        declare("command_topic", "/dream_vla/teleop/command", "Teleop target (recorded action)")
-        declare("joint_state_topic", "/joint_states", "Follower joint states")
-        declare("leader.can_name", "can_leader", "CAN interface of the leader arm")
-        declare("leader.bustype", "socketcan", "socketcan | virtual")
-        declare("scripted.seed", 0, "Seed of the scripted waypoints")
-        declare(
-            "scripted.segment_s",
-            2.0,
-            "Duration of one scripted move [s]",
-            floating_point_range=float_range(0.2, 60.0),
-        )
-        declare(
-            "scripted.joint_span_rad",
-            0.35,
-            "Scripted waypoints within +-span of the start pose [rad]",
-            floating_point_range=float_range(0.01, 1.5),
-        )
-        declare("limits_file", "", "Joint limits (empty: the package's config/piper.yaml)")
-        p = {n: self.get_parameter(n).value for n in names}
-        self.declare_parameter(
-            "task.seed",
-            -1,
-            ParameterDescriptor(
-                description="touch_expert: layout seed of the episode (sim/task.py); -1 = go "
-                "home and hold. Setting it restarts the expert from the measured pose",
-                integer_range=int_range(-1, 2**31 - 1),
-            ),
-        )
-
-        self.declare_parameter(
-            "task.target",
-            "",
-            ParameterDescriptor(
-                description="touch_expert: the colour to touch (red | green | blue); empty: "
-                "the seed's own. Takes effect with the next task.seed"
-            ),
-        )
-        self.declare_parameter(
-            "task.start_seed",
-            -1,
-            ParameterDescriptor(
-                description="touch_expert: where task.seed -1 takes the arm: -1 = home, "
-                ">= 0 = the seeded random start pose of sim/task.py start_pose (a "
-                "demonstration from a random start). Takes effect with the next task.seed",
-                integer_range=int_range(-1, 2**31 - 1),
-            ),
-        )
+        p = declare_parameters(self, PARAMETERS)
 
         self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
