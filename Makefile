@@ -17,7 +17,7 @@ lint: setup
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy dream_vla_ros/control dream_vla_ros/robot dream_vla_ros/sim dream_vla_ros/graphs dream_vla_ros/evaluation/driver.py \
 	    dream_vla_ros/evaluation/homing.py dream_vla_ros/evaluation/closed_loop.py \
-	    dream_vla_ros/launcher.py dream_vla_ros/policy/images.py dream_vla_ros/policy/observations.py
+	    dream_vla_ros/launcher.py dream_vla_ros/data/images.py dream_vla_ros/policy/observations.py
 
 bench: setup
 	$(VENV)/python bench/control_loop.py

@@ -44,8 +44,8 @@ def in_process(head: str) -> float:
         Qwen2VLImageProcessorPil,
     )
 
+    from dream_vla_ros.data.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
     from dream_vla_ros.policy import Observation, Policy, write_random_checkpoint
-    from dream_vla_ros.policy.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
     from dream_vla_ros.ros.conversions import chunk_message
     from dream_vla_ros.sim.schematic import SchematicScene
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,10 +60,22 @@ class NodeProcess:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
-    """`what` names what is awaited; a callable is asked only on a timeout (state to show)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            text = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout} s waiting for {text}")
-        time.sleep(0.01)
+    """`what` names what is awaited; a callable is asked only on a timeout (state to show).
+    A timeout fails the test (AssertionError)."""
+    from dream_vla_ros.ros.client import wait_until
+
+    wait_until(predicate, timeout, what, AssertionError)
+
+
+def collect_without_recorder(log_path: Path, seed: int):
+    """The `collect` graph's simulated controller, schematic cameras (160x120) and
+    scripted teleop (seeded), launched; the tests run their own recorder. Returns
+    (launcher, log file): shut the launcher down, then close the log."""
+    from dream_vla_ros.graphs import COLLECT, Graph, parse_arguments
+    from dream_vla_ros.launcher import Launcher
+
+    nodes = tuple(COLLECT.node(n) for n in ("controller", "sim_camera", "teleop"))
+    g = Graph("world", "collect without its recorder", (), nodes)
+    values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", f"seed:={seed}"])
+    log = open(log_path, "w")  # noqa: SIM115 - the caller closes it
+    return Launcher(g, values, out=log, grace_s=5.0).start(), log

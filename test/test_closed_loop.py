@@ -22,16 +22,15 @@ from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout, start_pose
 pytestmark = pytest.mark.ros
 
 
-def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
-    summary = collect(
-        GraphClient,
-        tmp_path / "episodes",
-        3,
-        seed0=1000,
-        camera=(96, 72),
-        per_layout=2,
-        random_starts=1,
+def _collect(tmp_path, episodes: int, **options) -> dict:
+    """Expert episodes from layout 1000 on, small cameras, into tmp_path/episodes."""
+    return collect(
+        GraphClient, tmp_path / "episodes", episodes, seed0=1000, camera=(96, 72), **options
     )
+
+
+def test_expert_episodes_are_recorded_with_their_layouts(tmp_path):
+    summary = _collect(tmp_path, 3, per_layout=2, random_starts=1)
     assert summary["expert_success_rate"] == 1.0, summary
     assert summary["random_starts"] == 1
     folders = list_episodes(tmp_path / "episodes")
@@ -86,14 +85,7 @@ def fault_the_first(client, k: int) -> None:
 
 
 def test_a_collected_episode_the_controller_stopped_is_kept_as_failed(tmp_path):
-    summary = collect(
-        GraphClient,
-        tmp_path / "episodes",
-        2,
-        seed0=1000,
-        camera=(96, 72),
-        during_episode=fault_the_first,
-    )
+    summary = _collect(tmp_path, 2, during_episode=fault_the_first)
     assert [(r["success"], r["controller_fault"]) for r in summary["results"]] == [
         (False, True),
         (True, False),

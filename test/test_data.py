@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
-from rosutil import ROOT, NodeProcess, wait_for
+from rosutil import ROOT, NodeProcess, collect_without_recorder, wait_for
 from std_srvs.srv import Trigger
 
 from dream_vla_ros.control import JOINT_NAMES
@@ -26,8 +26,6 @@ from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import EpisodeError, list_episodes, read_meta
 from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.data.video import VideoWriter
-from dream_vla_ros.graphs import COLLECT, Graph, parse_arguments
-from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.ros.client import GraphClient
 from dream_vla_ros.ros.conversions import time_to_sec
 
@@ -38,15 +36,7 @@ FPS = 10
 def episodes(tmp_path_factory) -> Path:
     """Three episodes recorded live: success (3 s), success (2.5 s), failed (1.5 s)."""
     out = tmp_path_factory.mktemp("episodes")
-    g = Graph(
-        "world",
-        "collect without its recorder",
-        (),
-        tuple(COLLECT.node(n) for n in ("controller", "sim_camera", "teleop")),
-    )
-    values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=5"])
-    log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
-    launcher = Launcher(g, values, out=log, grace_s=5.0).start()
+    launcher, log = collect_without_recorder(tmp_path_factory.mktemp("log") / "world.log", 5)
     client = GraphClient("data_test")
     rec = NodeProcess(
         "dream_vla_ros.ros.recorder_node",
@@ -394,7 +384,7 @@ def test_play_drives_a_live_subscriber_with_sim_time(episodes):
     # since the fixture recorded the bag (tens of seconds). This process's one executor
     # takes /clock and 2x-rate /joint_states in turns; on a starved host the states
     # queue up behind the newest /clock, so the lag is a backlog of up to ~0.7 s
-    # (session 13's CI: median 0.36 s, p95 0.65 s), not a clock error.
+    # (seen in CI: median 0.36 s, p95 0.65 s), not a clock error.
     lag = np.abs(sim_now - stamps)
     assert np.median(lag) < 0.5 and np.percentile(lag, 95) < 1.0, np.percentile(lag, [50, 95, 100])
     # rate 2: the messages arrive over about half the time they span (the process's

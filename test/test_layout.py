@@ -103,3 +103,11 @@ def test_only_ros_imports_rclpy():
     for name, deps in graph.items():
         if name.split(".")[1:2] and name.split(".")[1] in cores:
             assert not any(d.startswith(ros) for d in deps), f"{name} imports {ros}"
+
+
+def test_a_long_module_says_why_it_is_long():
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().count("\n")
+        if lines > 400:
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            assert "longer than" in doc, f"{path.name} has {lines} lines and does not say why"

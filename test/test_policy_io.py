@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from dream_vla_ros.control.kinematics import DHChain
-from dream_vla_ros.graphs import LaunchError, graph, node_command, parse_arguments
-from dream_vla_ros.policy.images import (
+from dream_vla_ros.data.images import (
     ImageDecodeError,
     decode_compressed,
     decode_raw,
     encode_jpeg,
 )
+from dream_vla_ros.graphs import LaunchError, graph, node_command, parse_arguments
 from dream_vla_ros.policy.observations import (
     CameraSpec,
     Frame,

@@ -17,12 +17,10 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rosutil import NodeProcess, wait_for
+from rosutil import NodeProcess, collect_without_recorder, wait_for
 from std_srvs.srv import Trigger
 
 from dream_vla_ros.data.episode import list_episodes, read_meta, recover_episode
-from dream_vla_ros.graphs import COLLECT, Graph, parse_arguments
-from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.ros.client import GraphClient
 
 pytestmark = pytest.mark.ros
@@ -39,15 +37,7 @@ RECORDER = "dream_vla_ros.ros.recorder_node"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Simulated controller, schematic cameras (160x120, 10 Hz) and scripted teleop."""
-    g = Graph(
-        "world",
-        "collect without its recorder",
-        (),
-        tuple(COLLECT.node(n) for n in ("controller", "sim_camera", "teleop")),
-    )
-    values = parse_arguments(COLLECT, ["camera_width:=160", "camera_height:=120", "seed:=3"])
-    log = open(tmp_path_factory.mktemp("log") / "world.log", "w")  # noqa: SIM115
-    launcher = Launcher(g, values, out=log, grace_s=5.0).start()
+    launcher, log = collect_without_recorder(tmp_path_factory.mktemp("log") / "world.log", 3)
     client = GraphClient("recording_test")
     try:
         yield client

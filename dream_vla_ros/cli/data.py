@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dream_vla_ros.cli.common import pairs
+from dream_vla_ros.cli.common import command_group, pairs
 from dream_vla_ros.guard import guarded
 
 
 def add_parsers(sub) -> None:
-    p_data = sub.add_parser("dataset", help="episodes -> LeRobot v3.0 dataset; crash recovery")
-    p_data.set_defaults(run=run)
-    data_sub = p_data.add_subparsers(dest="action", required=True)
+    data_sub = command_group(
+        sub, "dataset", "episodes -> LeRobot v3.0 dataset; crash recovery", run
+    )
     p_build = data_sub.add_parser("build", help="EPISODES_DIR OUT_DIR: build a training dataset")
     p_build.add_argument("episodes_dir")
     p_build.add_argument("out_dir")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from dream_vla_ros.cli.common import command_group
 from dream_vla_ros.finetune.entry import training_errors
 from dream_vla_ros.guard import guarded
 from dream_vla_ros.paths import config_path
@@ -39,9 +40,9 @@ def _camera_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    p_sim = sub.add_parser("sim", help="touch-the-cube world: collect, evaluate, pipeline")
-    p_sim.set_defaults(run=run)
-    sim_sub = p_sim.add_subparsers(dest="action", required=True)
+    sim_sub = command_group(
+        sub, "sim", "touch-the-cube world: ground, collect, evaluate, pipeline, proxy", run
+    )
     p_col = sim_sub.add_parser("collect", help="OUT: record expert episodes in the world")
     p_col.add_argument("out")
     _collection_options(p_col)
@@ -207,14 +208,8 @@ def _proxy(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    settings = ProxySettings(
-        execute=args.execute,
-        timeout_s=args.timeout,
-        servo=args.servo,
-        replan_s=args.replan_s,
-        latency_s=args.latency_s,
-        lag_s=args.lag_s,
-    )
+    same_names = ("execute", "servo", "replan_s", "latency_s", "lag_s")
+    settings = ProxySettings(timeout_s=args.timeout, **{k: getattr(args, k) for k in same_names})
     policy = PolicySettings(
         decode=DecodeSettings(
             steps=args.decode_steps,

@@ -10,13 +10,12 @@ from dream_vla_ros.control.config import (
 )
 from dream_vla_ros.control.controller import ChunkController, Mode
 from dream_vla_ros.control.safety import FilteredCommand, SafetyFilter, TrackingFault
-from dream_vla_ros.control.validation import ActionChunk, ChunkRejected, validate_chunk
+from dream_vla_ros.control.validation import ChunkRejected, TimedChunk, validate_chunk
 
 __all__ = [
     "ARM_JOINTS",
     "GRIPPER",
     "JOINT_NAMES",
-    "ActionChunk",
     "ChunkController",
     "ChunkRejected",
     "ConfigError",
@@ -24,6 +23,7 @@ __all__ = [
     "Mode",
     "SafetyConfig",
     "SafetyFilter",
+    "TimedChunk",
     "TrackingFault",
     "load_safety_config",
     "validate_chunk",

@@ -26,7 +26,7 @@ import numpy as np
 from dream_vla_ros.control.config import SafetyConfig
 from dream_vla_ros.control.interpolation import HermiteTrajectory, splice
 from dream_vla_ros.control.safety import FilteredCommand, SafetyFilter, TrackingFault
-from dream_vla_ros.control.validation import ActionChunk, ChunkRejected, validate_chunk
+from dream_vla_ros.control.validation import ChunkRejected, TimedChunk, validate_chunk
 
 
 class Mode(enum.Enum):
@@ -138,7 +138,7 @@ class ChunkController:
         time_from_start_s: Sequence[float],
         points: Sequence[Sequence[float]],
         now_s: float,
-    ) -> ActionChunk:
+    ) -> TimedChunk:
         """Validate a chunk and splice it onto the active motion, or raise ChunkRejected."""
         with self._lock:
             try:

@@ -14,7 +14,7 @@ import bisect
 
 import numpy as np
 
-from dream_vla_ros.control.validation import ActionChunk
+from dream_vla_ros.control.validation import TimedChunk
 
 
 class HermiteTrajectory:
@@ -59,7 +59,7 @@ def hold(position: np.ndarray, t: float) -> HermiteTrajectory:
 
 
 def splice(
-    chunk: ActionChunk,
+    chunk: TimedChunk,
     now_s: float,
     current_position: np.ndarray,
     current_velocity: np.ndarray,

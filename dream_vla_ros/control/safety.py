@@ -1,4 +1,4 @@
-"""The per-tick safety rules (DESIGN.md section 4.3), in one place.
+"""The per-tick safety rules (docs/architecture.md §4.3), in one place.
 
 Every command that reaches the arm passes `SafetyFilter.step`, which applies,
 in this order:

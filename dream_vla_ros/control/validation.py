@@ -2,7 +2,7 @@
 
 A chunk is what one policy inference produced: absolute joint targets for the
 times `stamp + time_from_start[k]`, where `stamp` is the capture time of the
-observation it was predicted from (DESIGN.md section 2).
+observation it was predicted from (docs/architecture.md §2).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class ChunkRejected(Exception):
 
 
 @dataclass(frozen=True)
-class ActionChunk:
-    """A validated chunk in the controller's joint order."""
+class TimedChunk:
+    """A validated chunk: absolute target times and positions in the controller's
+    joint order (the policy's output is `dream_vla_ros.policy.ActionChunk`)."""
 
     stamp_s: float  # observation capture time on the ROS clock
     times_s: np.ndarray  # (H,) absolute target times, strictly increasing
@@ -42,8 +43,8 @@ def validate_chunk(
     now_s: float,
     cfg: SafetyConfig,
     reference: np.ndarray | None = None,
-) -> ActionChunk:
-    """Check every rule of DESIGN.md section 4.1 and return the chunk in canonical order.
+) -> TimedChunk:
+    """Check every rule of docs/architecture.md §4.1 and return the chunk in canonical order.
 
     `reference` is the current command (J,); when given, the first target that is
     still in the future may not jump further than `max_start_jump_rad` from it.
@@ -131,4 +132,4 @@ def validate_chunk(
             )
     times.setflags(write=False)
     positions.setflags(write=False)
-    return ActionChunk(stamp_s=stamp_s, times_s=times, positions=positions)
+    return TimedChunk(stamp_s=stamp_s, times_s=times, positions=positions)

@@ -198,7 +198,7 @@ def image_refs(reader: Any, topic: str) -> tuple[list[ImageRef], int]:
 
 def decode_image_message(msg: Any) -> np.ndarray:
     """A rosbags Image/CompressedImage -> (H, W, 3) uint8 RGB."""
-    from dream_vla_ros.policy.images import ImageDecodeError, decode_compressed, decode_raw
+    from dream_vla_ros.data.images import ImageDecodeError, decode_compressed, decode_raw
 
     try:
         if hasattr(msg, "encoding"):

@@ -24,6 +24,9 @@ v2.1: one parquet and one video per episode
 
 This writer puts every frame row in one data file and one video file per
 episode and camera (file index = episode index): valid v3.0, simple to append.
+
+Writer and reader share this module (longer than most) so that the format facts
+are written down once.
 """
 
 from __future__ import annotations

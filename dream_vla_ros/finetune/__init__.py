@@ -1,2 +1,3 @@
-"""Finetuning Dream-VLA on demonstrations (no ROS): recipes, data windows,
-objectives, LoRA/full finetuning, the accelerate training loop, checkpoints."""
+"""Finetuning Dream-VLA on demonstrations (no ROS): recipes, data windows, objectives,
+LoRA or full finetuning, the accelerate training loop, training checkpoints, and the
+grounding pretraining of the tiny base on rendered scenes."""

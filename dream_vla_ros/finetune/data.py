@@ -4,8 +4,8 @@ it, or v2.1/v3.0 from other PiPER users).
 One sample = the observation at frame t (1-2 camera frames, the joint state, the
 episode's instruction) and the action chunk rows t + offset ... t + offset + H - 1
 at the dataset's rate (offset 1 by default: the policy stamps a chunk with the
-observation time and action k is for stamp + (k + 1) * period, DESIGN.md
-section 3). Near the end of an episode the missing rows repeat the last action
+observation time and action k is for stamp + (k + 1) * period, docs/architecture.md
+§2). Near the end of an episode the missing rows repeat the last action
 (hold) and `pad` marks them False; the objectives leave padded rows out of the
 loss, unless `hold_after_end` is set: then they are real rows that say "stay at
 the last pose". Windows start at every frame that has at least one real action.

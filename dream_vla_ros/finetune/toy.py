@@ -7,8 +7,8 @@ minimum-jerk move from a jittered home pose, closing the gripper at the end.
 pose at t + 1, as a teleop command leads the arm). Front and wrist images are
 rendered at a small size (the policy resizes to 224 anyway).
 
-The closed-loop task with randomised objects lives in sim/ (issue 7); this is
-only the fixture that makes training measurable in seconds.
+The closed-loop task with randomised objects lives in sim/; this is only the
+fixture that makes training measurable in seconds.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Backbone names: `visual.*`, `model.*`, `projector.*`, `lm_head.*`. Only
 safetensors are read: a pickle file (.bin/.pt/.pth/.ckpt/.pkl) is refused, never
 unpickled. Every key and shape is checked before anything is copied, and one
 error lists everything missing, unexpected or mis-shaped.
+
+The layout is read and written in this one module (longer than most) so that the
+two cannot drift apart.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ vision_config{depth, embed_dim, ...}) plus an `action` block of ours;
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 HEADS = ("discrete", "flow", "l1")
@@ -107,19 +107,12 @@ class DreamVLAConfig:
         return self.base_vocab_size + self.action.n_bins
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
     def action_tokens(self) -> int:
         return self.action.chunk * self.action.action_dim
 
     @property
     def head_hidden(self) -> int:
         return self.action.head_hidden or self.hidden_size
-
-    def with_action(self, **changes: Any) -> DreamVLAConfig:
-        return replace(self, action=replace(self.action, **changes))
 
     # -- config.json ----------------------------------------------------------------------
     def to_json_dict(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The policy core (no ROS): preprocessing, prompt, `Policy.infer(observation) -> ActionChunk`,
 the observation buffer and the inference loop of the policy node.
 
-Names are imported lazily, so that light modules (images, observations) can be
+Names are imported lazily, so that light modules (observations, runner) can be
 used without importing torch (the controller process never loads it).
 """
 

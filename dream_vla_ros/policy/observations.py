@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dream_vla_ros.policy.images import ImageDecodeError
+from dream_vla_ros.data.images import ImageDecodeError
 
 CAMERA_KINDS = ("raw", "compressed")
 CAMERA_ROLES = ("front", "wrist")

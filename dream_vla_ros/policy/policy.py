@@ -1,6 +1,6 @@
 """`Policy.infer(observation) -> ActionChunk`: images + state + instruction to an
 un-normalised action chunk in SI units (rad, gripper opening in m), stamped with
-the observation's time. No ROS here; the policy node (issue 4) wraps it."""
+the observation's time. No ROS here; the policy node (ros/policy_node.py) wraps it."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class PolicySettings:
     noise_correlation: float = 0.0
     # Flow head: the start noise is scaled by this (a sampling temperature): below 1
     # the draws lean towards the centre of what the model learnt, so successive
-    # re-plans pick the same cube more often (docs/sim.md, "Session 23"). 1: as trained.
+    # re-plans pick the same cube more often (docs/sim.md, "What was tried"). 1: as trained.
     noise_scale: float = 1.0
     # Flow head: classifier-free guidance weight w. Each Euler step follows
     # v_masked + w * (v - v_masked), v_masked being the velocity with the instruction

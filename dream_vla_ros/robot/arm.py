@@ -1,4 +1,4 @@
-"""The arm interface every backend implements (DESIGN.md section 5). SI units only."""
+"""The arm interface every backend implements (docs/architecture.md §5). SI units only."""
 
 from __future__ import annotations
 

@@ -141,14 +141,8 @@ class GraphClient:
     def wait(
         self, predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]
     ) -> None:
-        """Until `predicate()`; GraphError naming `what` (a callable is asked only on
-        a timeout, to show state) after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                text = what() if callable(what) else what
-                raise GraphTimeout(f"timed out after {timeout_s:.0f} s waiting for {text}")
-            time.sleep(0.01)
+        """Until `predicate()`; GraphTimeout after `timeout_s` (see `wait_until`)."""
+        wait_until(predicate, timeout_s, what)
 
     # -- watching the graph ---------------------------------------------------------
     def watch(self, front_topic: str = "/camera/front/image_raw") -> None:
@@ -219,3 +213,19 @@ class GraphClient:
 
 class GraphTimeout(GraphError, TimeoutError):
     """A service, a subscriber or a state of the graph did not come in time."""
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str | Callable[[], str],
+    error: type[Exception] = GraphTimeout,
+) -> None:
+    """Poll `predicate` every 10 ms; after `timeout_s`, `error` naming `what` (a
+    callable is asked only then, to show the state that was awaited)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            text = what() if callable(what) else what
+            raise error(f"timed out after {timeout_s:g} s waiting for {text}")
+        time.sleep(0.01)

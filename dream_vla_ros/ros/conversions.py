@@ -10,7 +10,7 @@ from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from dream_vla_ros.policy.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
+from dream_vla_ros.data.images import decode_compressed, decode_raw, encode_jpeg, encode_raw
 from dream_vla_ros.policy.observations import Frame
 
 
@@ -56,7 +56,7 @@ def joint_state(
 def chunk_message(
     stamp_s: float, names: Sequence[str], positions: np.ndarray, dt_s: float
 ) -> JointTrajectory:
-    """A chunk (H, J) as DESIGN.md section 3 defines it: point k at (k+1)*dt."""
+    """A chunk (H, J) as docs/architecture.md §3 defines it: point k at (k+1)*dt."""
     msg = JointTrajectory()
     msg.header.stamp = sec_to_time(stamp_s)
     msg.joint_names = list(names)

@@ -3,9 +3,10 @@
 Message callbacks only store what arrived; inference runs on its own thread
 (dream_vla_ros.policy.runner) on the newest synchronised observation and
 publishes each chunk as a JointTrajectory stamped with the observation's capture
-stamp (DESIGN.md section 3), so the controller compensates inference latency.
+stamp (docs/architecture.md §3), so the controller compensates inference latency.
 The node refuses to publish on missing, stale or malformed inputs and says why
-(log, throttled; /diagnostics).
+(log, throttled; /diagnostics). Its parameter table (about 40 parameters, each
+declared once) makes the module longer than most.
 """
 
 from __future__ import annotations

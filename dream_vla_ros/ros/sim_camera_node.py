@@ -23,10 +23,10 @@ from dream_vla_ros.ros.parameters import Param, declare_parameters
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
 
 CAMERA_PARAMETERS = (
+    Param("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)"),
     Param("rate_hz", 10.0, "Frames per second per camera", (0.5, 60.0)),
     Param("width", 640, "Image width [px]", (32, 4096)),
     Param("height", 480, "Image height [px]", (32, 4096)),
-    Param("format", "raw", "raw (sensor_msgs/Image rgb8) | compressed (JPEG)"),
     Param("front_topic", "/camera/front/image_raw", "Front camera topic"),
     Param("wrist_topic", "/camera/wrist/image_raw", "Wrist camera topic ('' = none)"),
     Param("joint_state_topic", "/joint_states", "Joint states to render"),

@@ -3,7 +3,7 @@
 Every tick it publishes the source's current target as `JointState` on
 `command_topic` (what the recorder stores as the demonstrated action) and
 forwards the source's near future as a chunk to the controller, which owns the
-follower arm and applies every safety limit (DESIGN.md section 4). The source
+follower arm and applies every safety limit (docs/architecture.md §4). The source
 starts from the follower's measured pose, so a demonstration never begins with
 a jump. When the source goes quiet (a leader arm that stops streaming) nothing
 is forwarded and the controller's watchdog decelerates and holds.

@@ -1,1 +1,3 @@
-"""Placeholder package: see the open issues; nothing here yet."""
+"""Simulated worlds (no ROS): the MuJoCo world with its front and wrist cameras, the
+touch-the-cube task (layouts, success, the scripted expert), and the schematic
+numpy renderer of the `sim` graph."""

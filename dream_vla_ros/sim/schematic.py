@@ -2,10 +2,11 @@
 checkered table and coloured cubes, seen by a fixed front camera and by a wrist
 camera on the flange. No ROS imports, no GPU, no OpenGL.
 
-It is the camera source of the simulated graph until the MuJoCo world lands:
-the images change with the arm's joints and with the object positions, which is
-what the policy's input path needs. It is not photo-realistic and does not
-model occlusion beyond painter's ordering.
+It is the camera source of the light `sim` graph and of `collect` (the MuJoCo
+world, sim/world.py, feeds `sim_world` and `collect_world`): the images change
+with the arm's joints and with the object positions, which is what the policy's
+input path needs. It is not photo-realistic and does not model occlusion beyond
+painter's ordering.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ Y_RANGE = (-0.16, 0.16)
 MIN_SEPARATION_M = 0.09
 APPROACH_S = 1.6  # the expert's move from home to 6 cm above the cube
 DESCEND_S = 1.0  # ... and down to the touch pose
-# the touch pose: the fingertip this far above the cube's top face (on it, 0, was
-# tried in session 19: no gain, docs/sim.md)
+# the touch pose: the fingertip this far above the cube's top face (on it, 0, gave
+# no gain: docs/sim.md "What was tried")
 TOUCH_HEIGHT_M = 0.01
 # random start poses (collect's random starts): the fingertip over the cube area,
 # 6-16 cm above the cubes' tops (never within touching distance of one)
