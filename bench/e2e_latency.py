@@ -129,8 +129,8 @@ def live(seconds: float, head: str) -> None:
     try:
         while time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.05)
-            if launcher.check():
-                raise SystemExit(f"the graph failed: {launcher.failed}")
+            if launcher.check() or launcher.deaths:
+                raise SystemExit(f"the graph failed: {launcher.failed or launcher.deaths[0]}")
             with lock:
                 ready = diag.get("dream_vla/policy", {}).get("ready") == "True"
             if ready and ready_at is None:

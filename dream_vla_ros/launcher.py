@@ -3,10 +3,16 @@ without `ros2 launch` (no ROS imports here).
 
 One process per node, each in its own process group, all with the project's DDS
 settings (localhost only, one ROS_DOMAIN_ID); their output is prefixed with the
-node name. SIGINT/SIGTERM are forwarded once; a node that exits while the graph
-runs stops the others and makes the launcher exit non-zero. Children that do not
-stop within the grace period are killed with their whole process group, so no
-process is left behind.
+node name. SIGINT/SIGTERM are forwarded once. Children that do not stop within the
+grace period are killed with their whole process group, so no process is left
+behind.
+
+Supervision: the controller owns the arm and is the graph's critical node; when it
+exits the graph stops. When another node exits (policy, cameras, recorder, teleop)
+the controller runs on, its watchdog brings the arm to a hold, and the launcher says
+which node ended and how, then restarts it after a back-off that doubles from 1 s
+(at most RESTARTS times) when its NodeSpec says `restart`, or leaves it down with
+the graph still up. The launcher exits non-zero when any node died.
 """
 
 from __future__ import annotations
@@ -22,20 +28,48 @@ import time
 from typing import IO
 
 from dream_vla_ros.dds import domain_id_for, local_dds_env
-from dream_vla_ros.graphs import Graph, node_command
+from dream_vla_ros.graphs import Graph, NodeSpec, node_command
+
+RESTARTS = 5  # restarts of one node before it is left down
+BACKOFF_S = (1.0, 30.0)  # the first restart's delay, doubling up to the second
+
+
+def describe_exit(rc: int) -> str:
+    """'exited with code 1' / 'was killed by SIGKILL' / 'exited cleanly'."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with code {rc}" if rc else "exited cleanly"
 
 
 class Child:
     def __init__(
-        self, name: str, cmd: list[str], env: dict[str, str], out: IO[str], nice: int = 0
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        out: IO[str],
+        nice: int = 0,
+        spec: NodeSpec | None = None,
     ) -> None:
         self.name = name
         if nice and shutil.which("nice"):  # nice execs the node: same pid, lower priority
             cmd = ["nice", "-n", str(nice), *cmd]
         self.cmd = cmd
+        self.env = env
+        self.spec = spec
+        self._out = out
+        self.restarts = 0
+        self.restart_at: float | None = None  # monotonic time of a pending restart
+        self.down = False  # ended, not to be restarted
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            cmd,
-            env=env,
+            self.cmd,
+            env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -43,13 +77,17 @@ class Child:
             text=True,
             bufsize=1,
         )
-        self._out = out
-        self._pump = threading.Thread(target=self._forward, daemon=True)
+        self._pump = threading.Thread(target=self._forward, args=(self.proc,), daemon=True)
         self._pump.start()
 
-    def _forward(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+    def restart(self) -> None:
+        self.restarts += 1
+        self.restart_at = None
+        self._spawn()
+
+    def _forward(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             self._out.write(f"[{self.name}] {line}")
             self._out.flush()
 
@@ -80,7 +118,10 @@ class Launcher:
         self.grace_s = grace_s
         self.children: list[Child] = []
         self._stop = threading.Event()
-        self.failed: str = ""
+        self.failed: str = ""  # why the graph stopped (its critical node ended)
+        self.deaths: list[str] = []  # every node that ended while the graph ran
+        # a graph without a critical node stops when any node ends
+        self._critical = {n.name for n in g.nodes if n.critical} or {n.name for n in g.nodes}
 
     @property
     def domain_id(self) -> int:
@@ -98,27 +139,58 @@ class Launcher:
     def start(self) -> Launcher:
         for node in self.graph.nodes:
             cmd = node_command(node, self.values)
-            self.children.append(Child(node.name, cmd, self.env, self.out, node.nice))
+            self.children.append(Child(node.name, cmd, self.env, self.out, node.nice, node))
         return self
+
+    def _say(self, text: str) -> None:
+        self.out.write(f"[launch] {text}\n")
+        self.out.flush()
 
     def request_stop(self, *_args) -> None:
         self._stop.set()
 
     def check(self) -> int:
-        """0 while every node runs; else the exit code of the first that ended (or 1)."""
+        """0 while the graph runs; else the exit code of its critical node (or 1).
+
+        Every other node that ended is reported once, then restarted when it is due
+        (its NodeSpec's `restart`, a doubling back-off, at most RESTARTS times) or
+        left down."""
+        now = time.monotonic()
         for child in self.children:
+            if child.down:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart()
+                    self._say(f"node '{child.name}' restarted ({child.restarts} of {RESTARTS})")
+                continue
             rc = child.proc.poll()
-            if rc is not None:
-                self.failed = f"node '{child.name}' exited with code {rc}"
-                self.out.write(f"[launch] {self.failed}; stopping the graph\n")
+            if rc is None:
+                continue
+            what = f"node '{child.name}' {describe_exit(rc)}"
+            self.deaths.append(what)
+            if child.name in self._critical:
+                child.down = True
+                self.failed = what
+                self._say(f"{what}; it is critical: stopping the graph")
                 return rc or 1
+            spec = child.spec
+            if spec is not None and spec.restart and child.restarts < RESTARTS:
+                delay = min(BACKOFF_S[0] * 2**child.restarts, BACKOFF_S[1])
+                child.restart_at = now + delay
+                self._say(f"{what}; restarting it in {delay:.0f} s, the graph runs on")
+            else:
+                child.down = True
+                after = f" after {RESTARTS} restarts" if spec is not None and spec.restart else ""
+                self._say(f"{what}; it stays down{after}, the graph runs on")
         return 0
 
     def run(self, poll_s: float = 0.1) -> int:
-        """Supervise until a stop request or a node exits; then shut everything down.
+        """Supervise until a stop request or the critical node ends; then shut
+        everything down.
 
-        Returns 0 after a requested stop with every node ending cleanly, otherwise
-        non-zero (the first failing node's exit code, or 1)."""
+        Returns 0 after a requested stop when no node died and every node ended
+        cleanly, otherwise non-zero (the critical node's exit code, or 1)."""
         code = 0
         try:
             while not self._stop.is_set() and not code:
@@ -128,18 +200,20 @@ class Launcher:
         finally:
             clean = self.shutdown()
         if not clean and not code:
-            self.out.write(f"[launch] {self.failed}\n")
-        return code or (0 if clean else 1)
+            self._say(self.failed)
+        if self.deaths and not code:
+            self._say(f"stopped; during the run: {'; '.join(self.deaths)}")
+        return code or (0 if clean and not self.deaths else 1)
 
     def shutdown(self) -> bool:
         """SIGINT every node, wait the grace period, then SIGKILL what is left (with its
         process group). True when every node ended cleanly on SIGINT."""
-        for child in self.children:
-            if child.alive():
-                child.proc.send_signal(signal.SIGINT)
+        running = [c for c in self.children if c.alive()]
+        for child in running:
+            child.proc.send_signal(signal.SIGINT)
         deadline = time.monotonic() + self.grace_s
         clean = True
-        for child in self.children:
+        for child in running:
             try:
                 rc = child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

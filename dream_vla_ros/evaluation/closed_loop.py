@@ -167,8 +167,9 @@ def collect(
         client.wait(lambda: client.measured() is not None, 120, "/joint_states (see graph.log)")
         faults += go_home()
         for i in range(episodes):
-            if launcher.check() != 0:
-                raise GraphError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            if launcher.check() != 0 or launcher.deaths:
+                died = launcher.failed or launcher.deaths[0]
+                raise GraphError(f"a node died: {died} (see {out}/graph.log)")
             seed, j = seed0 + i // cycle, i % cycle
             own = COLOURS.index(sample_layout(seed).target)
             layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
@@ -269,8 +270,9 @@ def evaluate(
             "the policy to warm up (see graph.log)",
         )
         for k, seed in enumerate(seeds):
-            if launcher.check() != 0:
-                raise GraphError(f"a node died: {launcher.failed} (see {out}/graph.log)")
+            if launcher.check() != 0 or launcher.deaths:
+                died = launcher.failed or launcher.deaths[0]
+                raise GraphError(f"a node died: {died} (see {out}/graph.log)")
             client.set_param("policy", "enabled", False)
             faults += home(client, log)
             layout = sample_layout(seed)

@@ -12,13 +12,31 @@ from __future__ import annotations
 
 from dream_vla_ros.graphs.spec import Argument, Graph, LaunchError, NodeSpec, Override
 
+# Supervision, the same in every graph: the controller owns the arm and is critical
+# (the graph stops with it); cameras and the recorder are restarted (the recorder
+# recovers its open episode); the policy is restarted in simulation only (on a real
+# arm a restarted policy would move the arm again with nobody asking); teleop is left
+# down (a motion source that restarts by itself would surprise its operator).
+_RESTARTED = {"sim_camera", "sim_world", "recorder"}
+
 
 def _ros_node(
-    name: str, params_files: tuple[str, ...], overrides: tuple[Override, ...], nice: int = 0
+    name: str,
+    params_files: tuple[str, ...],
+    overrides: tuple[Override, ...],
+    nice: int = 0,
+    restart: bool | None = None,
 ) -> NodeSpec:
     """A node of this package: module dream_vla_ros.ros.NAME_node, console script NAME_node."""
     return NodeSpec(
-        name, f"dream_vla_ros.ros.{name}_node", f"{name}_node", params_files, overrides, nice
+        name,
+        f"dream_vla_ros.ros.{name}_node",
+        f"{name}_node",
+        params_files,
+        overrides,
+        nice,
+        critical=name == "controller",
+        restart=name in _RESTARTED if restart is None else restart,
     )
 
 
@@ -115,6 +133,7 @@ SIM = Graph(
                 Override("cameras.kinds", ("{camera_format}", "{camera_format}"), "str_list"),
             ),
             nice=10,
+            restart=True,  # simulation: a restarted policy moves a simulated arm
         ),
     ),
 )
@@ -271,6 +290,7 @@ SIM_WORLD = Graph(
                 Override("enabled", "{policy_enabled}", "bool"),
             ),
             nice=10,
+            restart=True,  # simulation: a restarted policy moves a simulated arm
         ),
     ),
 )

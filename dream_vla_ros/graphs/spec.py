@@ -55,6 +55,10 @@ class NodeSpec:
     # CPU niceness: the controller's 200 Hz loop keeps priority over model and
     # rendering work when they share cores (launch_ros: prefix "nice -n N")
     nice: int = 0
+    # Supervision (launcher.py): when a critical node ends the graph stops; another
+    # node that ends is restarted with a back-off when `restart`, else left down.
+    critical: bool = False
+    restart: bool = False
 
 
 @dataclass(frozen=True)

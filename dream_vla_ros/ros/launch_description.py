@@ -6,9 +6,14 @@ is defined once in dream_vla_ros/graphs/definitions.py; `dream-vla launch` runs
 the same graph without ros2 launch. Each node is built when the launch arguments
 are known (an OpaqueFunction), with the same templating as `dream-vla launch`
 (graphs/spec.py), so an argument left empty leaves the node's own parameter.
+
+Supervision as ros2 launch can express it: the critical node (the controller)
+shuts the launch down when it exits; a node marked `restart` respawns after 2 s,
+at most 5 times (launch has no growing back-off); any other node that exits stays
+down while the rest of the graph runs on (ros2 launch's own default).
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -26,6 +31,11 @@ def _node_action(g, node):
                 raise RuntimeError(f"'{g.name}' needs {arg.name}:=VALUE")
         params = [str(config_path(f)) for f in node.params_files]
         params.append(node_parameters(node, values))
+        supervision = {}
+        if node.critical:
+            supervision["on_exit"] = [Shutdown(reason=f"the critical node '{node.name}' exited")]
+        elif node.restart:
+            supervision.update(respawn=True, respawn_delay=2.0, respawn_max_retries=5)
         return [
             Node(
                 package=PACKAGE,
@@ -34,6 +44,7 @@ def _node_action(g, node):
                 parameters=params,
                 output="screen",
                 prefix=f"nice -n {node.nice}" if node.nice else None,
+                **supervision,
             )
         ]
 

@@ -1,0 +1,178 @@
+"""Supervision by the launcher: the controller is the critical node of a graph; any
+other node that dies is restarted with a back-off or left down, the graph runs on,
+and the controller's watchdog holds the arm."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from rosutil import wait_for
+
+from dream_vla_ros.graphs import Graph, NodeSpec
+from dream_vla_ros.launcher import Launcher, describe_exit
+
+pytestmark = pytest.mark.ros
+
+CAM = "dream_vla_ros.ros.sim_camera_node"
+
+
+def _cam(name: str, **supervision) -> NodeSpec:
+    return NodeSpec(name, CAM, "sim_camera_node", (), **supervision)
+
+
+def test_exits_are_described_in_words():
+    assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert describe_exit(1) == "exited with code 1"
+    assert describe_exit(0) == "exited cleanly"
+
+
+def test_a_dying_node_is_restarted_or_left_down_and_the_critical_one_stops_the_graph():
+    g = Graph(
+        "three",
+        "a critical node, a restarted one and one left down",
+        (),
+        (_cam("main", critical=True), _cam("again", restart=True), _cam("once")),
+    )
+    log = io.StringIO()
+    launcher = Launcher(g, {}, out=log, grace_s=5.0).start()
+    main, again, once = launcher.children
+    try:
+        wait_for(lambda: all(c.alive() for c in launcher.children), 20, "three nodes")
+        first_pid = again.proc.pid
+        os.kill(first_pid, signal.SIGKILL)
+        os.kill(once.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while again.restarts == 0 and time.monotonic() < deadline:
+            assert launcher.check() == 0, log.getvalue()
+            time.sleep(0.05)
+        assert again.restarts == 1 and again.proc.pid != first_pid
+        wait_for(again.alive, 10, "the restarted node")
+        assert main.alive() and not once.alive() and once.down
+        text = log.getvalue()
+        assert "node 'again' was killed by SIGKILL; restarting it in 1 s" in text, text
+        assert "node 'once' was killed by SIGKILL; it stays down, the graph runs on" in text
+        assert "node 'again' restarted (1 of 5)" in text
+        os.kill(main.proc.pid, signal.SIGKILL)
+        rc = launcher.run(poll_s=0.05)
+    finally:
+        launcher.shutdown()
+    assert rc != 0 and launcher.failed == "node 'main' was killed by SIGKILL"
+    assert "it is critical: stopping the graph" in log.getvalue()
+    assert not any(c.alive() for c in launcher.children)
+
+
+def test_restarts_back_off_and_end():
+    from dream_vla_ros import launcher as launcher_module
+
+    g = Graph(
+        "one",
+        "a node that always dies",
+        (),
+        (_cam("main", critical=True), _cam("flaky", restart=True)),
+    )
+    log = io.StringIO()
+    launcher = Launcher(g, {}, out=log, grace_s=5.0).start()
+    flaky = launcher.children[1]
+    delays = []
+    try:
+        for _ in range(launcher_module.RESTARTS + 1):
+            wait_for(flaky.alive, 20, "the flaky node")
+            flaky.signal_group(signal.SIGKILL)
+            wait_for(lambda: flaky.proc.poll() is not None, 10, "the flaky node to die")
+            launcher.check()
+            if flaky.restart_at is not None:
+                delays.append(round(flaky.restart_at - time.monotonic()))
+                flaky.restart_at = time.monotonic()  # do not wait the back-off out
+                launcher.check()
+        assert delays == [1, 2, 4, 8, 16]
+        assert flaky.down and flaky.restarts == launcher_module.RESTARTS
+        assert "it stays down after 5 restarts" in log.getvalue()
+        assert launcher.children[0].alive()
+    finally:
+        launcher.shutdown()
+
+
+def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
+    """The sim graph under the launcher: SIGKILL of the policy while the arm moves.
+    The controller and the cameras run on, the controller's watchdog brings the arm
+    to a hold within its limits, and the policy comes back after its back-off."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+
+    from dream_vla_ros.control import load_safety_config
+    from dream_vla_ros.graphs import SIM, parse_arguments
+    from dream_vla_ros.ros.client import GraphClient
+    from dream_vla_ros.ros.conversions import time_to_sec
+
+    limits = load_safety_config()
+    log_path = tmp_path / "graph.log"
+    log = log_path.open("w")
+    values = parse_arguments(SIM, ["camera_rate_hz:=8.0", "can_name:=supervised"])
+    launcher = Launcher(SIM, values, out=log, grace_s=5.0)
+    os.environ.update(launcher.env)  # this process joins the graph's DDS domain
+    launcher.start()
+    client = GraphClient("supervision_test")
+    client.watch()
+    commands: list[tuple[float, np.ndarray, np.ndarray]] = []
+    reliable = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    client.node.create_subscription(
+        JointState,
+        "/controller/command",
+        lambda m: commands.append(
+            (time_to_sec(m.header.stamp), np.array(m.position), np.array(m.velocity))
+        ),
+        reliable,
+    )
+    children = {c.name: c for c in launcher.children}
+
+    def accepted() -> int:
+        return int(client.status("dream_vla/controller").get("chunks_accepted", 0))
+
+    def moving() -> bool:
+        recent = commands[-20:]
+        return len(recent) == 20 and max(np.abs(v[:6]).max() for _, _, v in recent) > 0.01
+
+    try:
+        wait_for(lambda: accepted() >= 5, 180, lambda: "policy chunks\n" + log_path.read_text())
+        wait_for(moving, 30, "the arm to move under the policy")
+        killed_at = client.now()
+        children["policy"].signal_group(signal.SIGKILL)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            assert launcher.check() == 0, log_path.read_text()
+            time.sleep(0.05)
+        after = [(t, q, v) for t, q, v in commands if t >= killed_at]
+        assert children["controller"].alive() and children["sim_camera"].alive()
+        assert client.status("dream_vla/controller").get("mode") == "running"
+        # within the watchdog (chunk timeout) plus the braking time the arm holds
+        hold_from = killed_at + limits.chunk_timeout_s + 1.0
+        held = np.array([v[:6] for t, _, v in after if t >= hold_from])
+        assert len(held) > 50 and np.abs(held).max() < 1e-6, np.abs(held).max()
+        # and on the way there every step stays within the acceleration limits
+        accel = np.array(limits.amax[:6])
+        for (t0, _, v0), (t1, _, v1) in itertools.pairwise(after):
+            dt = t1 - t0
+            if dt > 0:
+                # 1e-5: stamps are float seconds since 1970, good to ~0.5 us
+                assert np.all(np.abs(v1[:6] - v0[:6]) <= accel * dt + 1e-5), t1 - killed_at
+        text = log_path.read_text()
+        assert "node 'policy' was killed by SIGKILL; restarting it in 1 s, the graph runs on" in (
+            text
+        )
+        before = accepted()
+        wait_for(
+            lambda: launcher.check() == 0 and accepted() > before + 3,
+            180,
+            lambda: "the restarted policy's chunks\n" + log_path.read_text(),
+        )
+        assert "node 'policy' restarted (1 of 5)" in log_path.read_text()
+    finally:
+        client.close()
+        launcher.shutdown()
+        log.close()
