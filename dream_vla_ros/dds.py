@@ -23,6 +23,28 @@ def profile_path() -> str:
     return str(config_path("dds/localhost.xml"))
 
 
+# ROS 2 on Linux: domains whose ports fit below the ephemeral port range
+DOMAIN_RANGES = ((0, 101), (215, 232))
+
+
+class DdsError(ValueError):
+    """An unusable DDS setting; the message names it and the fix."""
+
+
+def parse_domain_id(text: str | int) -> int:
+    """ROS_DOMAIN_ID as an int, or DdsError saying which values ROS 2 allows."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = -1
+    if not any(lo <= value <= hi for lo, hi in DOMAIN_RANGES):
+        raise DdsError(
+            f"ROS_DOMAIN_ID={text} is not a domain ROS 2 can use on Linux: choose 0..101 "
+            "or 215..232, or unset it and the launcher picks one"
+        )
+    return value
+
+
 def local_dds_env(
     base: Mapping[str, str] | None = None, domain_id: int | None = None
 ) -> dict[str, str]:
@@ -33,9 +55,7 @@ def local_dds_env(
     """
     env = dict(os.environ if base is None else base)
     if domain_id is not None:
-        if not 0 <= domain_id <= 101:
-            raise ValueError(f"ROS_DOMAIN_ID must be in 0..101, got {domain_id}")
-        env["ROS_DOMAIN_ID"] = str(domain_id)
+        env["ROS_DOMAIN_ID"] = str(parse_domain_id(domain_id))
     if env.get(OPT_OUT_VAR, "local") == "system":
         return env
     env["FASTDDS_DEFAULT_PROFILES_FILE"] = profile_path()

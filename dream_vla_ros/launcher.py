@@ -27,7 +27,7 @@ import threading
 import time
 from typing import IO
 
-from dream_vla_ros.dds import domain_id_for, local_dds_env
+from dream_vla_ros.dds import domain_id_for, local_dds_env, parse_domain_id
 from dream_vla_ros.graphs import Graph, NodeSpec, node_command
 
 RESTARTS = 5  # restarts of one node before it is left down
@@ -111,7 +111,7 @@ class Launcher:
         self.graph = g
         self.values = values
         if domain_id is None:
-            domain_id = int(os.environ.get("ROS_DOMAIN_ID", domain_id_for()))
+            domain_id = parse_domain_id(os.environ.get("ROS_DOMAIN_ID", domain_id_for()))
         self.env = local_dds_env(domain_id=domain_id)
         self.env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
         self.out = out or sys.stdout

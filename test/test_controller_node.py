@@ -429,7 +429,7 @@ from rclpy.node import Node
 from dream_vla_ros.ros.node_main import run_node
 
 class RacyExecutor(SingleThreadedExecutor):
-    def spin(self):
+    def spin_once(self, timeout_sec=None):
         if SHUT_DOWN:  # what SIGINT's handler does before the wait set is built
             rclpy.shutdown()
         raise RCLError("failed to initialize wait set: the given context is not valid")
@@ -458,3 +458,48 @@ def test_a_sigint_that_invalidates_the_context_mid_spin_is_a_clean_exit(shut_dow
         assert proc.returncode == 0, proc.stderr
     else:
         assert proc.returncode != 0 and "context is not valid" in proc.stderr
+
+
+def test_lost_can_feedback_on_the_real_arm_configuration_stops_commands_within_150_ms():
+    """With the real arm's feedback timeout (0.1 s, the default) and the default
+    diagnostics period (1 s): silencing the simulated CAN feedback stops the commands
+    within 150 ms of the last feedback frame, and the fault reaches /diagnostics when
+    it happens, not at the next periodic report."""
+    client = GraphClient("real_timeout_test")
+    rec = Recorder(client)
+    proc = NodeProcess(
+        "dream_vla_ros.ros.controller_node",
+        {"arm.backend": "sim", "arm.can_name": "vcan-real-timeout", "auto_enable": True},
+        name="controller-real-timeout",
+    )
+    try:
+        for _ in range(5):  # a host stall may trip the 0.1 s timeout before the cut
+            wait_for(lambda: rec.latest_diag().get("mode") in ("running", "fault"), 30, "mode")
+            if rec.latest_diag().get("mode") == "running":
+                time.sleep(0.5)
+                if rec.latest_diag().get("mode") == "running":
+                    break
+            client.call(Trigger, "/controller/reset_fault")
+            client.call(Trigger, "/controller/enable")
+            time.sleep(1.0)
+        assert rec.latest_diag().get("mode") == "running", rec.latest_diag()
+        with rec.lock:
+            seen = len(rec.diagnostics)
+        assert client.call(SetBool, "/controller/sim/set_feedback", SetBool.Request(data=False))
+        wait_for(lambda: rec.latest_diag().get("mode") == "fault", 2.0, "fault after CAN loss")
+        arrived = time.time()
+        with rec.lock:
+            fault = next(d for d in rec.diagnostics[seen:] if d.get("mode") == "fault")
+        last_frame = float(fault["sim.last_feedback_s"])
+        time.sleep(0.5)
+        with rec.lock:
+            last_command = rec.commands[-1][0]
+        print(
+            f"last command {1e3 * (last_command - last_frame):.0f} ms and the fault on "
+            f"/diagnostics {1e3 * (arrived - last_frame):.0f} ms after the last frame"
+        )
+        assert last_command - last_frame <= 0.150
+        assert arrived - last_frame <= 0.5  # at once, not at the next 1 s report
+    finally:
+        client.close()
+        assert proc.stop() in (0, -2), proc.output()

@@ -176,3 +176,72 @@ def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
         client.close()
         launcher.shutdown()
         log.close()
+
+
+def test_bad_messages_leave_every_node_alive_with_the_reason_on_diagnostics(tmp_path):
+    """NaN and wrong-name joint states, and images of the wrong size and encoding,
+    sent to every node of a running graph (controller, cameras, policy, teleop,
+    recorder): every node stays up, and the nodes that use them say why on
+    /diagnostics."""
+    from sensor_msgs.msg import Image, JointState
+
+    from dream_vla_ros.graphs import COLLECT, SIM, parse_arguments
+    from dream_vla_ros.ros.client import GraphClient
+
+    arguments = {a.name: a for a in (*SIM.arguments, *COLLECT.arguments)}
+    nodes = (*SIM.nodes, COLLECT.node("teleop"), COLLECT.node("recorder"))
+    g = Graph("everything", "every node kind", tuple(arguments.values()), nodes)
+    values = parse_arguments(
+        g, ["camera_rate_hz:=5.0", "can_name:=bad_input", f"output_dir:={tmp_path / 'ep'}"]
+    )
+    log_path = tmp_path / "graph.log"
+    log = log_path.open("w")
+    launcher = Launcher(g, values, out=log, grace_s=5.0)
+    os.environ.update(launcher.env)
+    launcher.start()
+    client = GraphClient("bad_input_test")
+    client.watch()
+    try:
+        wait_for(
+            lambda: client.status("dream_vla/policy").get("ready") == "True",
+            180,
+            lambda: "the policy to warm up\n" + log_path.read_text(),
+        )
+        states = client.publisher(JointState, "/joint_states")
+        front = client.publisher(Image, "/camera/front/image_raw")
+        names = ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "gripper"]
+        nan = JointState(name=names, position=[0.0, float("nan"), 0, 0, 0, 0, 0.02])
+        wrong = JointState(name=["a", "b"], position=[0.0, 1.0])
+        short = JointState(name=names, position=[0.0, 1.0])
+        odd = Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32))
+        tiny = Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(12))
+        lying = Image(height=480, width=640, encoding="rgb8", step=1920, data=bytes(10))
+        for _ in range(20):
+            for msg in (nan, wrong, short):
+                msg.header.stamp = client.node.get_clock().now().to_msg()
+                states.publish(msg)
+            for msg in (odd, tiny, lying):
+                msg.header.stamp = client.node.get_clock().now().to_msg()
+                front.publish(msg)
+            time.sleep(0.1)
+        wait_for(
+            lambda: "non-finite" in client.status("dream_vla/sim_camera").get("message", ""),
+            10,
+            lambda: f"sim_camera's reason: {client.status('dream_vla/sim_camera')}",
+        )
+        wait_for(
+            lambda: "refused" in client.status("dream_vla/teleop").get("message", ""),
+            10,
+            lambda: f"teleop's reason: {client.status('dream_vla/teleop')}",
+        )
+        policy = client.status("dream_vla/policy")
+        assert policy.get("refused /joint_states", "0") != "0", policy
+        assert policy["message"] != "publishing chunks", policy
+        time.sleep(1.0)
+        assert launcher.check() == 0 and not launcher.deaths, log_path.read_text()
+        assert all(c.alive() for c in launcher.children), log_path.read_text()
+        assert client.status("dream_vla/controller").get("mode") == "running"
+    finally:
+        client.close()
+        launcher.shutdown()
+        log.close()

@@ -42,7 +42,20 @@ def add_parsers(sub) -> None:
     p_play.add_argument("--loop", action="store_true")
     p_play.add_argument("--topics", nargs="*", default=[], help="only these topics")
     p_play.add_argument("--exclude", nargs="*", default=[], help="not these topics")
-    p_play.add_argument("--wait-for-subscribers", type=float, default=0.0, help="[s]")
+    p_play.add_argument(
+        "--wait-for-subscribers",
+        type=float,
+        default=5.0,
+        help="[s] at most this long before the first message, for the subscribers that "
+        "already exist to match (a message sent before that is lost)",
+    )
+    p_play.add_argument(
+        "--no-wait",
+        dest="wait_for_subscribers",
+        action="store_const",
+        const=0.0,
+        help="start at once (late subscribers miss the first messages)",
+    )
     p_play.add_argument("--typestore", default="ros2_kilted")
     p_eval = sub.add_parser("eval-bag", help="open-loop policy evaluation over a bag")
     p_eval.set_defaults(run=run)
@@ -56,6 +69,13 @@ def add_parsers(sub) -> None:
     p_eval.add_argument("--every", type=float, default=0.5, help="one prediction per [s]")
     p_eval.add_argument("--max-predictions", type=int, default=200)
     p_eval.add_argument("--typestore", default="ros2_kilted")
+    p_eval.add_argument(
+        "--joint-map",
+        action="append",
+        default=[],
+        metavar="BAG_NAME=joint1",
+        help="the bag's joint names -> joint1..joint6, gripper",
+    )
 
 
 def _errors(command: str) -> tuple[type[BaseException], ...]:
@@ -137,6 +157,7 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _eval_bag(args: argparse.Namespace) -> int:
+    from dream_vla_ros.data.bags import BagError
     from dream_vla_ros.evaluation.offline import EvalSettings, evaluate_bag
     from dream_vla_ros.policy.policy import Policy
 
@@ -146,7 +167,10 @@ def _eval_bag(args: argparse.Namespace) -> int:
         every_s=args.every,
         max_predictions=args.max_predictions,
         typestore=args.typestore,
+        joint_map=pairs(args.joint_map, "--joint-map"),
     )
+    if not Path(args.bag).exists():  # before the model loads
+        raise BagError(f"{args.bag} does not exist: give an episode folder or a rosbag2 folder")
     policy = Policy.from_checkpoint(args.checkpoint, args.dtype, args.device)
     out = Path(args.out) if args.out else Path(args.bag) / "eval"
     summary = evaluate_bag(args.bag, policy, out, settings)

@@ -21,6 +21,7 @@ def add_parsers(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dream_vla_ros.dds import DdsError
     from dream_vla_ros.evaluation.closed_loop import GraphError, evaluate
     from dream_vla_ros.ros.client import GraphClient
 
@@ -44,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return guarded("demo", (GraphError,), body)
+    return guarded("demo", (GraphError, DdsError), body)

@@ -7,6 +7,7 @@ import argparse
 import shlex
 import sys
 
+from dream_vla_ros.dds import DdsError
 from dream_vla_ros.graphs import GRAPHS, LaunchError, graph, node_command, parse_arguments
 from dream_vla_ros.launcher import launch
 
@@ -43,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{node.name}: {shlex.join(node_command(node, values))}")
             return 0
         return launch(g, values)
-    except LaunchError as exc:
-        print(f"dream-vla: {exc}", file=sys.stderr)
+    except (LaunchError, DdsError) as exc:
+        print(f"dream-vla launch: {exc}", file=sys.stderr)
         return 2

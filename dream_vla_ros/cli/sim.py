@@ -109,6 +109,7 @@ def add_parsers(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dream_vla_ros.dds import DdsError
     from dream_vla_ros.evaluation.driver import GraphError
 
     if args.action == "ground":
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "pipeline": _pipeline,
         "proxy": _proxy,
     }
-    errors = (GraphError, ValueError, *training_errors())
+    errors = (GraphError, DdsError, ValueError, *training_errors())
     return guarded(f"sim {args.action}", errors, lambda: handlers[args.action](args))
 
 

@@ -160,7 +160,8 @@ def read_joint_series(
             if missing:
                 raise BagError(
                     f"{topic}: joints {missing} are missing (the topic has {msg.name}); "
-                    "map the names with joint_map"
+                    "map the names with joint_map (dream-vla dataset build and eval-bag: "
+                    "--joint-map BAG_NAME=joint1)"
                 )
             row = position[[index[n] for n in names]]
         times.append(stamp)

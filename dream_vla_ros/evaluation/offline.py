@@ -46,6 +46,8 @@ class EvalSettings:
     image_tolerance_s: float = 0.15
     gripper_threshold_m: float = 0.035
     typestore: str = "ros2_kilted"
+    # the bag's joint names -> joint1..joint6, gripper (a third-party arm's names)
+    joint_map: tuple[tuple[str, str], ...] = ()
 
 
 def _interp(times: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -76,10 +78,9 @@ def evaluate_bag(bag: str | Path, policy: Any, out_dir: str | Path, s: EvalSetti
     from dream_vla_ros.policy.policy import Observation, ObservationError
 
     bag, out = Path(bag), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     instruction, cameras = _load_inputs(bag, s)
     with open_bag(bag, s.typestore) as reader:
-        measured = read_joint_series(reader, s.state_topic)
+        measured = read_joint_series(reader, s.state_topic, dict(s.joint_map) or None)
         stamps: dict[str, np.ndarray] = {}
         for role, topic in cameras:
             refs, _zero = image_refs(reader, topic)
@@ -189,6 +190,7 @@ def evaluate_bag(bag: str | Path, policy: Any, out_dir: str | Path, s: EvalSetti
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))},
         "settings": asdict(s),
     }
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs have been read
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _plots(out, measured, predictions)
     _report(out, summary)

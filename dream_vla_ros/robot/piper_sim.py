@@ -106,6 +106,7 @@ class PiperFirmwareSim:
         self.estop = False
         self.limit_bits = 0
         self.feedback_enabled = True
+        self.last_feedback_s = 0.0  # wall-clock time of the last feedback frame sent
         self.frames_received = 0
         self._bus = can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
         self._lock = threading.Lock()
@@ -171,6 +172,8 @@ class PiperFirmwareSim:
             cycle += 1
             for arbitration_id, data in frames:
                 self._send(arbitration_id, data)
+            if frames:
+                self.last_feedback_s = time.time()
             deadline += period
             if deadline < now:
                 deadline = now + period

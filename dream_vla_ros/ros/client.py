@@ -20,6 +20,7 @@ from rclpy.node import Node
 
 from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.evaluation.driver import GraphError
+from dream_vla_ros.ros.guards import MessageRefused, joint_positions
 
 
 class GraphClient:
@@ -40,15 +41,18 @@ class GraphClient:
         self._diag: dict[str, dict[str, str]] = {}  # status name -> values (+ "message")
         self._diag_count: dict[str, int] = {}  # status name -> reports received
         self._watching = False
+        self.errors: list[str] = []  # callbacks that failed (the client goes on)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
-            while self.context.ok():
+        while self.context.ok():
+            try:
                 self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # the context shut down while spinning
-            pass
+            except Exception as exc:  # a callback failed, or the context shut down
+                if not self.context.ok():
+                    return
+                self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -160,10 +164,10 @@ class GraphClient:
         self.node.create_subscription(Image, front_topic, self._on_image, qos_profile_sensor_data)
 
     def _on_state(self, msg) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if not all(n in index for n in JOINT_NAMES):
-            return
-        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        try:
+            q = joint_positions(msg, JOINT_NAMES)
+        except MessageRefused:
+            return  # not the controller's (a test's or a tool's bad message)
         with self.lock:
             self.q = q
             hook = self.on_state

@@ -35,6 +35,7 @@ from dream_vla_ros.control import (
 from dream_vla_ros.control.loop import PeriodicLoop
 from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
 from dream_vla_ros.ros.conversions import chunk_fields, joint_state
+from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
@@ -131,6 +132,8 @@ class ControllerNode(Node):
         self.pub_state = self.create_publisher(JointState, p["joint_state_topic"], 10)
         self.pub_command = self.create_publisher(JointState, "~/command", reliable)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.guard = InputGuard(self)
+        self._diag_lock = threading.Lock()
         self.create_subscription(JointTrajectory, p["chunk_topic"], self._on_chunk, 10)
         for name, handler in (
             ("~/enable", self._srv_enable),
@@ -182,6 +185,7 @@ class ControllerNode(Node):
             self.get_logger().error(f"stopping the arm: {self.core.reason}")
             with self._arm_lock:
                 self.arm.emergency_stop()
+            self._publish_diagnostics()  # a fault is reported when it happens
         if now - self._last_state_publish >= self._state_period * 0.999:
             self._last_state_publish = now
             self.pub_state.publish(joint_state(now, JOINT_NAMES, state.positions, state.velocities))
@@ -248,6 +252,7 @@ class ControllerNode(Node):
         self._stop_sent = True
         with self._arm_lock:
             self.arm.emergency_stop()
+        self._publish_diagnostics()
         response.success, response.message = True, "emergency stop latched; call ~/reset_fault"
         return response
 
@@ -283,6 +288,11 @@ class ControllerNode(Node):
 
     # -- diagnostics ------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        # from the executor's timer and, on a fault, from the control thread
+        with self._diag_lock:
+            self._publish_diagnostics_locked()
+
+    def _publish_diagnostics_locked(self) -> None:
         stats = self.core.stats
         mode = self.core.mode
         level = {
@@ -311,11 +321,14 @@ class ControllerNode(Node):
             "loop_errors": str(self._loop_errors),
             "arm_faults": "; ".join(self._arm_faults) or "none",
         }
-        ages = np.array(self._chunk_ages) * 1e3
+        if self.sim is not None:
+            values["sim.last_feedback_s"] = f"{self.sim.last_feedback_s:.4f}"
+        ages = np.array(list(self._chunk_ages)) * 1e3
         if ages.size:
             values["chunk_age_p50_ms"] = f"{np.percentile(ages, 50):.1f}"
             values["chunk_age_p95_ms"] = f"{np.percentile(ages, 95):.1f}"
         values.update({f"rejected.{k}": str(v) for k, v in sorted(stats.rejections.items())})
+        values.update(self.guard.summary())  # callbacks the executor caught failing
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -13,6 +13,34 @@ from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
 from dream_vla_ros.dds import apply_local_dds
+from dream_vla_ros.ros.guards import InputGuard
+
+
+def spin(node: Node, executor: Executor) -> None:
+    """Spin until Ctrl-C or shutdown. An exception that escapes a callback, or that
+    rclpy raises while taking a message, is reported through the node's InputGuard
+    (or logged) and the node goes on: one message never takes a node down."""
+    while rclpy.ok():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return
+        except RCLError:
+            # SIGINT's handler shuts the context down; landing while the executor builds
+            # its wait set, that surfaces as "context is not valid" instead of the
+            # ExternalShutdownException above. Only then is it a clean exit.
+            if rclpy.ok():
+                raise
+            return
+        except Exception as exc:
+            guard = getattr(node, "guard", None)
+            if isinstance(guard, InputGuard):
+                guard.refuse("the executor", f"{type(exc).__name__}: {exc}")
+            else:
+                node.get_logger().error(
+                    f"callback failed, going on: {type(exc).__name__}: {exc}",
+                    throttle_duration_sec=2.0,
+                )
 
 
 def run_node(
@@ -36,15 +64,7 @@ def run_node(
     executor = make_executor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except RCLError:
-        # SIGINT's handler shuts the context down; landing while the executor builds
-        # its wait set, that surfaces as "context is not valid" instead of the
-        # ExternalShutdownException above. Only then is it a clean exit.
-        if rclpy.ok():
-            raise
+        spin(node, executor)
     finally:
         shutdown = getattr(node, "shutdown", None)
         if callable(shutdown):

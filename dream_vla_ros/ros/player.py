@@ -21,16 +21,45 @@ from dream_vla_ros.data.replay import PlaySettings, bag_topics, schedule
 from dream_vla_ros.dds import apply_local_dds
 from dream_vla_ros.ros.conversions import message_class
 
+SETTLE_S = 1.5  # discovery is taken as complete when nothing changed for this long
+
+
+def wait_for_matches(
+    node: Node, publishers: dict, timeout_s: float, stop: threading.Event
+) -> tuple[int, int]:
+    """Wait (at most `timeout_s`) until every subscriber the graph knows of on the
+    bag's topics is matched to its publisher, and discovery has been quiet for
+    SETTLE_S: a message published before its subscriber matched is lost. Returns
+    (matched, known) subscriptions at the end."""
+    deadline = time.monotonic() + timeout_s
+    last, quiet_since = None, time.monotonic()
+    matched = known = 0
+    while time.monotonic() < deadline and not stop.is_set():
+        counts = tuple(
+            (node.count_subscribers(t), p.get_subscription_count()) for t, p in publishers.items()
+        )
+        if counts != last:
+            last, quiet_since = counts, time.monotonic()
+        known = sum(k for k, _ in counts)
+        matched = sum(min(k, m) for k, m in counts)
+        if matched == known and time.monotonic() - quiet_since >= SETTLE_S:
+            break
+        time.sleep(0.05)
+    return matched, known
+
 
 def play(
     bag: str | Path,
     s: PlaySettings,
     clock_hz: float = 100.0,
-    wait_for_subscribers_s: float = 0.0,
+    wait_for_subscribers_s: float = 5.0,
     stop: threading.Event | None = None,
     log=print,
 ) -> int:
-    """Play until the end (or forever with loop); returns the number of messages published."""
+    """Play until the end (or forever with loop); returns the number of messages published.
+
+    Before the first message it waits, at most `wait_for_subscribers_s` (0: not at
+    all), for the subscribers that already exist to match (`wait_for_matches`)."""
     topics, start_ns, end_ns = bag_topics(bag, s)
     apply_local_dds()
     context = rclpy.Context()
@@ -54,11 +83,14 @@ def play(
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
         clock_pub = node.create_publisher(Clock, "/clock", clock_qos)
-        deadline = time.monotonic() + wait_for_subscribers_s
-        while time.monotonic() < deadline and not stop.is_set():
-            if all(p.get_subscription_count() > 0 for p in publishers.values()):
-                break
-            time.sleep(0.05)
+        if wait_for_subscribers_s > 0:
+            matched, known = wait_for_matches(node, publishers, wait_for_subscribers_s, stop)
+            if matched < known:
+                log(
+                    f"play: {known - matched} of {known} subscriptions did not match within "
+                    f"{wait_for_subscribers_s:g} s; their first messages may be lost "
+                    "(--wait-for-subscribers longer)"
+                )
         log(
             f"play: {len(publishers)} topics, {(end_ns - start_ns) * 1e-9:.1f} s of bag "
             f"at rate {s.rate}" + (" (loop)" if s.loop else "")

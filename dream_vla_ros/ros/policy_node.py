@@ -29,6 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from dream_vla_ros.control import JOINT_NAMES, ConfigError
 from dream_vla_ros.ros.conversions import chunk_message, image_frame, time_to_sec
+from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
@@ -237,17 +238,23 @@ class PolicyNode(Node):
         )
         self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.guard = InputGuard(self, report=self._publish_diagnostics)
 
         for cam in self.cameras:
             msg_type = Image if cam.kind == "raw" else CompressedImage
             self.create_subscription(
                 msg_type,
                 cam.topic,
-                lambda msg, cam=cam: self._on_image(cam, msg),
+                self.guard.callback(cam.topic, lambda msg, cam=cam: self._on_image(cam, msg)),
                 qos_profile_sensor_data,
             )
-        self.create_subscription(JointState, p["joint_state_topic"], self._on_joint_state, 50)
-        self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        self._joint_topic = topic = p["joint_state_topic"]
+        self.create_subscription(
+            JointState, topic, self.guard.callback(topic, self._on_joint_state), 50
+        )
+        self.create_subscription(
+            String, "~/instruction", self.guard.callback("~/instruction", self._on_instruction), 10
+        )
         self.create_service(Trigger, "~/reset", self._srv_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
@@ -346,13 +353,13 @@ class PolicyNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         problem = self.buffer.add_joint_state(time_to_sec(msg.header.stamp), msg.name, msg.position)
         if problem:
-            self.get_logger().warning(f"ignoring joint state: {problem}", throttle_duration_sec=2.0)
+            self.guard.refuse(self._joint_topic, problem)
 
     def _on_instruction(self, msg: String) -> None:
         try:
             self.runner.set_instruction(msg.data)
         except ValueError as exc:
-            self.get_logger().warning(f"ignoring instruction: {exc}")
+            self.guard.refuse("~/instruction", str(exc))
             return
         self.policy.reset()
         self.get_logger().info(f"instruction: '{self.runner.instruction}'")
@@ -391,12 +398,15 @@ class PolicyNode(Node):
             level, message = DiagnosticStatus.WARN, "warming up"
         elif runner.problem:
             level, message = DiagnosticStatus.WARN, runner.problem
+        elif self.guard.warning():
+            level, message = DiagnosticStatus.WARN, self.guard.warning()
         else:
             level, message = DiagnosticStatus.OK, "publishing chunks"
         status = DiagnosticStatus(
             level=level, name="dream_vla/policy", hardware_id=self.p["device"], message=message
         )
-        status.values = [KeyValue(key=k, value=v) for k, v in runner.summary().items()]
+        values = {**runner.summary(), **self.guard.summary()}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diag.publish(msg)

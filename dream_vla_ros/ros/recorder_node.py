@@ -34,6 +34,7 @@ from dream_vla_ros.data.episode import (
     recover_episode,
 )
 from dream_vla_ros.ros.conversions import message_class
+from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
@@ -91,13 +92,16 @@ class RecorderNode(Node):
         self.episodes_done = 0
         self.last_error = ""
         self.instruction = p["instruction"]
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.guard = InputGuard(self, report=self._publish_diagnostics)
         self.create_service(Trigger, "~/start", self._start)
         self.create_service(Trigger, "~/stop", lambda q, r: self._stop(r, True))
         self.create_service(Trigger, "~/stop_failed", lambda q, r: self._stop(r, False))
         self.create_service(Trigger, "~/discard", self._discard)
-        self.create_subscription(String, "~/instruction", self._on_instruction, 10)
+        self.create_subscription(
+            String, "~/instruction", self.guard.callback("~/instruction", self._on_instruction), 10
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(0.5, self._discover)
         self.create_timer(1.0, self._guard)
         self.get_logger().info(f"recorder up: episodes in {self.root}")
@@ -141,9 +145,8 @@ class RecorderNode(Node):
             )
             policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
             qos = QoSProfile(depth=100, reliability=policy)
-            self.create_subscription(
-                cls, topic, lambda data, t=topic: self._on_message(t, data), qos, raw=True
-            )
+            handler = self.guard.callback(topic, lambda data, t=topic: self._on_message(t, data))
+            self.create_subscription(cls, topic, handler, qos, raw=True)
             self.types[topic] = types[0]
 
     def _on_message(self, topic: str, data: bytes) -> None:
@@ -263,13 +266,17 @@ class RecorderNode(Node):
     def _publish_diagnostics(self) -> None:
         writer = self.writer
         status = DiagnosticStatus(name="recorder", hardware_id="recorder")
-        status.level = DiagnosticStatus.OK if not self.last_error else DiagnosticStatus.WARN
-        status.message = f"recording {writer.folder.name}" if writer else "idle"
+        warning = self.guard.warning()
+        status.level = (
+            DiagnosticStatus.OK if not (self.last_error or warning) else DiagnosticStatus.WARN
+        )
+        status.message = warning or (f"recording {writer.folder.name}" if writer else "idle")
         values = {
             "episodes_saved": str(self.episodes_done),
             "free_disk_mb": f"{free_disk_mb(self.root):.0f}",
             "topics_seen": str(len(self.types)),
             "last_error": self.last_error,
+            **self.guard.summary(),
         }
         if writer is not None:
             values["dropped"] = str(writer.meta.dropped_messages)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
@@ -18,6 +19,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.ros.conversions import compressed_message, image_message, time_to_sec
+from dream_vla_ros.ros.guards import InputGuard, joint_positions
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 from dream_vla_ros.sim.schematic import CameraModel, SchematicScene
@@ -57,8 +59,14 @@ class SimCameraNode(Node):
         self._state: tuple[float, np.ndarray] | None = None
         self._last_rendered_stamp = -1.0
         self.frames = 0
-        self.create_subscription(JointState, joints, self._on_state, 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.guard = InputGuard(self, report=self._publish_diagnostics)
+        self._joint_topic = joints
+        self.create_subscription(
+            JointState, joints, self.guard.callback(joints, self._on_state), 10
+        )
         self.create_timer(1.0 / rate, self._render)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"{self.NAME} up: {width}x{height} {self.kind} at {rate} Hz on {front}"
             + (f" and {wrist}" if wrist else "")
@@ -69,10 +77,7 @@ class SimCameraNode(Node):
         return SchematicScene(camera=CameraModel(width=width, height=height))
 
     def _on_state(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if not all(n in index for n in JOINT_NAMES) or len(msg.position) != len(msg.name):
-            return
-        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        q = joint_positions(msg, JOINT_NAMES)  # MessageRefused: the guard reports it
         with self._lock:
             self._state = (time_to_sec(msg.header.stamp), q)
 
@@ -84,10 +89,27 @@ class SimCameraNode(Node):
         stamp, q = state
         self._last_rendered_stamp = stamp
         convert = image_message if self.kind == "raw" else compressed_message
-        self.pub_front.publish(convert(stamp, self.scene.render_front(q), "front_camera"))
+        try:
+            front = self.scene.render_front(q)
+            wrist = self.scene.render_wrist(q) if self.pub_wrist is not None else None
+        except Exception as exc:  # a pose the renderer cannot draw: skip the frame
+            self.guard.refuse(self._joint_topic, f"cannot render this pose ({exc})")
+            return
+        self.pub_front.publish(convert(stamp, front, "front_camera"))
         if self.pub_wrist is not None:
-            self.pub_wrist.publish(convert(stamp, self.scene.render_wrist(q), "wrist_camera"))
+            self.pub_wrist.publish(convert(stamp, wrist, "wrist_camera"))
         self.frames += 1
+
+    def _publish_diagnostics(self) -> None:
+        warning = self.guard.warning()
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if warning else DiagnosticStatus.OK,
+            name=f"dream_vla/{self.NAME}",
+            message=warning or "rendering",
+        )
+        values = {"frames": str(self.frames), **self.guard.summary()}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        self.pub_diag.publish(DiagnosticArray(status=[status]))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ is forwarded and the controller's watchdog decelerates and holds.
 from __future__ import annotations
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -27,6 +28,7 @@ from dream_vla_ros.robot.teleop import (
     TeleopSource,
 )
 from dream_vla_ros.ros.conversions import chunk_message, joint_state
+from dream_vla_ros.ros.guards import InputGuard, joint_positions
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
@@ -110,7 +112,11 @@ class TeleopNode(Node):
         self.horizon = np.arange(1, p["chunk_points"] + 1) * self.dt
         self.pub_chunk = self.create_publisher(JointTrajectory, p["chunk_topic"], 10)
         self.pub_command = self.create_publisher(JointState, p["command_topic"], 50)
-        self.create_subscription(JointState, p["joint_state_topic"], self._on_state, 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.guard = InputGuard(self, report=self._publish_diagnostics)
+        topic = p["joint_state_topic"]
+        self.create_subscription(JointState, topic, self.guard.callback(topic, self._on_state), 10)
+        self.create_timer(1.0, self._publish_diagnostics)
         self.started = False
         self.ticks = 0
         self.create_timer(self.dt, self._tick)
@@ -155,13 +161,21 @@ class TeleopNode(Node):
         return SetParametersResult(successful=True)
 
     def _on_state(self, msg: JointState) -> None:
-        index = {n: i for i, n in enumerate(msg.name)}
-        if not all(n in index for n in JOINT_NAMES) or len(msg.position) != len(msg.name):
-            return
-        q = np.array([msg.position[index[n]] for n in JOINT_NAMES])
+        q = joint_positions(msg, JOINT_NAMES)  # MessageRefused: the guard reports it
         self._measured = q
         if not self.started:
             self._begin(q)
+
+    def _publish_diagnostics(self) -> None:
+        warning = self.guard.warning()
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if warning else DiagnosticStatus.OK,
+            name="dream_vla/teleop",
+            message=warning or (f"{self.source.name}: streaming" if self.started else "waiting"),
+        )
+        values = {"ticks": str(self.ticks), **self.guard.summary()}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        self.pub_diag.publish(DiagnosticArray(status=[status]))
 
     def _begin(self, q: np.ndarray) -> None:
         try:
