@@ -929,3 +929,43 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_group(toy, tmp_path)
     steps = load_file(str(result.final / "trainer_state.safetensors"))
     assert {float(v) for k, v in steps.items() if k.endswith(".step")} == {2.0}  # AdamW steps
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(r.train.lr * lr_factor(2, r))
+
+
+def test_a_dataset_with_other_column_names_is_read_through_the_recipe_mapping(toy, tmp_path):
+    """A third-party LeRobot v3.0 dataset calls its columns `actions` and
+    `observation.joint_state`: without a mapping one sentence names the columns it
+    has and the recipe key to set; with data.action_key / data.state_key it loads."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from dream_vla_ros.data.lerobot import DatasetError
+    from dream_vla_ros.finetune.data import DemoData
+
+    other = tmp_path / "other"
+    shutil.copytree(toy, other)
+    renames = {"action": "actions", "observation.state": "observation.joint_state"}
+    for path in (other / "data").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns([renames.get(n, n) for n in table.column_names]), path)
+    info = json.loads((other / "meta/info.json").read_text())
+    info["features"] = {renames.get(k, k): v for k, v in info["features"].items()}
+    (other / "meta/info.json").write_text(json.dumps(info))
+    (other / "meta/stats.json").unlink()
+    with pytest.raises(
+        DatasetError, match=r"no action column 'action'.*'actions'.*data.action_key"
+    ):
+        DemoData(DataConfig(dataset=str(other), proprio=True))
+    with pytest.raises(DatasetError, match=r"no joint-state column.*data.state_key"):
+        DemoData(DataConfig(dataset=str(other), action_key="actions", proprio=True))
+    mapped = DemoData(
+        DataConfig(
+            dataset=str(other),
+            action_key="actions",
+            state_key="observation.joint_state",
+            proprio=True,
+        )
+    )
+    plain = DemoData(DataConfig(dataset=str(toy), proprio=True))
+    assert mapped.proprio_dim == plain.proprio_dim > 0
+    assert np.allclose(mapped.action_stats.q99, plain.action_stats.q99)

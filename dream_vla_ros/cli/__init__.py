@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from dream_vla_ros.cli import data, demo, launch, sim, train
 
 GROUPS = (demo, launch, data, train, sim)
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line too: what is wrong and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dream-vla", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)

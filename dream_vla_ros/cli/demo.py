@@ -23,6 +23,7 @@ def add_parsers(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from dream_vla_ros.dds import DdsError
     from dream_vla_ros.evaluation.closed_loop import GraphError, evaluate
+    from dream_vla_ros.model.checkpoint import CheckpointError
     from dream_vla_ros.ros.client import GraphClient
 
     ckpt = Path(args.checkpoint) if args.checkpoint else model_path(DEMO_CHECKPOINT)
@@ -45,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return guarded("demo", (GraphError, DdsError), body)
+    return guarded("demo", (GraphError, DdsError, CheckpointError, OSError), body)

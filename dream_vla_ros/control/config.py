@@ -177,7 +177,7 @@ def load_safety_config(path: str | Path | None = None) -> SafetyConfig:
     except FileNotFoundError:
         raise ConfigError(f"limits file {src} does not exist; pass an existing YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"limits file {src} is not valid YAML: {exc}") from None
+        raise ConfigError(f"limits file {src} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(doc, Mapping) or not all(k in doc for k in ("arm", "controller", "chunks")):
         raise ConfigError(f"{src}: expected top-level sections 'arm', 'controller' and 'chunks'")
     arm, ctrl, chunks = doc["arm"], doc["controller"], doc["chunks"]
@@ -211,3 +211,11 @@ def load_safety_config(path: str | Path | None = None) -> SafetyConfig:
         )
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what and where (line, column)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"

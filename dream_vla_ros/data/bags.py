@@ -75,18 +75,29 @@ def open_bag(path: str | Path, typestore: str = "ros2_kilted") -> Iterator[Any]:
         raise BagError(f"bag {path} does not exist")
     if (path / "bag").is_dir() and (path / "episode.json").is_file():
         path = path / "bag"  # an episode folder
+    storage = any(path.glob("*.mcap")) or any(path.glob("*.db3"))
     if not (path / "metadata.yaml").is_file():
-        hint = (
-            "; its recorder probably died: run `dream-vla dataset recover` on the episode"
-            if any(path.glob("*.mcap"))
-            else ""
-        )
+        if (path.parent / "episode.json").is_file():
+            hint = "; its recorder died before closing it: run `dream-vla dataset recover` on "
+            hint += str(path.parent)
+        elif storage:
+            hint = "; a recorder left it unfinished: rebuild it with `ros2 bag reindex`"
+        else:
+            hint = ""
         raise BagError(f"{path} is not a rosbag2 folder (no metadata.yaml){hint}")
     try:
         reader = AnyReader([path], default_typestore=load_typestore(typestore))
         reader.open()
     except (AnyReaderError, OSError, ValueError, KeyError, EOFError) as exc:
-        raise BagError(f"cannot read bag {path}: {exc}") from None
+        text = str(exc) or type(exc).__name__
+        if "magic" in text.lower() or isinstance(exc, EOFError):
+            fix = (
+                f"run `dream-vla dataset recover {path.parent}`"
+                if (path.parent / "episode.json").is_file()
+                else "copy it again, or rebuild it with `ros2 bag reindex`"
+            )
+            text += f": the file is truncated or damaged; {fix}"
+        raise BagError(f"cannot read bag {path}: {text}") from None
     try:
         yield reader
     finally:

@@ -291,7 +291,10 @@ def _column(table: Any, name: str) -> np.ndarray:
 class LeRobotDataset:
     """Frames, tasks, stats and camera frames of a local LeRobot v2.1 or v3.0 dataset."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, action_key: str = ACTION, state_key: str = STATE) -> None:
+        """`action_key` and `state_key` name the dataset's action and joint-state
+        columns when they are not LeRobot's usual `action` / `observation.state`
+        (a recipe's data.action_key, data.state_key)."""
         import pyarrow.parquet as pq
 
         self.root = Path(root)
@@ -314,8 +317,16 @@ class LeRobotDataset:
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         if any(f.get("dtype") == "image" for f in self.features.values()):
             raise DatasetError(f"{self.root}: image (PNG) features are not supported, only video")
-        self.state_key = STATE if STATE in self.features else ""
-        self.names = list((self.features.get(ACTION) or {}).get("names") or [])
+        numeric = [k for k, f in self.features.items() if f.get("dtype") not in ("video", "image")]
+        if action_key not in self.features:
+            raise DatasetError(
+                f"{self.root}: no action column '{action_key}'; its columns are {numeric} "
+                "(name the action column with data.action_key, e.g. data.action_key=actions)"
+            )
+        self.action_key = action_key
+        self.state_key = state_key if state_key in self.features else ""
+        self.numeric_keys = numeric
+        self.names = list((self.features.get(action_key) or {}).get("names") or [])
         self._pq = pq
         if self.version == "v3.0":
             self._load_v3()
@@ -414,7 +425,7 @@ class LeRobotDataset:
         if path.is_file():
             return json.loads(path.read_text())
         state = self.frames(None)
-        stats = {ACTION: feature_stats(state["action"])}
+        stats = {self.action_key: feature_stats(state["action"])}
         if "state" in state:
             stats[STATE] = feature_stats(state["state"])
         return stats
@@ -426,7 +437,7 @@ class LeRobotDataset:
         if episode is not None:
             table = table.slice(episode.from_index, episode.length)
         out = {
-            "action": _column(table, ACTION),
+            "action": _column(table, self.action_key),
             "timestamp": _column(table, "timestamp").astype(np.float64),
             "frame_index": _column(table, "frame_index"),
             "task_index": _column(table, "task_index"),

@@ -248,6 +248,9 @@ def evaluate(
     tests use it to cut the simulated CAN feedback and check the recovery)."""
     if not seeds:
         raise ValueError("no evaluation seeds: --seeds must be >= 1")
+    from dream_vla_ros.model.checkpoint import load_config
+
+    load_config(Path(checkpoint))  # a bad checkpoint is one sentence before the graph starts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     argv = [

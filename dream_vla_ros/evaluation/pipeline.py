@@ -39,6 +39,8 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
     from dream_vla_ros.finetune.trainer import Trainer
 
     out = Path(out_dir)
+    overrides = [f"data.dataset={out / 'dataset'}", f"output_dir={out / 'run'}", *s.overrides]
+    recipe = load_recipe(s.recipe, overrides)  # a bad recipe stops it before collection
     start = time.monotonic()
     times: dict[str, float] = {}
     expert = collect(
@@ -59,8 +61,7 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
     print(report.summary())
     times["build_s"] = time.monotonic() - t
     t = time.monotonic()
-    overrides = [f"data.dataset={out / 'dataset'}", f"output_dir={out / 'run'}", *s.overrides]
-    result = Trainer(load_recipe(s.recipe, overrides), progress=s.progress).run()
+    result = Trainer(recipe, progress=s.progress).run()
     times["train_s"] = time.monotonic() - t
     t = time.monotonic()
     seeds = list(s.seeds)

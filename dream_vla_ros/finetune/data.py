@@ -99,7 +99,7 @@ class DemoData:
     ) -> None:
         self.cfg = cfg
         path = Path(cfg.dataset)
-        self.dataset = LeRobotDataset(path)
+        self.dataset = LeRobotDataset(path, cfg.action_key, cfg.state_key)
         ds = self.dataset
         missing = [c for c in cfg.cameras if c not in ds.camera_keys]
         if missing:
@@ -108,7 +108,10 @@ class DemoData:
                 "(set data.cameras)"
             )
         if cfg.proprio and not ds.state_key:
-            raise DatasetError(f"{path}: no observation.state column (set data.proprio: false)")
+            raise DatasetError(
+                f"{path}: no joint-state column '{cfg.state_key}'; its columns are "
+                f"{ds.numeric_keys} (name it with data.state_key, or set data.proprio: false)"
+            )
         if not ds.episodes:
             raise DatasetError(f"{path}: the dataset has no episodes")
         self.fps = ds.fps

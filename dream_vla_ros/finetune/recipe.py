@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dream_vla_ros.control.config import yaml_problem
 from dream_vla_ros.model.config import HEADS, PRESETS
 from dream_vla_ros.paths import share_dir
 
@@ -59,6 +60,10 @@ class AugmentConfig:
 class DataConfig:
     dataset: str = ""  # LeRobot v3.0 / v2.1 folder (relative paths: to the working directory)
     cameras: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")
+    # the dataset's action and joint-state columns (another LeRobot dataset may call
+    # them e.g. `actions` and `observation.joint_state`; its camera keys go in cameras)
+    action_key: str = "action"
+    state_key: str = "observation.state"
     chunk: int = 8  # actions per chunk (H)
     action_offset: int = 1  # chunk[k] = action row t + offset + k (the policy's stamp convention)
     proprio: bool = True
@@ -266,6 +271,8 @@ def validate(recipe: Recipe) -> Recipe:
         (bool(d.dataset), "'data.dataset' must name a LeRobot dataset folder"),
         (1 <= len(d.cameras) <= 2, "'data.cameras' must list one or two camera keys"),
         (len(set(d.cameras)) == len(d.cameras), "'data.cameras' lists a camera twice"),
+        (bool(d.action_key), "'data.action_key' must name the dataset's action column"),
+        (bool(d.state_key), "'data.state_key' must name the dataset's joint-state column"),
         (d.chunk >= 1, "'data.chunk' must be >= 1"),
         (d.action_offset >= 0, "'data.action_offset' must be >= 0"),
         (0.0 <= d.val_fraction < 1.0, "'data.val_fraction' must be in [0, 1)"),
@@ -383,7 +390,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     except FileNotFoundError:
         raise RecipeError(f"recipe file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe file {path} is not valid YAML ({exc})") from None
+        raise RecipeError(f"recipe file {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path} must hold a YAML mapping")
     return recipe_from_dict(apply_overrides(data, list(overrides or [])), str(path))

@@ -1,0 +1,101 @@
+"""Every `dream-vla` command on bad inputs: a non-zero exit, one line on stderr that
+names the problem, no traceback, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """Bad inputs: an empty folder, a folder of .mcap without metadata, a truncated
+    MCAP bag, a checkpoint without config.json, a recipe that is not YAML."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    (root / "unfinished").mkdir()
+    (root / "unfinished" / "part_0.mcap").write_bytes(b"\x89MCAP0\r\n")
+    truncated = root / "truncated"
+    truncated.mkdir()
+    (truncated / "metadata.yaml").write_text(
+        "rosbag2_bagfile_information:\n  version: 8\n  storage_identifier: mcap\n"
+        "  relative_file_paths: [t.mcap]\n  duration: {nanoseconds: 0}\n"
+        "  starting_time: {nanoseconds_since_epoch: 0}\n  message_count: 0\n"
+        "  topics_with_message_count: []\n  compression_format: ''\n  compression_mode: ''\n"
+        "  files: []\n  custom_data: {}\n  ros_distro: kilted\n"
+    )
+    (truncated / "t.mcap").write_bytes(b"\x89MCAP0\r\n" + b"\x00" * 40)
+    (root / "no_config").mkdir()
+    (root / "recipe.yaml").write_text("data: [unclosed\n")
+    (root / "bad_json").mkdir()
+    (root / "bad_json" / "config.json").write_text("{not json")
+    return root
+
+
+CASES = [
+    ("demo", ["demo", "--checkpoint", "{bad}/no_config", "--seeds", "1", "--out", "{out}"]),
+    ("launch unknown graph", ["launch", "moon"]),
+    ("launch bad argument", ["launch", "sim", "colour:=red"]),
+    ("launch bad domain", ["launch", "sim"], {"ROS_DOMAIN_ID": "150"}),
+    ("dataset build", ["dataset", "build", "{bad}/missing", "{out}"]),
+    ("dataset recover", ["dataset", "recover", "{bad}/missing"]),
+    ("play missing", ["play", "{bad}/missing"]),
+    ("play empty folder", ["play", "{bad}/empty"]),
+    ("play unfinished", ["play", "{bad}/unfinished"]),
+    ("play truncated", ["play", "{bad}/truncated"]),
+    ("eval-bag missing", ["eval-bag", "{bad}/missing", "--checkpoint", "{bad}/no_config"]),
+    ("eval-bag bad checkpoint", ["eval-bag", "{bad}/truncated", "--checkpoint", "{bad}/bad_json"]),
+    ("train missing recipe", ["train", "{bad}/missing.yaml"]),
+    ("train bad recipe", ["train", "{bad}/recipe.yaml"]),
+    ("train bad override", ["train", "config/finetune/touch_tiny_cpu.yaml", "train.lr=-1"]),
+    ("merge", ["merge", "{bad}/no_config", "{out}"]),
+    ("sim collect", ["sim", "collect", "{out}", "--per-layout", "7"]),
+    ("sim evaluate", ["sim", "evaluate", "{bad}/no_config", "{out}"]),
+    ("sim pipeline", ["sim", "pipeline", "{out}", "--recipe", "{bad}/recipe.yaml"]),
+    ("sim proxy missing", ["sim", "proxy", "{bad}/no_config"]),
+    ("sim proxy bad option", ["sim", "proxy", "models/touch_tiny", "--execute", "0"]),
+    ("sim ground", ["sim", "ground", "{out}", "--layouts", "0"]),
+    ("usage", ["train"]),
+    ("unknown command", ["fly"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_a_bad_input_ends_in_one_line(case, corpus, tmp_path):
+    _, argv, *extra = case
+    out = tmp_path / "out"
+    args = [a.format(bad=corpus, out=out) for a in argv]
+    env = {**os.environ, **(extra[0] if extra else {})}
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_vla_ros.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode != 0, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("dream-vla"), lines[0]
+    # nothing left behind for a pipeline, collection or evaluation that never started
+    if args[0] in ("sim", "eval-bag", "dataset", "merge", "demo"):
+        assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
+def test_the_corpus_covers_every_command():
+    from dream_vla_ros.cli import build_parser
+
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    covered = {argv[0] for _, argv, *_ in CASES}
+    assert commands <= covered, commands - covered
+    assert json.dumps(sorted(covered))
