@@ -28,25 +28,31 @@ class ImageDecodeError(ValueError):
     """A camera message that cannot become an RGB image; the message says why."""
 
 
-def decode_raw(height: int, width: int, encoding: str, step: int, data) -> np.ndarray:
-    """sensor_msgs/Image fields -> (height, width, 3) uint8 RGB (a view when possible)."""
+def check_raw(height: int, width: int, encoding: str, step: int, nbytes: int) -> None:
+    """The header of a sensor_msgs/Image against its data size (no pixel is read);
+    ImageDecodeError names what does not fit."""
     if encoding not in RAW_ENCODINGS:
         raise ImageDecodeError(
             f"unsupported encoding '{encoding}' (supported: {', '.join(RAW_ENCODINGS)})"
         )
     if height <= 0 or width <= 0:
         raise ImageDecodeError(f"image size {width}x{height} is empty")
-    channels, rgb = RAW_ENCODINGS[encoding]
+    channels, _rgb = RAW_ENCODINGS[encoding]
     if step < width * channels:
         raise ImageDecodeError(
             f"step {step} is smaller than width {width} x {channels} bytes per pixel"
         )
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    if buffer.size != height * step:
+    if nbytes != height * step:
         raise ImageDecodeError(
-            f"data has {buffer.size} bytes, expected height {height} x step {step} = "
-            f"{height * step}"
+            f"data has {nbytes} bytes, expected height {height} x step {step} = {height * step}"
         )
+
+
+def decode_raw(height: int, width: int, encoding: str, step: int, data) -> np.ndarray:
+    """sensor_msgs/Image fields -> (height, width, 3) uint8 RGB (a view when possible)."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    check_raw(height, width, encoding, step, buffer.size)
+    channels, rgb = RAW_ENCODINGS[encoding]
     pixels = buffer.reshape(height, step)[:, : width * channels].reshape(height, width, channels)
     if channels == 1:
         return np.repeat(pixels, 3, axis=2)

@@ -348,6 +348,8 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_image(self, cam, msg) -> None:
+        # only the stamp is read here; a bad image is refused, with its reason on
+        # /diagnostics, when the inference thread decodes it (ObservationBuffer)
         self.buffer.add_frame(cam.role, image_frame(msg, cam.kind, self._now()))
 
     def _on_joint_state(self, msg: JointState) -> None:
