@@ -277,7 +277,14 @@ def test_corrupt_truncated_and_incomplete_bags_give_one_clear_error(episodes, tm
     with pytest.raises(BagError, match="cannot read"), open_bag(bag) as reader:
         read_joint_series(reader, "/joint_states")
     (bag / "metadata.yaml").unlink()
-    with pytest.raises(BagError, match="dream-vla dataset recover"), open_bag(bag):
+    # a bag the recorder did not write: rebuild its metadata; the recorder's own
+    # episode (episode.json beside the bag): recover the episode
+    with pytest.raises(BagError, match="rebuild it with `ros2 bag reindex`"), open_bag(bag):
+        pass
+    episode = tmp_path / "episode"
+    shutil.copytree(episodes / "episode_000000", episode)
+    (episode / "bag" / "metadata.yaml").unlink()
+    with pytest.raises(BagError, match="dream-vla dataset recover"), open_bag(episode):
         pass
     with pytest.raises(BagError, match="does not exist"), open_bag(tmp_path / "nope"):
         pass
