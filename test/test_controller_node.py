@@ -442,6 +442,49 @@ run_node("probe", lambda: Probe("probe"), RacyExecutor)
 """
 
 
+_TAKE_FAILURE = """
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from dream_vla_ros.ros.node_main import run_node
+
+class FailingTake(SingleThreadedExecutor):
+    calls = 0
+
+    def spin_once(self, timeout_sec=None):
+        FailingTake.calls += 1
+        if FailingTake.calls > 1 or SHUT_DOWN:
+            rclpy.shutdown()  # what SIGINT's handler does
+        if FailingTake.calls > 2:
+            raise ExternalShutdownException()
+        # what rclpy's take_message raises when the context goes away under it
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+class Probe(Node):
+    def shutdown(self):
+        print("node shut down", flush=True)
+
+run_node("probe", lambda: Probe("probe"), FailingTake)
+"""
+
+
+@pytest.mark.parametrize("shut_down", [True, False])
+def test_a_message_take_that_fails_is_reported_or_is_the_shutdown(shut_down):
+    """rclpy's take_message fails with "Unable to convert call argument '0'" when
+    SIGINT shuts the context down while the executor takes a message (seen at the
+    end of a launcher test): that is a clean exit. With the context alive the
+    failure is reported and the node spins on."""
+    import subprocess
+    import sys
+
+    code = f"SHUT_DOWN = {shut_down}\n" + _TAKE_FAILURE
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "node shut down" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
+    reported = "callback failed, going on: RuntimeError" in proc.stdout + proc.stderr
+    assert reported == (not shut_down), proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("shut_down", [True, False])
 def test_a_sigint_that_invalidates_the_context_mid_spin_is_a_clean_exit(shut_down):
     """The executor can see the context SIGINT shut down as an RCLError ("context is

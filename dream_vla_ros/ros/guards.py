@@ -5,6 +5,7 @@ exception inside it is refused the same way."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -70,7 +71,9 @@ class InputGuard:
             f"refused a message on {topic}: {reason}", throttle_duration_sec=2.0
         )
         if report and self.report is not None:
-            self.report()
+            # a failed report (the context shutting down) leaves the log line above
+            with contextlib.suppress(Exception):
+                self.report()
 
     def warning(self) -> str:
         """The newest refusal while it is recent (for a WARN status), else ''."""

@@ -19,7 +19,12 @@ from dream_vla_ros.ros.guards import InputGuard
 def spin(node: Node, executor: Executor) -> None:
     """Spin until Ctrl-C or shutdown. An exception that escapes a callback, or that
     rclpy raises while taking a message, is reported through the node's InputGuard
-    (or logged) and the node goes on: one message never takes a node down."""
+    (or logged) and the node goes on: one message never takes a node down.
+
+    When SIGINT shuts the context down while the executor is taking a message,
+    rclpy fails to convert the message ("RuntimeError: Unable to convert call
+    argument '0' to Python object" from `take_message`): with the context gone
+    that is the shutdown, and a clean exit."""
     while rclpy.ok():
         try:
             executor.spin_once(timeout_sec=0.1)
@@ -33,6 +38,8 @@ def spin(node: Node, executor: Executor) -> None:
                 raise
             return
         except Exception as exc:
+            if not rclpy.ok():
+                return  # the failure was the shutdown's (see above)
             guard = getattr(node, "guard", None)
             if isinstance(guard, InputGuard):
                 guard.refuse("the executor", f"{type(exc).__name__}: {exc}")
