@@ -224,11 +224,17 @@ def test_bad_messages_leave_every_node_alive_with_the_reason_on_diagnostics(tmp_
                 msg.header.stamp = client.node.get_clock().now().to_msg()
                 front.publish(msg)
             time.sleep(0.1)
+        # refused, counted, and the newest reason on /diagnostics (a WARN for 5 s)
         wait_for(
-            lambda: "non-finite" in client.status("dream_vla/sim_camera").get("message", ""),
+            lambda: (
+                client.status("dream_vla/sim_camera")
+                .get("message", "")
+                .startswith("refused a message on /joint_states: JointState")
+            ),
             10,
             lambda: f"sim_camera's reason: {client.status('dream_vla/sim_camera')}",
         )
+        assert int(client.status("dream_vla/sim_camera")["refused /joint_states"]) > 0
         wait_for(
             lambda: "refused" in client.status("dream_vla/teleop").get("message", ""),
             10,
@@ -245,3 +251,25 @@ def test_bad_messages_leave_every_node_alive_with_the_reason_on_diagnostics(tmp_
         client.close()
         launcher.shutdown()
         log.close()
+
+
+def test_joint_states_are_refused_with_the_problem_and_the_fix():
+    from types import SimpleNamespace
+
+    from dream_vla_ros.control import JOINT_NAMES
+    from dream_vla_ros.ros.guards import MessageRefused, joint_positions
+
+    names = list(JOINT_NAMES)
+    good = SimpleNamespace(name=names[::-1], position=[float(i) for i in range(7)])
+    assert joint_positions(good, JOINT_NAMES).tolist() == [6.0, 5, 4, 3, 2, 1, 0]
+    cases = [
+        (SimpleNamespace(name=names, position=[0.0] * 6 + [float("nan")]),
+         "non-finite positions for gripper; fix the publisher"),
+        (SimpleNamespace(name=["a", "b"], position=[0.0, 1.0]),
+         "lacks joint1, joint2, joint3, joint4, joint5, joint6, gripper"),
+        (SimpleNamespace(name=names, position=[0.0, 1.0]),
+         "has 7 names but 2 positions; send one position per name"),
+    ]  # fmt: skip
+    for msg, words in cases:
+        with pytest.raises(MessageRefused, match=words):
+            joint_positions(msg, JOINT_NAMES)
