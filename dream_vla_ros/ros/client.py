@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,8 @@ class GraphClient:
         self._diag: dict[str, dict[str, str]] = {}  # status name -> values (+ "message")
         self._diag_count: dict[str, int] = {}  # status name -> reports received
         self._watching = False
-        self.errors: list[str] = []  # callbacks that failed (the client goes on)
+        # the newest callbacks that failed (the client goes on)
+        self.errors: deque[str] = deque(maxlen=100)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
