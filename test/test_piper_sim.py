@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from margins import record
 from piper_sdk import C_PiperInterface_V2
 
 from dream_vla_ros.control import load_safety_config
@@ -19,9 +20,10 @@ _names = itertools.count()
 
 
 def wait_until(predicate, timeout=2.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while time.monotonic() < start + timeout:
         if predicate():
+            record("wait: the simulated arm (s)", time.monotonic() - start, timeout)
             return True
         time.sleep(0.005)
     return False
@@ -90,6 +92,7 @@ def test_sdk_joint_control_moves_under_firmware_limits(sim_and_sdk):
             )
             <= 2
         ):
+            record("reaching the target (s)", time.monotonic() - deadline + 3.0, 3.0)
             break
         time.sleep(0.005)
     else:
@@ -156,10 +159,11 @@ def test_driver_si_units_limits_and_commands(arm):
     time.sleep(0.05)
     assert sim.gripper == pytest.approx(START[6])  # enabling did not move the gripper
     target = np.array([0.0, 0.6, -0.6, 0.0, 0.0, 0.0, 0.05])
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while time.monotonic() < start + 3.0:
         driver.command(target)
         if np.abs(driver.read_state().positions - target).max() < 1e-4:
+            record("reaching the target (s)", time.monotonic() - start, 3.0)
             break
         time.sleep(0.005)
     assert np.allclose(driver.read_state().positions, target, atol=1e-4)
@@ -199,6 +203,7 @@ def test_reads_that_are_always_late_still_see_a_dead_link(arm):
             faulted_after = time.monotonic() - start
             break
     assert faulted_after is not None, "a dead link hidden by slow reads"
+    record("fault after the link went silent (s)", faulted_after, 20 * timeout)
     assert driver.stalls >= 1
 
 

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from margins import record
 from rosutil import wait_for
 
 from dream_vla_ros.graphs import Graph, NodeSpec
@@ -154,6 +155,9 @@ def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
         hold_from = killed_at + limits.chunk_timeout_s + 1.0
         held = np.array([v[:6] for t, _, v in after if t >= hold_from])
         assert len(held) > 50 and np.abs(held).max() < 1e-6, np.abs(held).max()
+        moving = [t for t, _, v in after if np.abs(v[:6]).max() >= 1e-6]
+        held_after = (moving[-1] if moving else killed_at) - killed_at
+        record("the arm held after the kill (s)", held_after, limits.chunk_timeout_s + 1.0)
         # and on the way there every step stays within the acceleration limits
         accel = np.array(limits.amax[:6])
         for (t0, _, v0), (t1, _, v1) in itertools.pairwise(after):
