@@ -44,6 +44,7 @@ class BatchEncoder:
             patch_size=cfg.vision.patch_size,
             merge_size=cfg.vision.spatial_merge_size,
             temporal_patch_size=cfg.vision.temporal_patch_size,
+            resize=cfg.image_resize,
         )
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -1,12 +1,16 @@
 """Action tokens and action decoding for Dream-VLA.
 
 Discrete actions: `n_bins` uniform bin edges over [-1, 1] (255 centres for 256
-edges), one token per bin appended after the text vocabulary. As in the official
-code, a normalised value a maps to token `vocab_size - digitize(a, edges)` and a
-token back to centre `vocab_size - token - 1` (clipped), so higher bins get lower
-ids. Decoding only considers the action tokens at action positions: a text
-token there could not be turned into a motion (the official decoder clips it to
-an extreme bin, which we refuse to send to an arm).
+edges), one token per bin: the n_bins ids below `cfg.token_end` (appended after the
+text vocabulary in this project's layout; 151667..151922 in the official one). As in
+the official code, a normalised value a maps to token `token_end - digitize(a,
+edges)` and a token back to centre `token_end - token - 1` (clipped), so higher bins
+get lower ids. The restricted decoding (ours) considers only the action tokens at
+action positions: a text token there could not be turned into a motion. The
+official decoding (`action.decoding: official`, for official checkpoints) decodes
+over the whole vocabulary and, like the official code, clips a text token to an
+extreme bin; it also masks the two suffix positions (<|im_end|> and newline) and
+counts them in the unmasking schedule.
 
 Masked-diffusion unmasking (Dream's `_sample`): all A action positions start as
 [MASK]; at step i of `steps` (noise levels t = linspace(1, eps, steps + 1)) the
@@ -36,11 +40,11 @@ ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy", "left_to_right
 
 class ActionTokenizer:
     def __init__(self, cfg: DreamVLAConfig) -> None:
-        self.vocab_size = cfg.vocab_size
+        self.vocab_size = cfg.token_end  # the official code's len(tokenizer)
         self.n_bins = cfg.action.n_bins
         self.edges = np.linspace(-1.0, 1.0, self.n_bins)
         self.centres = (self.edges[:-1] + self.edges[1:]) / 2.0
-        self.first_token = self.vocab_size - self.n_bins  # == cfg.base_vocab_size
+        self.first_token = self.vocab_size - self.n_bins
 
     def encode(self, normalised: np.ndarray) -> np.ndarray:
         """Normalised actions in [-1, 1] (any shape) -> token ids (same shape)."""
@@ -176,13 +180,18 @@ class ActionDecoder:
         """Masked-diffusion unmasking -> normalised actions (B, chunk, action_dim)."""
         b, A = prompt.shape[0], self.n_actions
         mask_id = self.cfg.mask_token_id
-        x = torch.full((b, A), mask_id, dtype=torch.long, device=prompt.device)
-        first = self.tokens.first_token
-        steps = A if settings.algorithm == "left_to_right" else settings.steps
+        official = self.cfg.action.decoding == "official"
+        n = A + 2 if official else A  # the official decoder unmasks the suffix too
+        x = torch.full((b, n), mask_id, dtype=torch.long, device=prompt.device)
+        first = 0 if official else self.tokens.first_token  # token id of logit column 0
+        steps = n if settings.algorithm == "left_to_right" else settings.steps
         levels = torch.linspace(1.0, settings.eps, steps + 1).tolist()
         for i in range(steps):
-            hidden = self.action_hidden(prompt, mask, self.model.model.embed_tokens(x), proprio)
-            logits = self.action_logits(hidden)
+            if official:
+                logits = self._official_logits(prompt, mask, x, proprio)
+            else:
+                embeds = self.model.model.embed_tokens(x)
+                logits = self.action_logits(self.action_hidden(prompt, mask, embeds, proprio))
             masked = x == mask_id
             last = i == steps - 1
             ratio = 1.0 - levels[i + 1] / levels[i]
@@ -214,8 +223,25 @@ class ActionDecoder:
                 x[row, idx[reveal]] = first + choice[reveal]
             if history is not None:
                 history.append(x.clone())
-        values = self.tokens.decode_torch(x)
+        values = self.tokens.decode_torch(x[:, :A])
         return values.reshape(b, self.cfg.action.chunk, self.cfg.action.action_dim)
+
+    def _official_logits(
+        self,
+        prompt: torch.Tensor,
+        mask: torch.Tensor | None,
+        x: torch.Tensor,
+        proprio: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Whole-vocabulary logits (B, A + 2, V) of the A action and 2 suffix
+        positions, whose current tokens are `x` (B, A + 2)."""
+        b, length = prompt.shape[0], prompt.shape[1]
+        seq = torch.cat([prompt, self.model.model.embed_tokens(x).to(prompt.dtype)], dim=1)
+        full_mask = None
+        if mask is not None:
+            full_mask = torch.cat([mask, mask.new_ones(b, x.shape[1])], dim=1)
+        hidden = self.model.forward_embeds(seq, full_mask, proprio).hidden
+        return self.model.lm_head(hidden[:, length - 1 : length - 1 + x.shape[1]])
 
     @torch.no_grad()
     def flow(

@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dream_vla_ros.model import official
 from dream_vla_ros.model.config import DreamVLAConfig, ModelConfigError
 from dream_vla_ros.model.modeling import DreamVLA
 
@@ -108,8 +109,8 @@ def _refuse_pickles(path: Path) -> None:
     if pickles:
         raise CheckpointError(
             f"{path} contains pickle files {pickles}: refusing to load them (unpickling runs "
-            "arbitrary code). Convert them to safetensors (load with torch.load(..., "
-            "weights_only=True) on a trusted machine and save with safetensors.torch.save_file)."
+            "arbitrary code); an official finetune output becomes a checkpoint without "
+            "pickles with `dream-vla convert SRC DST`"
         )
 
 
@@ -259,43 +260,90 @@ def load_base_weights(model: DreamVLA, path: str | Path) -> list[str]:
     return copied
 
 
-def load_config(path: Path) -> DreamVLAConfig:
+def _config_data(path: Path) -> dict[str, Any]:
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{path} has no config.json")
     try:
-        return DreamVLAConfig.from_json_dict(json.loads(cfg_file.read_text()))
-    except (json.JSONDecodeError, ModelConfigError) as exc:
-        raise CheckpointError(f"{cfg_file}: {exc}") from exc
-
-
-def load_norm_stats(path: Path, cfg: DreamVLAConfig) -> tuple[NormStats, NormStats | None]:
-    stats_file = path / "norm_stats.json"
-    if not stats_file.exists():
-        raise CheckpointError(
-            f"{path} has no norm_stats.json: actions cannot be un-normalised without the "
-            "q01/q99 statistics of the training data"
-        )
-    try:
-        data = json.loads(stats_file.read_text())
+        data = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{stats_file}: invalid JSON ({exc})") from exc
+        raise CheckpointError(f"{cfg_file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{cfg_file}: not a JSON object")
+    return data
+
+
+def load_config(path: Path, unnorm_key: str = "") -> DreamVLAConfig:
+    """The checkpoint's config; an official config.json (the published base) reads as
+    a discrete model with the official token layout and decoding, its action
+    dimension from the chosen statistics and the official LIBERO chunk of 8."""
+    data = _config_data(path)
+    try:
+        if official.is_official_config(data):
+            _, entry = _official_entry(path, data, unnorm_key)
+            action_dim = len(entry["action"].get("q01", []))
+            return official.config_from_official(
+                data, "discrete", official.DEFAULT_CHUNK, action_dim, 0
+            )
+        return DreamVLAConfig.from_json_dict(data)
+    except (ModelConfigError, official.OfficialLayoutError) as exc:
+        raise CheckpointError(f"{path / 'config.json'}: {exc}") from exc
+
+
+def _official_entry(path: Path, data: dict[str, Any], unnorm_key: str) -> tuple[str, dict]:
+    stats, where = official.official_stats(path, data)
+    try:
+        return official.choose_stats(stats, unnorm_key or None, where)
+    except official.OfficialLayoutError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def load_norm_stats(
+    path: Path, cfg: DreamVLAConfig, unnorm_key: str = ""
+) -> tuple[NormStats, NormStats | None]:
+    """The action (and proprio) statistics: the checkpoint's own norm_stats.json, or
+    for an official layout the `unnorm_key` entry of dataset_statistics.json or of
+    config.json's norm_stats (the only one when there is one)."""
+    stats_file = path / "norm_stats.json"
+    if stats_file.exists():
+        converted = _config_data(path).get("official", {}).get("unnorm_key", "")
+        if unnorm_key and converted not in (unnorm_key, f"{unnorm_key}_no_noops"):
+            raise CheckpointError(
+                f"{path} has one set of statistics (norm_stats.json"
+                + (f", converted from '{converted}'" if converted else "")
+                + f"); unnorm_key '{unnorm_key}' chooses among an official checkpoint's "
+                "datasets: leave it empty"
+            )
+        try:
+            data = json.loads(stats_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{stats_file}: invalid JSON ({exc})") from exc
+        where = str(stats_file)
+    else:
+        config = _config_data(path)
+        if not official.is_official_config(config):
+            raise CheckpointError(
+                f"{path} has no norm_stats.json: actions cannot be un-normalised without the "
+                "q01/q99 statistics of the training data"
+            )
+        key, data = _official_entry(path, config, unnorm_key)
+        where = f"{path} statistics '{key}'"
     if "action" not in data:
-        raise CheckpointError(f"{stats_file} lacks the 'action' statistics")
-    action = NormStats.from_json(data["action"], f"{stats_file} action")
+        raise CheckpointError(f"{where} lacks the 'action' statistics")
+    action = NormStats.from_json(data["action"], f"{where} action")
     if action.q01.shape[0] != cfg.action.action_dim:
         raise CheckpointError(
-            f"{stats_file}: action stats have {action.q01.shape[0]} dimensions, the model "
+            f"{where}: action stats have {action.q01.shape[0]} dimensions, the model "
             f"predicts {cfg.action.action_dim}"
         )
     proprio = None
     if cfg.action.proprio_dim > 0:
         if "proprio" not in data:
-            raise CheckpointError(f"{stats_file} lacks the 'proprio' statistics")
-        proprio = NormStats.from_json(data["proprio"], f"{stats_file} proprio")
+            raise CheckpointError(f"{where} lacks the 'proprio' statistics")
+        proprio = NormStats.from_json(data["proprio"], f"{where} proprio")
         if proprio.q01.shape[0] != cfg.action.proprio_dim:
             raise CheckpointError(
-                f"{stats_file}: proprio stats have {proprio.q01.shape[0]} dimensions, the model "
+                f"{where}: proprio stats have {proprio.q01.shape[0]} dimensions, the model "
                 f"expects {cfg.action.proprio_dim}"
             )
     return action, proprio
@@ -306,16 +354,19 @@ def load_checkpoint(
     dtype: str = "fp32",
     device: str = "cpu",
     attn_implementation: str | None = None,
+    unnorm_key: str = "",
 ) -> LoadedCheckpoint:
-    """Load a checkpoint directory; strict: raise CheckpointError naming every problem."""
+    """Load a checkpoint directory; strict: raise CheckpointError naming every problem.
+    `unnorm_key` chooses the dataset statistics of an official checkpoint that holds
+    several (see load_norm_stats)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
     _refuse_pickles(path)
-    cfg = load_config(path)
-    action_stats, proprio_stats = load_norm_stats(path, cfg)
+    cfg = load_config(path, unnorm_key)
+    action_stats, proprio_stats = load_norm_stats(path, cfg, unnorm_key)
     attn = attn_implementation or default_attention(device)
     with torch.device("meta"):
         model = DreamVLA(cfg, attn)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 HEADS = ("discrete", "flow", "l1")
+DECODINGS = ("restricted", "official")
+RESIZES = ("torch", "pil")
 
 
 class ModelConfigError(ValueError):
@@ -45,6 +47,10 @@ class ActionConfig:
     head_hidden: int = 0  # MLP width of the flow / L1 heads (0 = backbone width)
     flow_steps: int = 4
     action_period_s: float = 0.05  # time between consecutive actions of a chunk
+    # discrete decoding: "restricted" (ours) picks action tokens only at the action
+    # positions and keeps the suffix; "official" masks and decodes the suffix too, over
+    # the whole vocabulary, as the official decoder does (docs/model.md)
+    decoding: str = "restricted"
 
     @property
     def state_dim(self) -> int:
@@ -60,7 +66,15 @@ class DreamVLAConfig:
     num_attention_heads: int = 28
     num_key_value_heads: int = 4
     intermediate_size: int = 18944
-    base_vocab_size: int = 152064  # text vocabulary; action tokens are appended after it
+    base_vocab_size: int = 152064  # text vocabulary (config.json vocab_size)
+    # 0: the action tokens are n_bins ids appended after the text vocabulary (this
+    # project's own layout); > 0: the official layout, where they are the n_bins ids
+    # just below this one inside the text vocabulary (151923: the Dream tokenizer's
+    # 151667 entries plus the 256 action tokens the official finetuning adds)
+    action_token_end: int = 0
+    # how frames that are not 224x224 are resized: "torch" (PyTorch's bicubic with
+    # antialiasing, fast) or "pil" (PIL's bicubic, as the official image processor)
+    image_resize: str = "torch"
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 131072
@@ -94,6 +108,14 @@ class DreamVLAConfig:
             problems.append("action.clock_input needs action.proprio_dim >= 1 (the clock's slot)")
         if self.action.n_bins < 2 or self.action.chunk < 1 or self.action.action_dim < 1:
             problems.append("action.n_bins >= 2, action.chunk >= 1 and action.action_dim >= 1")
+        if self.action.decoding not in DECODINGS:
+            problems.append(f"action.decoding must be one of {DECODINGS}")
+        if self.image_resize not in RESIZES:
+            problems.append(f"image_resize must be one of {RESIZES}")
+        if self.action_token_end and not (
+            self.action.n_bins < self.action_token_end <= self.base_vocab_size
+        ):
+            problems.append("action_token_end must lie in (n_bins, vocab_size]")
         for name in ("pad_token_id", "mask_token_id", "image_token_id", "im_end_token_id"):
             if not 0 <= getattr(self, name) < self.base_vocab_size:
                 problems.append(f"{name} must be inside the text vocabulary")
@@ -103,8 +125,16 @@ class DreamVLAConfig:
     # -- derived ------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        """Text vocabulary plus one token per action bin."""
+        """Rows of the embedding and the lm_head: the text vocabulary, plus one token
+        per action bin in this project's own layout."""
+        if self.action_token_end:
+            return self.base_vocab_size
         return self.base_vocab_size + self.action.n_bins
+
+    @property
+    def token_end(self) -> int:
+        """One past the highest action token id (the official `len(tokenizer)`)."""
+        return self.action_token_end or self.vocab_size
 
     @property
     def action_tokens(self) -> int:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import Qwen2Config
+from transformers.activations import ACT2FN
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2DecoderLayer,
     Qwen2RMSNorm,
@@ -136,7 +137,7 @@ class MultiModalProjector(nn.Module):
     def __init__(self, cfg: DreamVLAConfig) -> None:
         super().__init__()
         self.linear_1 = nn.Linear(cfg.vision.hidden_size, cfg.hidden_size, bias=True)
-        self.act = nn.GELU()
+        self.act = ACT2FN[cfg.projector_hidden_act]  # as the official projector
         self.linear_2 = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

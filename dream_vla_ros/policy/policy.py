@@ -101,6 +101,7 @@ class Policy:
             merge_size=self.cfg.vision.spatial_merge_size,
             temporal_patch_size=self.cfg.vision.temporal_patch_size,
             device=self.device,
+            resize=self.cfg.image_resize,
         )
         self.prompts = PromptBuilder.from_dir(ckpt.path, self.cfg)
         self.decoder = ActionDecoder(self.model)

@@ -34,9 +34,13 @@ class ImagePreprocessor:
         merge_size: int = 2,
         temporal_patch_size: int = 2,
         device: str | torch.device = "cpu",
+        resize: str = "torch",
     ) -> None:
         if size % (patch_size * merge_size):
             raise ValueError(f"image size {size} must be a multiple of {patch_size * merge_size}")
+        if resize not in ("torch", "pil"):
+            raise ValueError(f"resize must be 'torch' or 'pil', got '{resize}'")
+        self.resize_with = resize
         self.size = size
         self.center_crop = center_crop
         self.patch = patch_size
@@ -77,6 +81,14 @@ class ImagePreprocessor:
         if frame.shape[1:] == (self.size, self.size):
             return frame
         size = (self.size, self.size)
+        if self.resize_with == "pil":
+            # PIL's bicubic on the CPU, what the official image processor does
+            # (transformers' resize through PIL): equal to it to float rounding
+            from PIL import Image
+
+            pixels = frame.permute(1, 2, 0).contiguous().cpu().numpy()
+            out = Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC)
+            return torch.from_numpy(np.array(out)).permute(2, 0, 1).to(frame.device)
         if frame.device.type == "cpu":
             # uint8 in, uint8 out: PyTorch's vectorised uint8 antialias kernel, about 3x
             # faster than resizing floats; an HxWx3 frame viewed as (3, H, W) is
