@@ -61,6 +61,12 @@ CASES = [
     ("sim proxy missing", ["sim", "proxy", "{bad}/no_config"]),
     ("sim proxy bad option", ["sim", "proxy", "models/touch_tiny", "--execute", "0"]),
     ("sim ground", ["sim", "ground", "{out}", "--layouts", "0"]),
+    # an official finetune output without its merged weights
+    ("convert no weights", ["convert", "test/data/official/finetune_l1", "{out}"]),
+    ("convert bad chunk", ["convert", "test/data/official/base", "{out}", "--chunk", "0"]),
+    ("convert ambiguous key", ["convert", "test/data/official/base", "{out}"]),
+    ("export not a checkpoint", ["export", "{bad}/no_config", "{out}"]),
+    ("export tiny", ["export", "models/touch_tiny", "{out}"]),
     ("usage", ["train"]),
     ("unknown command", ["fly"]),
 ]
@@ -86,7 +92,7 @@ def test_a_bad_input_ends_in_one_line(case, corpus, tmp_path):
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("dream-vla"), lines[0]
     # nothing left behind for a pipeline, collection or evaluation that never started
-    if args[0] in ("sim", "eval-bag", "dataset", "merge", "demo"):
+    if args[0] in ("sim", "eval-bag", "dataset", "merge", "demo", "convert", "export"):
         assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
 
 

@@ -19,12 +19,8 @@ from safetensors.torch import load_file
 
 from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
 from dream_vla_ros.model.checkpoint import CheckpointError, load_checkpoint
-from dream_vla_ros.model.official import (
-    ConvertSettings,
-    OfficialLayoutError,
-    convert,
-    export,
-)
+from dream_vla_ros.model.convert import ConvertSettings, convert, export
+from dream_vla_ros.model.official import OfficialLayoutError
 from dream_vla_ros.policy.policy import Observation, Policy
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder

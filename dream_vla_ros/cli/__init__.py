@@ -6,13 +6,14 @@
     dream-vla play BAG                   publish a bag with its timing and /clock
     dream-vla eval-bag BAG               open-loop policy evaluation over a bag
     dream-vla train RECIPE | merge       finetuning; LoRA -> merged weights
+    dream-vla convert | export SRC DST   official checkpoints -> this layout and back
     dream-vla sim ground|collect|evaluate|pipeline|proxy
                                          the touch-the-cube task in the MuJoCo world
 
 An error the user can cause ends in one line on stderr and exit status 2.
 """
 
-# One module per command group (demo, launch, data, train, sim), each with
+# One module per command group (demo, launch, data, train, model, sim), each with
 # `add_parsers(sub)` and a `run(args) -> int` set as the parsers' default.
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import argparse
 import sys
 from typing import NoReturn
 
-from dream_vla_ros.cli import data, demo, launch, sim, train
+from dream_vla_ros.cli import data, demo, launch, model, sim, train
 
-GROUPS = (demo, launch, data, train, sim)
+GROUPS = (demo, launch, data, train, model, sim)
 
 
 class Parser(argparse.ArgumentParser):

@@ -61,6 +61,9 @@ def add_parsers(sub) -> None:
     p_eval.set_defaults(run=run)
     p_eval.add_argument("bag")
     p_eval.add_argument("--checkpoint", required=True)
+    p_eval.add_argument(
+        "--unnorm-key", default="", help="dataset statistics of an official checkpoint"
+    )
     p_eval.add_argument("--out", default="", help="report folder (default: BAG/eval)")
     p_eval.add_argument("--device", default="cpu")
     p_eval.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
@@ -171,7 +174,9 @@ def _eval_bag(args: argparse.Namespace) -> int:
     )
     if not Path(args.bag).exists():  # before the model loads
         raise BagError(f"{args.bag} does not exist: give an episode folder or a rosbag2 folder")
-    policy = Policy.from_checkpoint(args.checkpoint, args.dtype, args.device)
+    policy = Policy.from_checkpoint(
+        args.checkpoint, args.dtype, args.device, unnorm_key=args.unnorm_key
+    )
     out = Path(args.out) if args.out else Path(args.bag) / "eval"
     summary = evaluate_bag(args.bag, policy, out, settings)
     print((out / "report.md").read_text())

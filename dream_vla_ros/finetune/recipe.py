@@ -3,7 +3,8 @@
 A recipe names the data, the model to start from, the adapter (LoRA or full
 finetuning) and the optimisation. Command-line overrides use dotted keys
 (`train.steps=200 lora.enabled=false`); values are parsed as YAML scalars. Every
-problem raises `RecipeError` with one sentence naming the key and what is wrong.
+problem raises `RecipeError` with one sentence naming the key and what is wrong;
+every key's check is in this one module (longer than most), next to its default.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     base: str = "tiny"  # a preset name or a checkpoint directory
+    # an official base holding several datasets' statistics: the one its action space
+    # is read from (the trained model's statistics come from the data)
+    unnorm_key: str = ""
     head: str = "flow"  # flow | discrete | l1
     init_seed: int = 0  # initialises a preset's weights and new heads
     flow_steps: int = 4

@@ -167,7 +167,7 @@ class Trainer:
                 load_base_weights(model, base_dir)
         else:
             base_dir = Path(r.model.base)
-            base_cfg = load_config(base_dir)
+            base_cfg = load_config(base_dir, r.model.unnorm_key)
             cfg = replace(base_cfg, action=replace(base_cfg.action, **action))
             # built on the meta device and filled from the checkpoint: a 7B base is
             # never randomly initialised first; parts the checkpoint does not have

@@ -120,8 +120,12 @@ class Policy:
         dtype: str = "fp32",
         device: str = "cpu",
         settings: PolicySettings | None = None,
+        unnorm_key: str = "",
     ) -> Policy:
-        return cls(load_checkpoint(path, dtype=dtype, device=device), settings)
+        """`unnorm_key`: the dataset statistics of an official checkpoint that holds
+        several (docs/model.md, "Using the published weights")."""
+        ckpt = load_checkpoint(path, dtype=dtype, device=device, unnorm_key=unnorm_key)
+        return cls(ckpt, settings)
 
     @property
     def action_stats(self) -> NormStats:

@@ -44,6 +44,11 @@ DEMO_BOX = (  # the random-weights policy acts inside this box around the home p
 # config/policy_sim.yaml what the CPU simulation changes.
 PARAMETERS = (
     Param("model.checkpoint", "", "Checkpoint directory (published layout); empty: random weights"),
+    Param(
+        "model.unnorm_key",
+        "",
+        "Dataset statistics of an official checkpoint that holds several (e.g. libero_spatial)",
+    ),
     Param("model.preset", "tiny", "Preset of the random-weights model when no checkpoint is given"),
     Param("model.head", "l1", "Action head of the random-weights model: discrete | flow | l1"),
     Param(
@@ -218,7 +223,9 @@ class PolicyNode(Node):
             raise ConfigError(str(exc)) from None
         self._tmp: tempfile.TemporaryDirectory | None = None
         checkpoint = self._checkpoint_dir()
-        self.policy = Policy.from_checkpoint(checkpoint, p["dtype"], p["device"], settings)
+        self.policy = Policy.from_checkpoint(
+            checkpoint, p["dtype"], p["device"], settings, p["model.unnorm_key"]
+        )
         cfg = self.policy.cfg.action
         if cfg.action_dim != len(JOINT_NAMES):
             raise ConfigError(
