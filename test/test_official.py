@@ -351,3 +351,34 @@ def test_statistics_files_are_read_as_the_official_evaluation_does(tmp_path):
     (base / "dataset_statistics.json").write_text(json.dumps(stats))
     ckpt = load_checkpoint(base)  # one dataset: no key needed
     assert np.array_equal(ckpt.action_stats.q99, stats["mine"]["action"]["q99"])
+
+
+def test_finetuning_from_the_published_base_keeps_the_official_layout(tmp_path):
+    """A recipe whose model.base is the published base (model.unnorm_key chooses
+    among its datasets' statistics): two discrete training steps on the toy data, and
+    the trained model keeps the official token layout and decoding, runs in the policy
+    and exports to the official layout."""
+    from dream_vla_ros.finetune.recipe import load_recipe
+    from dream_vla_ros.finetune.toy import write_toy_dataset
+    from dream_vla_ros.finetune.trainer import Trainer
+
+    toy = write_toy_dataset(tmp_path / "toy", episodes=3, length=12)
+    recipe = Path(__file__).resolve().parents[1] / "config/finetune/piper_tiny_cpu.yaml"
+    overrides = [
+        f"data.dataset={toy}", f"output_dir={tmp_path / 'run'}", "train.batch_size=2",
+        "train.val_every=0", "train.save_every=0", "train.steps=2", "lora.enabled=false",
+        f"model.base={FIXTURES / 'base'}", "model.head=discrete",
+    ]  # fmt: skip
+    from dream_vla_ros.finetune.errors import TrainingError
+
+    with pytest.raises((CheckpointError, TrainingError), match="choose one with unnorm_key"):
+        Trainer(load_recipe(recipe, overrides), progress=False, log=lambda _: None).run()
+    r = load_recipe(recipe, [*overrides, "model.unnorm_key=libero_spatial"])
+    result = Trainer(r, progress=False, log=lambda _: None).run()
+    ckpt = load_checkpoint(result.final)
+    cfg = ckpt.config
+    assert (cfg.token_end, cfg.action.decoding, cfg.image_resize) == (151923, "official", "pil")
+    chunk = Policy(ckpt).infer(Observation(frames(), "reach the red cube", np.zeros(7), 0.0))
+    assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
+    out = export(result.final, tmp_path / "official")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 152064

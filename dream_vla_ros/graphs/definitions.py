@@ -50,6 +50,7 @@ def _common() -> tuple[Argument, ...]:
         Argument("instruction", "", f"Task instruction for the policy {_KEEP}"),
         Argument("device", "", f"Torch device of the policy: cpu, cuda, cuda:N {_KEEP}"),
         Argument("dtype", "", f"Model dtype {_KEEP}", ("fp32", "bf16", "fp16")),
+        Argument("unnorm_key", "", "Dataset statistics of an official checkpoint with several"),
         Argument("inference_delay_s", "0.0", "Test hook: extra policy delay before publishing [s]"),
     )
 
@@ -58,6 +59,7 @@ _POLICY_MODEL = (
     Override("model.checkpoint", "{checkpoint}"),
     Override("device", "{device}", if_given=True),
     Override("dtype", "{dtype}", if_given=True),
+    Override("model.unnorm_key", "{unnorm_key}", if_given=True),
     Override("instruction", "{instruction}", if_given=True),
     Override("debug.inference_delay_s", "{inference_delay_s}", "float"),
 )
