@@ -1,6 +1,6 @@
 """The package's layout rules, read from the source with `ast`: no import cycles,
-nothing imports the CLI, and only `ros/` imports rclpy (directly or through
-another module of the package)."""
+nothing imports the CLI, only `ros/` imports rclpy (directly or through
+another module of the package), and only `dream-vla convert` unpickles."""
 
 from __future__ import annotations
 
@@ -111,3 +111,22 @@ def test_a_long_module_says_why_it_is_long():
         if lines > 400:
             doc = ast.get_docstring(ast.parse(path.read_text())) or ""
             assert "longer than" in doc, f"{path.name} has {lines} lines and does not say why"
+
+
+def test_only_convert_opens_a_pickle():
+    """torch.load (always with weights_only=True) and pickle appear in model/convert.py
+    only: the policy, the nodes and the trainer never unpickle anything."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "load" and getattr(node.func.value, "id", "") == "torch":
+                    keywords = {k.arg: k.value for k in node.keywords}
+                    safe = getattr(keywords.get("weights_only"), "value", None) is True
+                    found.append((path.relative_to(PACKAGE).as_posix(), safe))
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+                if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
+                    found.append((path.relative_to(PACKAGE).as_posix(), False))
+    assert found == [("model/convert.py", True)], found

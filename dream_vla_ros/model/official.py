@@ -21,9 +21,7 @@ Facts the official code hard-codes and this project reproduces:
   vocabulary (`action.decoding: official`);
 - the image processor resizes with PIL's bicubic (`image_resize: pil`).
 
-`convert` (official -> ours) is the only code that opens a pickle, and only with
-`torch.load(weights_only=True)`; `export` (ours -> official) writes what the
-official evaluation (`run_libero_eval_dream.py`) loads.
+`model/convert.py` turns these into this project's layout and back.
 """
 
 from __future__ import annotations
