@@ -120,11 +120,15 @@ def test_only_convert_opens_a_pickle():
     for path in PACKAGE.rglob("*.py"):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                if node.func.attr == "load" and getattr(node.func.value, "id", "") == "torch":
-                    keywords = {k.arg: k.value for k in node.keywords}
-                    safe = getattr(keywords.get("weights_only"), "value", None) is True
-                    found.append((path.relative_to(PACKAGE).as_posix(), safe))
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "load"
+                and getattr(node.func.value, "id", "") == "torch"
+            ):
+                keywords = {k.arg: k.value for k in node.keywords}
+                safe = getattr(keywords.get("weights_only"), "value", None) is True
+                found.append((path.relative_to(PACKAGE).as_posix(), safe))
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
                 if any(n.split(".")[0] in ("pickle", "dill", "cloudpickle") for n in names):
