@@ -1,8 +1,9 @@
 """Dream-VLA chunk latency, peak memory and preprocessing speed (prints figures).
 
 Per preset (random weights, batch 1, two 224x224 images + instruction + proprio):
-discrete 1-step, discrete k-step, flow matching N steps (plain, and with
-classifier-free guidance: two batch rows, ratio guided / plain), L1 regression, and
+discrete 1-step, discrete k-step, flow matching N steps (plain, with
+classifier-free guidance: two batch rows, ratio guided / plain, and the
+prompt-cached head: ratio full / prompt-cached), L1 regression, and
 left-to-right (autoregressive order) decoding of the same action tokens with the
 same weights; ratio AR / diffusion. On a GPU every mode runs eagerly and with CUDA
 graphs (the policy's default there), with the ratio. Preprocessing of 2x640x480 frames: ours
@@ -43,7 +44,12 @@ def timed(fn, repeats: int, device: str) -> tuple[float, float]:
 
 
 def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: int) -> dict:
-    cfg = preset(name, head=head)
+    cached = head == "flow-cached"
+    if cached:
+        cfg = preset(name, head="flow", flow_attention="prompt_cached")
+        head = "flow"
+    else:
+        cfg = preset(name, head=head)
     torch.manual_seed(0)
     with torch.device(device):
         model = DreamVLA(cfg).to(DTYPES[dtype]).eval()
@@ -82,9 +88,12 @@ def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: i
                     )
             elif head == "flow":
                 steps = cfg.action.flow_steps
-                results[f"flow {steps} steps{suffix}"] = timed(
+                kind = ", prompt-cached" if cached else ""
+                results[f"flow {steps} steps{kind}{suffix}"] = timed(
                     lambda n=steps: decoder.flow(prompt(), None, proprio, n), repeats, device
                 )
+                if cached:
+                    continue
                 results[f"flow {steps} steps, guided{suffix}"] = timed(
                     lambda n=steps: decoder.flow(guided_prompt(), None, proprio, n, guidance=2.0),
                     repeats,
@@ -99,9 +108,9 @@ def bench_head(name: str, head: str, device: str, dtype: str, repeats: int, k: i
     return results
 
 
-def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> None:
+def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> dict:
     results: dict = {}
-    for head in ("discrete", "flow", "l1"):
+    for head in ("discrete", "flow", "flow-cached", "l1"):
         results.update(bench_head(name, head, device, dtype, repeats, k))
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -114,6 +123,10 @@ def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> No
             ar = results["left-to-right (AR)" + suffix][0]
             one = results["discrete 1 step" + suffix][0]
             print(f"  {'AR / discrete 1 step' + suffix:30s} {ar / one:9.1f}x")
+    for label in [k for k in results if ", prompt-cached" in k]:
+        full = label.replace(", prompt-cached", "")
+        ratio = results[full][0] / results[label][0]
+        print(f"  {'full / prompt-cached, ' + full:30s} {ratio:9.1f}x")
     for label in [k for k in results if ", guided" in k]:
         plain = label.replace(", guided", "")
         ratio = results[label][0] / results[plain][0]
@@ -122,6 +135,7 @@ def bench_preset(name: str, device: str, dtype: str, repeats: int, k: int) -> No
         for label in [k for k in results if not k.endswith(", graphs")]:
             ratio = results[label][0] / results[label + ", graphs"][0]
             print(f"  {'eager / graphs, ' + label:30s} {ratio:9.1f}x")
+    return {label: {"ms": sec * 1000, "peak_gb": peak} for label, (sec, peak) in results.items()}
 
 
 def bench_preprocessing(repeats: int, device: str) -> None:
@@ -153,10 +167,17 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
     bench_preprocessing(args.repeats, args.device)
+    figures = {}
     for name in args.presets:
-        bench_preset(name, args.device, args.dtype, args.repeats, args.k)
+        figures[name] = bench_preset(name, args.device, args.dtype, args.repeats, args.k)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": args.device, "dtype": args.dtype, "presets": figures}, f, indent=2)
 
 
 if __name__ == "__main__":

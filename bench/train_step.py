@@ -47,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     lora, gc = CONFIGS[args.config]
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    data = DemoData(DataConfig(dataset=args.dataset, chunk=8))
+    data = DemoData(DataConfig(dataset=args.dataset, chunk=8)) if args.dataset else None
     with torch.device(device):
         model = DreamVLA(preset(args.preset, head=args.head, proprio_dim=7))
     if lora:
@@ -64,10 +64,24 @@ def child(args: argparse.Namespace) -> None:
     encoder = BatchEncoder(model, PromptBuilder(byte_tokenizer(cfg.newline_token_id + 1), cfg))
     objective = TrainingObjective(model)
     g = torch.Generator().manual_seed(0)
-    n = len(data.windows["train"])
+    n = len(data.windows["train"]) if data is not None else 0
+
+    def synthetic(k: int) -> dict:
+        """A sample of random frames and actions (no dataset: no video decoder needed)."""
+        r = torch.Generator().manual_seed(k)
+        return {
+            "images": torch.randint(0, 256, (2, 3, 224, 224), generator=r, dtype=torch.uint8),
+            "actions": torch.rand(8, 7, generator=r) * 2 - 1,
+            "pad": torch.ones(8, dtype=torch.bool),
+            "task": "pick up the red cube",
+            "state": torch.rand(7, generator=r) * 2 - 1,
+        }
 
     def step(k: int) -> float:
-        samples = [data.sample("train", (k * args.batch + i) % n) for i in range(args.batch)]
+        if data is None:
+            samples = [synthetic(k * args.batch + i) for i in range(args.batch)]
+        else:
+            samples = [data.sample("train", (k * args.batch + i) % n) for i in range(args.batch)]
         inputs = encoder(torch.utils.data.default_collate(samples), device)
         noise = draw_noise(args.head, args.batch, cfg.action.chunk, cfg.action.action_dim, g)
         inputs.update({k: v.to(device) for k, v in noise.items()})
@@ -119,6 +133,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random frames instead of the toy dataset (needs no video decoder)",
+    )
+    parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="", help=argparse.SUPPRESS)
     parser.add_argument("--config", default="", help=argparse.SUPPRESS)
@@ -127,10 +147,13 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from dream_vla_ros.finetune.toy import write_toy_dataset
-
+    figures: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = write_toy_dataset(Path(tmp) / "toy", episodes=3, length=20)
+        dataset: Path | str = ""
+        if not args.synthetic:
+            from dream_vla_ros.finetune.toy import write_toy_dataset
+
+            dataset = write_toy_dataset(Path(tmp) / "toy", episodes=3, length=20)
         print(
             f"train step, head {args.head}, batch {args.batch} x 2 images, {args.device} "
             f"{args.dtype}, median of {args.steps} steps"
@@ -152,6 +175,7 @@ def main() -> None:
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results[config] = r
+                figures[f"{name} {config}"] = r
                 print(
                     f"{name:<14}{config:<10}{r['step_s'] * 1e3:>8.0f}ms{r['samples_per_s']:>11.1f}"
                     f"{r['peak_mb']:>9.0f}MB{r['trainable']:>13,}"
@@ -168,6 +192,8 @@ def main() -> None:
                     f"{name:<14}checkpointing vs none: step x{gc['step_s'] / lo['step_s']:.2f}, "
                     f"memory x{gc['peak_mb'] / max(lo['peak_mb'], 1e-9):.2f}"
                 )
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dream_vla_ros.model import ActionDecoder, DecodeSettings, load_checkpoint
+from dream_vla_ros.model import ActionDecoder, DecodeSettings, DreamVLA, load_checkpoint, preset
 from dream_vla_ros.policy import (
     ImagePreprocessor,
     Observation,
@@ -282,3 +282,59 @@ def test_guided_policy_on_cuda_matches_cpu_with_and_without_graphs(tmp_path):
     for key, (first, second) in chunks.items():
         assert np.allclose(first, reference, atol=2e-3), key
         assert np.allclose(second, reference, atol=2e-3), key  # a replay, same inputs
+
+
+# -- speed settings (dream_vla_ros/model/quantize.py, the prompt-cached flow head) -------
+def _tiny_flow(flow_attention: str = "full") -> DreamVLA:
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return DreamVLA(preset("tiny", head="flow", flow_attention=flow_attention)).eval()
+
+
+FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        "int8",
+        pytest.param(
+            "fp8",
+            marks=pytest.mark.skipif(
+                not FP8_GPU, reason="fp8 matrix products need compute capability 8.9 or above"
+            ),
+        ),
+    ],
+)
+def test_8_bit_weights_track_the_bf16_model(weights):
+    from dream_vla_ros.model.quantize import quantize_backbone
+
+    model = _tiny_flow().to(torch.bfloat16)
+    decoder = ActionDecoder(model)
+    ids = torch.randint(10, 300, (1, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    proprio = torch.randn(1, 7, device="cuda", dtype=torch.bfloat16)
+    noise = torch.randn(1, 8, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = decoder.flow(model.model.embed_tokens(ids), None, proprio, 4, noise=noise)
+        assert quantize_backbone(model, weights) == 14
+        eight = decoder.flow(model.model.embed_tokens(ids), None, proprio, 4, noise=noise)
+    assert torch.isfinite(eight).all()
+    assert (
+        eight - plain
+    ).abs().max() < 0.1  # normalised units; bench/speed_settings.py measures the 7B
+
+
+def test_the_prompt_cached_flow_head_on_cuda_equals_its_whole_sequence():
+    model = _tiny_flow("prompt_cached")
+    decoder = ActionDecoder(model)
+    ids = torch.randint(10, 300, (1, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    proprio = torch.randn(1, 7, device="cuda")
+    noise = torch.randn(1, 8, 7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        prompt = model.model.embed_tokens(ids)
+        cached = decoder.flow(prompt, None, proprio, 4, noise=noise)
+        model.use_cuda_graphs()
+        graphed = decoder.flow(prompt, None, proprio, 4, noise=noise)
+        whole = decoder.flow(prompt, None, proprio, 4, noise=noise, use_cache=False)
+    assert (cached - whole).abs().max() < 1e-4
+    assert (graphed - cached).abs().max() < 1e-5

@@ -675,3 +675,126 @@ def test_guidance_until_guides_only_the_early_flow_steps():
     assert not torch.allclose(first, every, atol=1e-4)  # the step at t 0.5 is not
     with pytest.raises(ValueError, match="guidance_until must be in"):
         PolicySettings(guidance_until=1.5)
+
+
+# -- the prompt-cached flow head ----------------------------------------------------------
+def _cached_model(seed: int = 0) -> DreamVLA:
+    torch.manual_seed(seed)
+    return DreamVLA(preset("tiny", head="flow", flow_attention="prompt_cached")).eval()
+
+
+def test_prompt_cached_flow_gives_the_actions_of_the_whole_sequence():
+    """The prompt's keys and values computed once and reused by every Euler step give
+    the chunk of the block-causal forward over the whole sequence, with proprio and
+    with classifier-free guidance (two prompt rows)."""
+    model = _cached_model()
+    decoder = ActionDecoder(model)
+    prompt = model.model.embed_tokens(torch.randint(10, 300, (2, 40)))
+    proprio = torch.randn(1, 7)
+    noise = torch.randn(1, 8, 7)
+    with torch.no_grad():
+        for rows, guidance in ((prompt[:1], 1.0), (prompt, 2.0)):
+            cached = decoder.flow(rows, None, proprio, 4, noise=noise, guidance=guidance)
+            whole = decoder.flow(
+                rows, None, proprio, 4, noise=noise, guidance=guidance, use_cache=False
+            )
+            assert (cached - whole).abs().max() < 1e-5
+            full = ActionDecoder(_full_twin(model)).flow(
+                rows, None, proprio, 4, noise=noise, guidance=guidance
+            )
+            assert (cached - full).abs().max() > 1e-2  # a different model: not a no-op
+
+
+def _full_twin(model: DreamVLA) -> DreamVLA:
+    twin = DreamVLA(preset("tiny", head="flow")).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_the_prompt_of_the_cached_head_does_not_see_the_actions():
+    model = _cached_model()
+    decoder = ActionDecoder(model)
+    prompt = model.model.embed_tokens(torch.randint(10, 300, (1, 30)))
+    time_token = model.action_head.time_token(torch.tensor([0.5]))
+    with torch.no_grad():
+        a = decoder.sequence_hidden(prompt, None, torch.randn(1, 56, 64), None, time_token)
+        b = decoder.sequence_hidden(prompt, None, torch.randn(1, 56, 64), None, time_token)
+        assert torch.equal(a[:, :30], b[:, :30])  # the prompt's hidden states
+        assert not torch.allclose(a[:, 30:], b[:, 30:])
+        # with a padding mask (training batches) the same holds
+        mask = torch.ones(1, 30, dtype=torch.long)
+        mask[0, :3] = 0
+        c = decoder.sequence_hidden(prompt, mask, torch.randn(1, 56, 64), None, time_token)
+        d = decoder.sequence_hidden(prompt, mask, torch.randn(1, 56, 64), None, time_token)
+        assert torch.equal(c[:, 3:30], d[:, 3:30])
+
+
+def test_the_prompt_cached_head_trains_and_needs_the_flow_head():
+    from dream_vla_ros.finetune.objectives import TrainingObjective
+
+    model = _cached_model().train()
+    objective = TrainingObjective(model)
+    ids = torch.randint(10, 300, (2, 30))
+    prompt_ids = ids.clone()
+    loss = objective(
+        input_ids=prompt_ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=None,
+        grid_thw=None,
+        actions=torch.rand(2, 8, 7) * 2 - 1,
+        pad=torch.ones(2, 8),
+        proprio=torch.randn(2, 7),
+        t=torch.rand(2),
+        noise=torch.randn(2, 8, 7),
+    )
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.action_head.flow_predictor.mlp_resnet.fc1.weight.grad.abs().sum() > 0
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ModelConfigError, match="prompt_cached needs the flow head"):
+        preset("tiny", head="l1", flow_attention="prompt_cached")
+
+
+# -- 8-bit weights --------------------------------------------------------------------------
+def test_int8_weights_keep_the_chunk_and_halve_the_backbone_weights():
+    from dream_vla_ros.model.quantize import Int8Linear, quantize_backbone
+
+    torch.manual_seed(0)
+    model = DreamVLA(preset("tiny", head="flow")).eval()
+    decoder = ActionDecoder(model)
+    prompt_ids = torch.randint(10, 300, (1, 40))
+    proprio, noise = torch.randn(1, 7), torch.randn(1, 8, 7)
+    layer = model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        plain = decoder.flow(model.model.embed_tokens(prompt_ids), None, proprio, 4, noise=noise)
+        history: list[torch.Tensor] = []
+        decoder.discrete(
+            model.model.embed_tokens(prompt_ids), None, proprio, DecodeSettings(), history=history
+        )
+        assert quantize_backbone(model, "int8") == 2 * 7
+        q = model.model.layers[0].mlp.up_proj
+        assert isinstance(q, Int8Linear) and q.qweight.dtype == torch.int8
+        assert q.qweight.numel() == layer.weight.numel()
+        # one row's error: at most half a step of its scale
+        assert (
+            q.qweight.float() * q.scale[:, None] - layer.weight
+        ).abs().max() <= 0.5 * q.scale.max() + 1e-7
+        int8 = decoder.flow(model.model.embed_tokens(prompt_ids), None, proprio, 4, noise=noise)
+        again: list[torch.Tensor] = []
+        decoder.discrete(
+            model.model.embed_tokens(prompt_ids), None, proprio, DecodeSettings(), history=again
+        )
+    assert 0 < (int8 - plain).abs().max() < 0.05  # normalised units
+    assert (again[-1] != history[-1]).sum() <= 2
+    with pytest.raises(ValueError, match="weights must be one of"):
+        quantize_backbone(model, "int4")
+
+
+def test_fp8_weights_are_refused_on_a_cpu(tmp_path):
+    ckpt = write_random_checkpoint(tmp_path / "ckpt", "tiny", head="l1")
+    with pytest.raises(ValueError, match="fp8 needs a CUDA device"):
+        Policy.from_checkpoint(ckpt, settings=PolicySettings(weights="fp8"))
+    policy = Policy.from_checkpoint(ckpt, settings=PolicySettings(weights="int8"))
+    frames = [np.zeros((64, 64, 3), np.uint8)] * 2
+    chunk = policy.infer(Observation(frames, "reach", np.zeros(7), 0.0))
+    assert np.all(np.isfinite(chunk.actions))

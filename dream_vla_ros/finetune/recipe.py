@@ -110,6 +110,7 @@ class ModelConfig:
     # is read from (the trained model's statistics come from the data)
     unnorm_key: str = ""
     head: str = "flow"  # flow | discrete | l1
+    flow_attention: str = "full"  # flow head: full | prompt_cached (docs/model.md)
     init_seed: int = 0  # initialises a preset's weights and new heads
     flow_steps: int = 4
     freeze_vision: bool = False
@@ -324,6 +325,11 @@ def validate(recipe: Recipe) -> Recipe:
             f"directory, got '{m.base}'",
         ),
         (m.flow_steps >= 1, "'model.flow_steps' must be >= 1"),
+        (
+            m.flow_attention == "full"
+            or (m.flow_attention == "prompt_cached" and m.head == "flow"),
+            "'model.flow_attention' must be full, or prompt_cached with the flow head",
+        ),
         (
             m.gradient_checkpointing in ("auto", "on", "off"),
             "'model.gradient_checkpointing' must be auto, on or off",

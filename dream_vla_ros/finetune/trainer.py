@@ -145,6 +145,7 @@ class Trainer:
             "proprio_dim": data.proprio_dim,
             "clock_input": r.data.clock,
             "flow_steps": r.model.flow_steps,
+            "flow_attention": r.model.flow_attention,
             "action_period_s": 1.0 / data.fps,
         }
         torch.manual_seed(r.model.init_seed)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from dream_vla_ros.model.config import DreamVLAConfig
 from dream_vla_ros.model.heads import euler_integrate
-from dream_vla_ros.model.modeling import DreamVLA
+from dream_vla_ros.model.modeling import DreamVLA, PrefixCache
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy", "left_to_right")
 
@@ -133,6 +133,10 @@ class ActionDecoder:
         )
         return self.model.model.embed_tokens(ids)[None].expand(batch, -1, -1)
 
+    @property
+    def prompt_cached(self) -> bool:
+        return self.cfg.action.flow_attention == "prompt_cached"
+
     def sequence_hidden(
         self,
         prompt: torch.Tensor,
@@ -141,13 +145,24 @@ class ActionDecoder:
         proprio: torch.Tensor | None,
         time_token: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states of the whole sequence: prompt, action positions, suffix."""
-        b = prompt.shape[0]
-        seq = torch.cat([prompt, action_embeds.to(prompt.dtype), self._suffix(b)], dim=1)
+        """Hidden states of the whole sequence: prompt, action positions, suffix.
+
+        The prompt-cached flow head puts its time token after the prompt instead of
+        in front (the block the Euler steps recompute: time, actions, suffix), and the
+        prompt does not attend to that block."""
+        b, length = prompt.shape[0], prompt.shape[1]
+        pieces = [prompt, action_embeds.to(prompt.dtype), self._suffix(b)]
+        prefix_len = 0
+        if self.prompt_cached and time_token is not None:
+            pieces.insert(1, time_token.to(prompt.dtype))
+            time_token, prefix_len = None, length
+        seq = torch.cat(pieces, dim=1)
         full_mask = None
         if mask is not None:
-            full_mask = torch.cat([mask, mask.new_ones(b, self.n_actions + 2)], dim=1)
-        return self.model.forward_embeds(seq, full_mask, proprio, time_token).hidden
+            full_mask = torch.cat([mask, mask.new_ones(b, seq.shape[1] - length)], dim=1)
+        return self.model.forward_embeds(
+            seq, full_mask, proprio, time_token, prefix_len=prefix_len
+        ).hidden
 
     def action_hidden(
         self,
@@ -160,6 +175,8 @@ class ActionDecoder:
         """Hidden states that describe the A action positions (one position earlier)."""
         length = prompt.shape[1]
         hidden = self.sequence_hidden(prompt, mask, action_embeds, proprio, time_token)
+        if self.prompt_cached and time_token is not None:
+            length += 1  # the time token sits between the prompt and the actions
         return hidden[:, length - 1 : length - 1 + self.n_actions]
 
     def action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -256,8 +273,14 @@ class ActionDecoder:
         prefix_weights: torch.Tensor | None = None,
         guidance: float = 1.0,
         guidance_until: float = 1.0,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Euler integration of the flow head from Gaussian noise -> (B, chunk, action_dim).
+
+        With the prompt-cached head (`action.flow_attention`) and no padding mask, the
+        prompt's keys and values are computed once and each step runs only the time
+        token, the action tokens and the suffix (`use_cache` False: the whole
+        block-causal sequence every step, the same numbers; for tests).
 
         `noise` (B, chunk, action_dim) replaces the sampled start, e.g. to compare the
         same integration on two devices. `prefix` (B, m, action_dim), normalised, with
@@ -290,11 +313,21 @@ class ActionDecoder:
         else:
             noise = noise.to(device=prompt.device, dtype=torch.float32)
 
+        cache = None
+        if self.prompt_cached and use_cache and mask is None:
+            cache = PrefixCache()
+            self.model.forward_embeds(prompt, None, proprio, cache=cache)
+
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if guided:
                 x, t = torch.cat([x, x]), torch.cat([t, t])
             tokens = projector(x.reshape(x.shape[0], -1, 1).to(prompt.dtype))
-            hidden = self.action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
+            if cache is not None:
+                block = [head.time_token(t).to(prompt.dtype), tokens, self._suffix(x.shape[0])]
+                out = self.model.forward_embeds(torch.cat(block, dim=1), cache=cache)
+                hidden = out.hidden[:, : self.n_actions]
+            else:
+                hidden = self.action_hidden(prompt, mask, tokens, proprio, head.time_token(t))
             v = head.predict_velocity(hidden).float()
             if not guided:
                 return v

@@ -13,6 +13,7 @@ from typing import Any
 
 HEADS = ("discrete", "flow", "l1")
 DECODINGS = ("restricted", "official")
+FLOW_ATTENTIONS = ("full", "prompt_cached")
 RESIZES = ("torch", "pil")
 
 
@@ -51,6 +52,11 @@ class ActionConfig:
     # positions and keeps the suffix; "official" masks and decodes the suffix too, over
     # the whole vocabulary, as the official decoder does (docs/model.md)
     decoding: str = "restricted"
+    # flow head: "full" (official: the prompt attends to the noisy actions, every
+    # Euler step runs the whole sequence) or "prompt_cached" (ours: the prompt does
+    # not see the actions, its keys and values are computed once per chunk and each
+    # Euler step runs the time token, the action tokens and the suffix only)
+    flow_attention: str = "full"
 
     @property
     def state_dim(self) -> int:
@@ -108,6 +114,10 @@ class DreamVLAConfig:
             problems.append("action.clock_input needs action.proprio_dim >= 1 (the clock's slot)")
         if self.action.n_bins < 2 or self.action.chunk < 1 or self.action.action_dim < 1:
             problems.append("action.n_bins >= 2, action.chunk >= 1 and action.action_dim >= 1")
+        if self.action.flow_attention not in FLOW_ATTENTIONS:
+            problems.append(f"action.flow_attention must be one of {FLOW_ATTENTIONS}")
+        elif self.action.flow_attention != "full" and self.action.head != "flow":
+            problems.append("action.flow_attention prompt_cached needs the flow head")
         if self.action.decoding not in DECODINGS:
             problems.append(f"action.decoding must be one of {DECODINGS}")
         if self.image_resize not in RESIZES:

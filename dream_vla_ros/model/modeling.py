@@ -103,20 +103,38 @@ class DreamBackbone(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefix_len: int = 0,
+        cache: PrefixCache | None = None,
     ) -> torch.Tensor:
-        """(B, S, D) embeddings, optional (B, S) padding mask (1 = real) -> (B, S, D)."""
+        """(B, S, D) embeddings, optional (B, S) padding mask (1 = real) -> (B, S, D).
+
+        `prefix_len` > 0: block-causal attention, the first `prefix_len` positions do
+        not see the others (the prompt-cached flow head). `cache`: record the keys and
+        values of these positions (an empty cache), or attend to the recorded prefix
+        too and continue its positions (a filled one; nothing is appended)."""
         b, s, _ = inputs_embeds.shape
+        start = cache.length if cache is not None and cache.filled else 0
         if attention_mask is None:
-            position_ids = torch.arange(1, s + 1, device=inputs_embeds.device).expand(b, s)
-            mask4d = None
+            position_ids = torch.arange(start + 1, start + s + 1, device=inputs_embeds.device)
+            position_ids = position_ids.expand(b, s)
+            keep = None
         else:
+            if start:
+                raise ValueError("a cached prefix is used without a padding mask")
             keep = attention_mask.bool()
             position_ids = attention_mask.long().cumsum(-1)
+        mask4d = None
+        if keep is not None and not bool(keep.all()):
             # bidirectional: every query sees every real key
             mask4d = keep[:, None, None, :].expand(b, 1, s, s)
-            if bool(keep.all()):
-                mask4d = None
+        if prefix_len:
+            blocked = torch.zeros(s, s, dtype=torch.bool, device=inputs_embeds.device)
+            blocked[:prefix_len, prefix_len:] = True  # the prefix does not see the rest
+            base = mask4d if mask4d is not None else torch.ones_like(blocked)[None, None]
+            mask4d = (base & ~blocked).expand(b, 1, s, s)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden = inputs_embeds
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -125,12 +143,38 @@ class DreamBackbone(nn.Module):
                 "attention_mask": mask4d,
                 "position_ids": position_ids,
                 "position_embeddings": position_embeddings,
+                "past_key_values": cache,
             }
             if recompute:
                 hidden = checkpoint(layer, hidden, use_reentrant=False, **kwargs)
             else:
                 hidden = layer(hidden, **kwargs)
+        if cache is not None and not cache.filled:
+            cache.filled, cache.length = True, s
         return self.norm(hidden)
+
+
+class PrefixCache:
+    """The keys and values of a prompt, per layer, for the prompt-cached flow head:
+    filled by one backbone pass over the prompt; every later pass over a block of
+    positions after it attends to prompt + block and appends nothing, so the same
+    cache serves every Euler step. (transformers' attention layers call `update`.)"""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.filled = False
+        self.length = 0
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.filled:
+            self.keys.append(key)
+            self.values.append(value)
+            return key, value
+        keys = torch.cat([self.keys[layer_idx], key], dim=-2)
+        return keys, torch.cat([self.values[layer_idx], value], dim=-2)
 
 
 class MultiModalProjector(nn.Module):
@@ -292,9 +336,13 @@ class DreamVLA(nn.Module):
         proprio: torch.Tensor | None = None,
         time_token: torch.Tensor | None = None,
         logits: bool = False,
+        prefix_len: int = 0,
+        cache: PrefixCache | None = None,
     ) -> ForwardOutput:
         """Run the backbone on (B, S, D) embeddings, prepending the time and proprio
-        tokens; the returned hidden states cover the S input positions only."""
+        tokens; the returned hidden states cover the S input positions only.
+        `prefix_len` (block-causal) counts input positions, the prepended tokens are
+        added to it; `cache` as in DreamBackbone.forward."""
         prefix = []
         if proprio is not None:
             if self.proprio_projector is None:
@@ -308,9 +356,11 @@ class DreamVLA(nn.Module):
             if attention_mask is not None:
                 ones = attention_mask.new_ones(attention_mask.shape[0], n_prefix)
                 attention_mask = torch.cat([ones, attention_mask], dim=1)
-        if attention_mask is None and self._graphable(embeds):
+        if prefix_len:
+            prefix_len += n_prefix
+        if attention_mask is None and not prefix_len and cache is None and self._graphable(embeds):
             assert self.graphs is not None
             hidden = self.graphs.run("backbone", self.model, embeds)[:, n_prefix:]
         else:
-            hidden = self.model(embeds, attention_mask)[:, n_prefix:]
+            hidden = self.model(embeds, attention_mask, prefix_len, cache)[:, n_prefix:]
         return ForwardOutput(hidden=hidden, logits=self.lm_head(hidden) if logits else None)

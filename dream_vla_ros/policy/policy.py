@@ -15,6 +15,7 @@ import yaml
 
 from dream_vla_ros.model.actions import ActionDecoder, DecodeSettings
 from dream_vla_ros.model.checkpoint import LoadedCheckpoint, NormStats, load_checkpoint
+from dream_vla_ros.model.quantize import WEIGHTS, quantize_backbone
 from dream_vla_ros.policy.preprocess import ImageError, ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder
 
@@ -49,6 +50,9 @@ class PolicySettings:
     center_crop: bool = False
     seed: int = 0
     cuda_graphs: bool = True  # on a GPU: replay captured graphs (dream_vla_ros/model/graphs.py)
+    # the backbone's linear layers: plain (the checkpoint's dtype), int8 or fp8
+    # (dream_vla_ros/model/quantize.py; a speed setting with its accuracy measured)
+    weights: str = "plain"
     # Flow head: inpaint a new chunk's first `prefix_actions` actions from what the
     # previous chunk planned for those instants (weights fall linearly from 1 to
     # `prefix_min_weight`), so re-planning continues the motion it is in. 0: off.
@@ -72,6 +76,8 @@ class PolicySettings:
     guidance_until: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got '{self.weights}'")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0.0):
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.guidance_until <= 1.0:
@@ -93,6 +99,9 @@ class Policy:
         self.cfg = ckpt.config
         self.settings = settings or PolicySettings()
         self.device = self.model.device
+        if self.settings.weights == "fp8" and self.device.type != "cuda":
+            raise ValueError("weights fp8 needs a CUDA device (use int8 on a CPU)")
+        quantize_backbone(self.model, self.settings.weights)
         if self.device.type == "cuda":
             self.model.use_cuda_graphs(self.settings.cuda_graphs)
         self.images = ImagePreprocessor(

@@ -125,6 +125,11 @@ PARAMETERS = (
         "replay them (2-2.4x less latency for the 7B at batch 1, docs/model.md)",
     ),
     Param(
+        "weights",
+        "plain",
+        "Backbone linear layers: plain | int8 | fp8 (CUDA, Ada/Hopper); docs/model.md",
+    ),
+    Param(
         "instruction", "pick up the red cube", "Task instruction (also settable on ~/instruction)"
     ),
     Param(
@@ -212,6 +217,7 @@ class PolicyNode(Node):
                 guidance_until=p["flow_guidance_until"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
+                weights=p["weights"],
                 seed=p["model.seed"],
             )
             runner_settings = RunnerSettings(
