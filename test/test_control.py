@@ -333,3 +333,22 @@ def test_config_errors_name_the_problem(tmp_path):
         load_safety_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_safety_config(tmp_path / "nope.yaml")
+
+
+def test_limited_ticks_say_why_and_which_joint():
+    """A target outside the soft range counts as clamped, a jump the motion bounds
+    slow down as slowed, per joint; a reachable target counts as neither."""
+    cfg = load_safety_config()
+    f = SafetyFilter(cfg, 0.005)
+    start = np.array([0.0, 0.5, -0.5, 0.0, 0.3, 0.0, 0.03])
+    f.reset(start)
+    same = f.step(start.copy())
+    assert not same.limited and not same.clamped.any() and not same.slowed.any()
+    below = start.copy()
+    below[6] = -0.002  # a gripper target under its soft range (closed is 0 m)
+    out = f.step(below)
+    assert out.limited and out.clamped.tolist() == [False] * 6 + [True]
+    jump = start.copy()
+    jump[1] += 0.5  # far more than one tick allows
+    out = f.step(jump)
+    assert out.limited and out.slowed[1] and not out.clamped.any()

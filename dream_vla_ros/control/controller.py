@@ -48,6 +48,12 @@ class ControllerStats:
     rejections: Counter = field(default_factory=Counter)
     ticks: int = 0
     limited_ticks: int = 0
+    # of the limited ticks: those where a target lay outside the soft range, and
+    # those where the motion bounds slowed a joint (a tick can be both); per joint
+    clamped_ticks: int = 0
+    slowed_ticks: int = 0
+    clamped_by_joint: Counter = field(default_factory=Counter)
+    slowed_by_joint: Counter = field(default_factory=Counter)
     watchdog_holds: int = 0
 
 
@@ -189,7 +195,18 @@ class ChunkController:
             self._last_tick_time = now_s
             if command.limited:
                 self.stats.limited_ticks += 1
+                self._count_limits(command)
             return command
+
+    def _count_limits(self, command) -> None:
+        names = self.cfg.joint_names
+        for kind, flags, ticks, by_joint in (
+            ("clamped", command.clamped, "clamped_ticks", self.stats.clamped_by_joint),
+            ("slowed", command.slowed, "slowed_ticks", self.stats.slowed_by_joint),
+        ):
+            if flags is not None and flags.any():
+                setattr(self.stats, ticks, getattr(self.stats, ticks) + 1)
+                by_joint.update(names[j] for j in np.flatnonzero(flags))
 
     @property
     def holding(self) -> bool:

@@ -41,6 +41,10 @@ class FilteredCommand:
     position: np.ndarray  # (J,) what is sent
     velocity: np.ndarray  # (J,) (position - previous position) / dt
     limited: bool  # True when any rule changed the requested target
+    # (J,) why, per joint: the target lay outside the soft range (clamped), or the
+    # velocity, acceleration or braking bounds kept the command from reaching it (slowed)
+    clamped: np.ndarray | None = None
+    slowed: np.ndarray | None = None
 
 
 def _clip(x: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
@@ -135,6 +139,8 @@ class SafetyFilter:
                     f"{self.joint_names[j]} is {deviation[j]:.3f} rad from its command "
                     f"(limit {self.max_tracking_error} rad)"
                 )
-        limited = bool(np.any(np.abs(new_q - target) > 1e-9))
+        off = np.abs(new_q - target) > 1e-9
+        clamped = off & (goal != target)
+        slowed = off & (np.abs(new_q - goal) > 1e-9)
         self.position, self.velocity = new_q, v
-        return FilteredCommand(position=new_q, velocity=v, limited=limited)
+        return FilteredCommand(new_q, v, bool(off.any()), clamped, slowed)

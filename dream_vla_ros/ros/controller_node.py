@@ -314,6 +314,11 @@ class ControllerNode(Node):
             "chunks_rejected": str(sum(stats.rejections.values())),
             "ticks": str(stats.ticks),
             "limited_ticks": str(stats.limited_ticks),
+            # why: targets outside the soft range, or motion bounds (per joint)
+            "limited_clamped_ticks": str(stats.clamped_ticks),
+            "limited_slowed_ticks": str(stats.slowed_ticks),
+            "clamped_by_joint": _counts(stats.clamped_by_joint),
+            "slowed_by_joint": _counts(stats.slowed_by_joint),
             "watchdog_holds": str(stats.watchdog_holds),
             "loop_overruns": str(self.loop.overruns),
             # process stalls seen by the driver (its feedback silence clock restarted)
@@ -343,6 +348,11 @@ class ControllerNode(Node):
         finally:
             if self.sim:
                 self.sim.stop()
+
+
+def _counts(counter) -> str:
+    """'joint2=12, gripper=340' (most first); '' when none."""
+    return ", ".join(f"{name}={n}" for name, n in counter.most_common())
 
 
 def main(args: list[str] | None = None) -> None:
