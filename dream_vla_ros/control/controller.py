@@ -198,11 +198,11 @@ class ChunkController:
                 self._count_limits(command)
             return command
 
-    def _count_limits(self, command) -> None:
+    def _count_limits(self, command: FilteredCommand) -> None:
         names = self.cfg.joint_names
-        for kind, flags, ticks, by_joint in (
-            ("clamped", command.clamped, "clamped_ticks", self.stats.clamped_by_joint),
-            ("slowed", command.slowed, "slowed_ticks", self.stats.slowed_by_joint),
+        for flags, ticks, by_joint in (
+            (command.clamped, "clamped_ticks", self.stats.clamped_by_joint),
+            (command.slowed, "slowed_ticks", self.stats.slowed_by_joint),
         ):
             if flags is not None and flags.any():
                 setattr(self.stats, ticks, getattr(self.stats, ticks) + 1)
