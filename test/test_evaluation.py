@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from dream_vla_ros.control import JOINT_NAMES
 from dream_vla_ros.evaluation.homing import home_duration_s, home_path
 from dream_vla_ros.evaluation.kinematic import ProxySettings, run_proxy
 from dream_vla_ros.paths import model_path
@@ -72,3 +73,9 @@ def test_the_servo_proxy_runs_through_the_limits_of_the_chunk_controller(tmp_pat
         model_path("touch_tiny"), [5000, 5001], settings, PolicySettings(noise_scale=0.5)
     )
     assert summary["mode"] == "servo" and summary["successes"] >= 1, summary["rollouts"]
+    # the controller's ticks, and why it limited them, are reported with the rollouts
+    limits = summary["controller_limits"]
+    assert limits["ticks"] > 200 and 0 <= limits["limited"] <= limits["ticks"]
+    assert limits["limited"] <= limits["clamped"] + limits["slowed"]
+    assert limits["limited_share"] == round(limits["limited"] / limits["ticks"], 3)
+    assert set(limits["slowed_by_joint"]) <= {*JOINT_NAMES}

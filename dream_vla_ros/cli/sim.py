@@ -232,4 +232,11 @@ def _proxy(args: argparse.Namespace) -> int:
         f"proxy: success {summary['successes']} / {len(summary['rollouts'])} "
         f"(wrong cube {summary['wrong_cube']}, none {summary['none']})"
     )
+    limits = summary.get("controller_limits")
+    if limits:
+        print(
+            f"proxy: the controller limited {limits['limited']} of {limits['ticks']} ticks "
+            f"({limits['limited_share']:.0%}): targets outside the soft range "
+            f"{limits['clamped']}, slowed by the motion bounds {limits['slowed']}"
+        )
     return 0

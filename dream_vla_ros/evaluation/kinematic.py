@@ -86,8 +86,11 @@ def servo_rollout(
     timeout_s: float,
     lag_s: float = 0.0,
     control_hz: float = 200.0,
+    limits: dict[str, Any] | None = None,
 ) -> tuple[Layout, Outcome]:
-    """The graph's timing without ROS (see the module docstring)."""
+    """The graph's timing without ROS (see the module docstring). `limits`: a dict
+    the controller's tick counts are added to (ticks, limited, clamped, slowed and
+    the joints involved), as the controller node reports them on /diagnostics."""
     from dream_vla_ros.control import JOINT_NAMES
     from dream_vla_ros.control.config import load_safety_config
     from dream_vla_ros.control.controller import ChunkController
@@ -125,6 +128,22 @@ def servo_rollout(
         monitor.update(q)
         if monitor.touched:
             break
+    if limits is not None:
+        s = controller.stats
+        for key, n in (
+            ("ticks", s.ticks),
+            ("limited", s.limited_ticks),
+            ("clamped", s.clamped_ticks),
+            ("slowed", s.slowed_ticks),
+        ):
+            limits[key] = limits.get(key, 0) + n
+        for key, by_joint in (
+            ("clamped_by_joint", s.clamped_by_joint),
+            ("slowed_by_joint", s.slowed_by_joint),
+        ):
+            merged = limits.setdefault(key, {})
+            for name, n in by_joint.items():
+                merged[name] = merged.get(name, 0) + n
     return layout, monitor.outcome
 
 
@@ -144,6 +163,7 @@ def run_proxy(
     world = PiperWorld(width=settings.width, height=settings.height)
     start = time.monotonic()
     rollouts = []
+    limits: dict[str, Any] = {}
     try:
         for seed in seeds:
             if settings.servo:
@@ -155,6 +175,7 @@ def run_proxy(
                     settings.latency_s,
                     settings.timeout_s,
                     settings.lag_s,
+                    limits=limits,
                 )
             else:
                 layout, o = rollout(policy, world, seed, settings.execute, settings.timeout_s)
@@ -184,6 +205,12 @@ def run_proxy(
         "seconds": round(time.monotonic() - start, 1),
         "rollouts": rollouts,
     }
+    if limits:
+        # the controller's ticks over all rollouts: how much of the executed motion
+        # the limits changed (a tick is limited when any joint's command differs
+        # from the spliced plan), and why
+        limits["limited_share"] = round(limits["limited"] / max(limits["ticks"], 1), 3)
+        summary["controller_limits"] = limits
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "results.json").write_text(json.dumps(summary, indent=2))
