@@ -4,6 +4,9 @@ whole run (and for every child process) before anything can start rclpy."""
 from __future__ import annotations
 
 import os
+import time
+
+import pytest
 
 from dream_vla_ros.dds import apply_local_dds, domain_id_for
 
@@ -53,3 +56,21 @@ def pytest_configure(config) -> None:
 
     client.wait_until = timed_wait
     subprocess.run = timed_run
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """With DREAM_VLA_MARGINS set: the test's own duration against its pytest-timeout
+    ceiling (pyproject.toml's, or its @pytest.mark.timeout)."""
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        if os.environ.get("DREAM_VLA_MARGINS"):
+            from margins import record
+
+            marker = item.get_closest_marker("timeout")
+            limit = marker.args[0] if marker and marker.args else item.config.getini("timeout")
+            if limit:
+                record("test duration (s)", time.monotonic() - start, float(limit))
