@@ -58,7 +58,6 @@ def pytest_configure(config) -> None:
     subprocess.run = timed_run
 
 
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """With DREAM_VLA_MARGINS set: the test's own duration against its pytest-timeout
