@@ -382,3 +382,32 @@ def test_finetuning_from_the_published_base_keeps_the_official_layout(tmp_path):
     assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
     out = export(result.final, tmp_path / "official")
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 152064
+
+
+def test_an_official_config_this_project_cannot_build_is_refused_in_one_sentence(tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(FIXTURES / "base", base)
+    config = json.loads((base / "config.json").read_text())
+    for key, value, words in (
+        ("projector_hidden_act", None, "projector_hidden_act must be one of"),
+        ("rope_scaling", {"type": "dynamic", "factor": 2.0}, "rope_scaling"),
+    ):
+        (base / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(CheckpointError, match=words):
+            load_checkpoint(base, unnorm_key="bridge_orig")
+
+
+def test_the_published_base_converts_and_exports_under_its_own_dataset_name(tmp_path):
+    ours = convert(FIXTURES / "base", tmp_path / "ours", ConvertSettings(unnorm_key="bridge_orig"))
+    assert load_checkpoint(ours).config.action.head == "discrete"
+    back = export(ours, tmp_path / "back")
+    original = json.loads((FIXTURES / "base" / "config.json").read_text())
+    assert json.loads((back / "config.json").read_text()) == original
+    stats = json.loads((back / "dataset_statistics.json").read_text())
+    assert list(stats) == ["bridge_orig"]
+    assert (
+        stats["bridge_orig"]["action"]["q01"]
+        == original["norm_stats"]["bridge_orig"]["action"]["q01"]
+    )
+    with pytest.raises(OfficialLayoutError, match="already in the official layout"):
+        export(back, tmp_path / "again")

@@ -15,6 +15,8 @@ HEADS = ("discrete", "flow", "l1")
 DECODINGS = ("restricted", "official")
 FLOW_ATTENTIONS = ("full", "prompt_cached")
 RESIZES = ("torch", "pil")
+# projector activations (transformers' ACT2FN names) that the modeling builds
+PROJECTOR_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "quick_gelu", "relu", "silu")
 
 
 class ModelConfigError(ValueError):
@@ -120,6 +122,8 @@ class DreamVLAConfig:
             problems.append("action.flow_attention prompt_cached needs the flow head")
         if self.action.decoding not in DECODINGS:
             problems.append(f"action.decoding must be one of {DECODINGS}")
+        if self.projector_hidden_act not in PROJECTOR_ACTS:
+            problems.append(f"projector_hidden_act must be one of {PROJECTOR_ACTS}")
         if self.image_resize not in RESIZES:
             problems.append(f"image_resize must be one of {RESIZES}")
         if self.action_token_end and not (

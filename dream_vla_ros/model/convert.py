@@ -79,8 +79,9 @@ def _read_module(f: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OfficialLayoutError(
-            f"{f}: not a state dict that loads with weights_only ({exc})"
+            f"{f}: not a state dict that loads with weights_only ({first})"
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise OfficialLayoutError(f"{f}: not a state dict of tensors")
@@ -246,11 +247,16 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
     src, dst = Path(src), Path(dst)
     if dst.exists() and any(dst.iterdir()):
         raise OfficialLayoutError(f"{dst} exists and is not empty: choose a new folder")
+    try:
+        data = json.loads((src / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OfficialLayoutError(f"{src} has no readable config.json ({exc})") from exc
+    if is_official_config(data):
+        raise OfficialLayoutError(f"{src} is already in the official layout")
     cfg = load_config(src)
     if adapter_base(src) is not None:
         raise OfficialLayoutError(
-            f"{src} is a LoRA adapter: merge it first (dream-vla train writes merged "
-            "checkpoints with training.merge_lora)"
+            f"{src} is a LoRA adapter: merge it first with `dream-vla merge {src} OUT`"
         )
     problems = []
     if cfg.im_end_token_id != 151645 or cfg.newline_token_id != 198:
@@ -270,20 +276,20 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
         )
     if problems:
         raise OfficialLayoutError(f"{src} cannot run in the official code: " + "; ".join(problems))
-    data = json.loads((src / "config.json").read_text())
     original = data.get("official", {})
     stats = json.loads((src / "norm_stats.json").read_text())
+    name = original.get("unnorm_key") or unnorm_key  # a converted checkpoint keeps its own
     dst.mkdir(parents=True, exist_ok=True)
     try:
         if "config" in original:
             official = original["config"]
         else:
-            official = official_config(cfg, {unnorm_key: stats})
+            official = official_config(cfg, {name: stats})
         (dst / "config.json").write_text(json.dumps(official, indent=2))
         if (src / "dataset_statistics.json").is_file():
             shutil.copyfile(src / "dataset_statistics.json", dst / "dataset_statistics.json")
         else:
-            (dst / "dataset_statistics.json").write_text(json.dumps({unnorm_key: stats}, indent=2))
+            (dst / "dataset_statistics.json").write_text(json.dumps({name: stats}, indent=2))
         for name in ("model.safetensors", "model.safetensors.index.json"):
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
