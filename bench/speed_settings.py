@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
+import model_latency  # bench/, beside this script
 import numpy as np
 import torch
 
@@ -28,17 +28,8 @@ from dream_vla_ros.model.quantize import quantize_backbone
 
 
 def timed(fn, repeats: int, device: str) -> float:
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    """Median seconds (model_latency's timing, without its memory figure)."""
+    return model_latency.timed(fn, repeats, device)[0]
 
 
 def measure(args: argparse.Namespace, weights: str) -> dict:

@@ -118,6 +118,13 @@ def sample_tokens(
     return conf, choice
 
 
+def _extended(mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """A prompt's padding mask (B, S) with `n` real positions appended."""
+    if mask is None:
+        return None
+    return torch.cat([mask, mask.new_ones(mask.shape[0], n)], dim=1)
+
+
 class ActionDecoder:
     """Turns a prompt into a normalised action chunk with the model's action head."""
 
@@ -157,9 +164,7 @@ class ActionDecoder:
             pieces.insert(1, time_token.to(prompt.dtype))
             time_token, prefix_len = None, length
         seq = torch.cat(pieces, dim=1)
-        full_mask = None
-        if mask is not None:
-            full_mask = torch.cat([mask, mask.new_ones(b, seq.shape[1] - length)], dim=1)
+        full_mask = _extended(mask, seq.shape[1] - length)
         return self.model.forward_embeds(
             seq, full_mask, proprio, time_token, prefix_len=prefix_len
         ).hidden
@@ -252,12 +257,9 @@ class ActionDecoder:
     ) -> torch.Tensor:
         """Whole-vocabulary logits (B, A + 2, V) of the A action and 2 suffix
         positions, whose current tokens are `x` (B, A + 2)."""
-        b, length = prompt.shape[0], prompt.shape[1]
+        length = prompt.shape[1]
         seq = torch.cat([prompt, self.model.model.embed_tokens(x).to(prompt.dtype)], dim=1)
-        full_mask = None
-        if mask is not None:
-            full_mask = torch.cat([mask, mask.new_ones(b, x.shape[1])], dim=1)
-        hidden = self.model.forward_embeds(seq, full_mask, proprio).hidden
+        hidden = self.model.forward_embeds(seq, _extended(mask, x.shape[1]), proprio).hidden
         return self.model.lm_head(hidden[:, length - 1 : length - 1 + x.shape[1]])
 
     @torch.no_grad()
