@@ -228,6 +228,12 @@ def official_config(cfg: DreamVLAConfig, norm_stats: dict[str, Any]) -> dict[str
     """The official config.json for a model of this project."""
     out = {k: v for k, v in cfg.to_json_dict().items() if k not in OURS_ONLY}
     out.pop("action_config", None)
+    # the official rotary embedding splits each head's frequencies into three M-RoPE
+    # sections ([16, 24, 24] for the 7B's 128-wide heads); with the same position in
+    # all three, as the official forward gives them, any split is the 1-D rotary
+    # embedding this project computes, but the sections must fill the head
+    half = cfg.hidden_size // cfg.num_attention_heads // 2
+    side = half * 3 // 8
     out.update(
         model_type="dream-vla",
         architectures=["DreamVLAForActionPrediction"],
@@ -235,6 +241,9 @@ def official_config(cfg: DreamVLAConfig, norm_stats: dict[str, Any]) -> dict[str
         n_action_bins=cfg.action.n_bins,
         norm_stats=norm_stats,
         mask_token_id=cfg.mask_token_id,
+        mrope_section=[half - 2 * side, side, side],
+        use_sliding_window=False,
+        tie_word_embeddings=False,
     )
     return out
 
@@ -300,6 +309,13 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
         for name in PROCESSOR_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
+        if not (dst / "generation_config.json").is_file():
+            # the official from_pretrained reads one (DreamVLGenerationConfig); what
+            # save_pretrained writes for a model config, the decoding settings
+            # are predict_action's arguments
+            generation = {"_from_model_config": True, "pad_token_id": cfg.pad_token_id}
+            generation["use_cache"] = False
+            (dst / "generation_config.json").write_text(json.dumps(generation, indent=2))
         names = original.get("module_files", {})
         for module, filename in PART_FILES.items():
             if (src / filename).is_file():
