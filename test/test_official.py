@@ -252,6 +252,11 @@ def test_a_model_of_this_project_exports_in_the_official_layout(tmp_path, conver
     config = json.loads((out / "config.json").read_text())
     assert config["n_action_bins"] == 256 and config["vocab_size"] == 152064
     assert "action_config" not in config
+    # what the official from_pretrained and rotary embedding need (seen missing when
+    # the official evaluation loaded an export)
+    head_half = config["hidden_size"] // config["num_attention_heads"] // 2
+    assert sum(config["mrope_section"]) == head_half
+    assert json.loads((out / "generation_config.json").read_text())["pad_token_id"] == 151643
     stats = json.loads((out / "dataset_statistics.json").read_text())
     assert list(stats) == ["robot"] and stats["robot"]["action"]["q01"] == list(
         ours.action_stats.q01
