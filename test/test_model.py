@@ -244,8 +244,8 @@ def test_logit_shift_reads_the_previous_position(monkeypatch):
     seen = {}
     real = model.forward_embeds
 
-    def spy(embeds, mask=None, proprio=None, time_token=None, logits=False):
-        out = real(embeds, mask, proprio, time_token, logits)
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
         seen["hidden"] = out.hidden
         return out
 
