@@ -3,8 +3,9 @@
 With DREAM_VLA_MARGINS=FILE set, every wait with a deadline (GraphClient waits,
 `rosutil.wait_for`, subprocesses run with a timeout) and every explicit timing check
 (`within`) appends one JSON line to FILE: the test, what was timed, the observed
-value and its limit. `python test/margins.py FILE...` prints each check's worst
-margin over all the runs in those files. Without the variable nothing is written and
+value and its limit. `python test/margins.py [--per-test] FILE...` prints each
+check's (or each test's tightest check's) worst margin over all the runs in those
+files. Without the variable nothing is written and
 the checks behave exactly the same."""
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def margin(line: dict) -> float:
     return ratio - 1 if line["lower"] else 1 - ratio
 
 
-def report(paths: list[str]) -> str:
-    """Markdown table: each (test, check), its worst observation over all runs."""
+def report(paths: list[str], per_test: bool = False) -> str:
+    """Markdown table: each (test, check), its worst observation over all runs; with
+    `per_test`, only each test's tightest check."""
     worst: dict[tuple[str, str], dict] = {}
     runs: dict[tuple[str, str], int] = defaultdict(int)
     for path in paths:
@@ -68,6 +70,13 @@ def report(paths: list[str]) -> str:
                 runs[key] += 1
                 if key not in worst or margin(line) < margin(worst[key]):
                     worst[key] = line
+    if per_test:
+        tightest: dict[str, tuple[str, str]] = {}
+        for key, line in worst.items():
+            best = tightest.get(key[0])
+            if best is None or margin(line) < margin(worst[best]):
+                tightest[key[0]] = key
+        worst = {key: worst[key] for key in tightest.values()}
     rows = [
         "| test | check | worst observed | limit | margin | samples |",
         "|---|---|---|---|---|---|",
@@ -83,4 +92,5 @@ def report(paths: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    print(report(sys.argv[1:]))
+    args = sys.argv[1:]
+    print(report([a for a in args if a != "--per-test"], per_test="--per-test" in args))
