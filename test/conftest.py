@@ -42,7 +42,8 @@ def pytest_configure(config) -> None:
         if kwargs.get("timeout"):
             command = args[0] if args else kwargs.get("args")
             words = command if isinstance(command, list | tuple) else str(command).split()
-            shown = " ".join([str(w) for w in words if "/" not in str(w)][:5])
+            shown = " ".join([str(w)[:40] for w in words if "/" not in str(w)][:5])
+            shown = " ".join(shown.split())
             record(f"subprocess: {shown} (s)", time.monotonic() - start, kwargs["timeout"])
         return result
 

@@ -66,6 +66,7 @@ def report(paths: list[str], per_test: bool = False) -> str:
         with open(path) as f:
             for text in f:
                 line = json.loads(text)
+                line["what"] = " ".join(line["what"].split())[:80]  # one short line
                 key = (line["test"], line["what"])
                 runs[key] += 1
                 if key not in worst or margin(line) < margin(worst[key]):
