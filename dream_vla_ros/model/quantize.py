@@ -8,9 +8,9 @@ tower, the projector, the lm_head and the action heads keep their dtype:
 - `int8`: weight-only int8 with one scale per output row (max |w| / 127); the layer
   de-quantises its weight to the activations' dtype on every call. It halves the
   weights' memory but costs time: PyTorch's own fused kernel
-  (`torch._weight_int8pack_mm`) measured 5x slower than bf16 on this project's
-  2-core CPU, and core PyTorch has none for CUDA. Use it to fit a GPU, not to speed
-  one up.
+  (`torch._weight_int8pack_mm`) measured 5x slower than bf16 (40x than fp32) on this
+  project's 2-core CPU, and core PyTorch has none for CUDA. Use it to fit a GPU, not
+  to speed one up.
 - `fp8`: e4m3 weights with one scale per output row, activations quantised to e4m3
   per token at run time, `torch._scaled_mm` (GPUs of compute capability 8.9 and
   above: Ada, Hopper). It needs a CUDA device.
