@@ -287,26 +287,21 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
         raise OfficialLayoutError(f"{src} cannot run in the official code: " + "; ".join(problems))
     original = data.get("official", {})
     stats = json.loads((src / "norm_stats.json").read_text())
-    name = original.get("unnorm_key") or unnorm_key  # a converted checkpoint keeps its own
+    dataset = original.get("unnorm_key") or unnorm_key  # a converted one keeps its own
+    backbone = _backbone_names(src)
     dst.mkdir(parents=True, exist_ok=True)
     try:
         if "config" in original:
             official = original["config"]
         else:
-            official = official_config(cfg, {name: stats})
+            official = official_config(cfg, {dataset: stats})
         (dst / "config.json").write_text(json.dumps(official, indent=2))
         if (src / "dataset_statistics.json").is_file():
             shutil.copyfile(src / "dataset_statistics.json", dst / "dataset_statistics.json")
         else:
-            (dst / "dataset_statistics.json").write_text(json.dumps({name: stats}, indent=2))
-        for name in ("model.safetensors", "model.safetensors.index.json"):
-            if (src / name).is_file():
-                shutil.copyfile(src / name, dst / name)
-        index = src / "model.safetensors.index.json"
-        if index.is_file():
-            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-                shutil.copyfile(src / shard, dst / shard)
-        for name in PROCESSOR_FILES:
+            statistics = json.dumps({dataset: stats}, indent=2)
+            (dst / "dataset_statistics.json").write_text(statistics)
+        for name in [*backbone, *PROCESSOR_FILES]:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
         if not (dst / "generation_config.json").is_file():

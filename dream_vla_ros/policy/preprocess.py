@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dream_vla_ros.model.config import RESIZES
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -38,8 +40,8 @@ class ImagePreprocessor:
     ) -> None:
         if size % (patch_size * merge_size):
             raise ValueError(f"image size {size} must be a multiple of {patch_size * merge_size}")
-        if resize not in ("torch", "pil"):
-            raise ValueError(f"resize must be 'torch' or 'pil', got '{resize}'")
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got '{resize}'")
         self.resize_with = resize
         self.size = size
         self.center_crop = center_crop
