@@ -108,6 +108,40 @@ def test_sdk_gripper_command_and_feedback(sim_and_sdk):
     assert sdk.GetArmGripperMsgs().gripper_state.status_code & (1 << 6)  # enabled bit
 
 
+def test_sdk_gripper_stalls_on_an_object_and_reports_its_effort(sim_and_sdk):
+    """0x159 sets the opening and the effort; an object between the fingers stops the
+    closing, and 0x2A8 then reports the commanded effort (a grasp, not a fault)."""
+    sim, sdk = sim_and_sdk
+
+    def gripper():
+        state = sdk.GetArmGripperMsgs().gripper_state
+        return state.grippers_angle, state.grippers_effort
+
+    sdk.GripperCtrl(90_000, 1000, 0x01, 0)  # beyond the 70 mm range: clamped to it
+    assert wait_until(lambda: gripper() == (70_000, 0))
+    samples = []
+    sim.set_gripper_obstacle(0.03)  # a 3 cm object between the fingers
+    sdk.GripperCtrl(0, 1500, 0x01, 0)
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        samples.append((time.monotonic(), *gripper()))
+        time.sleep(0.005)
+    times, angles, efforts = (np.array(x, dtype=float) for x in zip(*samples))
+    assert angles[-1] == 30_000 and efforts[-1] == 1500  # stalled on the object, squeezing
+    assert angles.min() >= 30_000  # never through it
+    assert efforts[angles > 30_000].max() == 0  # no effort reported while moving freely
+    closing = (angles > 31_000) & (angles < 69_000)
+    speed = np.diff(angles[closing]) / np.diff(times[closing]) / 1e6
+    assert np.median(-speed) < sim.params.gripper_speed_m_s * 1.5  # at the gripper's speed
+    sdk.GripperCtrl(60_000, 1500, 0x01, 0)  # opening releases the object
+    assert wait_until(lambda: gripper() == (60_000, 0))
+    sim.set_gripper_obstacle(0.0)
+    sdk.GripperCtrl(0, 1500, 0x01, 0)  # nothing in between: it closes fully, no effort
+    assert wait_until(lambda: gripper() == (0, 0))
+    with pytest.raises(ValueError, match="finite opening"):
+        sim.set_gripper_obstacle(float("nan"))
+
+
 def test_sdk_sees_angle_limit_status_and_estop(sim_and_sdk):
     _, sdk = sim_and_sdk
     sdk.EnableArm(7)
@@ -168,6 +202,14 @@ def test_driver_si_units_limits_and_commands(arm):
         time.sleep(0.005)
     assert np.allclose(driver.read_state().positions, target, atol=1e-4)
     assert np.allclose(sim.position, target[:6], atol=1e-4)
+    assert driver.read_state().gripper_effort_nm == 0.0
+    sim.set_gripper_obstacle(0.03)  # an object: closing on it stalls with the set effort
+    closed = target.copy()
+    closed[6] = 0.0
+    driver.command(closed)
+    assert wait_until(lambda: driver.read_state().gripper_effort_nm == pytest.approx(1.0))
+    assert driver.read_state().positions[6] == pytest.approx(0.03)
+    assert driver.read_state().ok  # a stalled gripper is not a fault
     with pytest.raises(ArmError, match="7 finite numbers"):
         driver.command(np.array([np.nan] * 7))
 

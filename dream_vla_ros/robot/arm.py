@@ -21,6 +21,8 @@ class ArmState:
     stamp_s: float  # wall-clock time of the newest joint feedback frame
     enabled: bool  # every arm motor reports enabled
     faults: tuple[str, ...] = field(default_factory=tuple)  # empty when healthy
+    # the gripper's reported effort [N*m]: non-zero while it squeezes an object
+    gripper_effort_nm: float = 0.0
 
     @property
     def ok(self) -> bool:

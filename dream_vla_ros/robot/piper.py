@@ -224,6 +224,7 @@ class PiperArm:
             stamp_s=joints.time_stamp,
             enabled=enabled,
             faults=tuple(faults),
+            gripper_effort_nm=gripper.gripper_state.grippers_effort / 1000.0,
         )
 
     def command(self, positions: np.ndarray) -> None:

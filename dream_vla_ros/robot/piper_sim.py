@@ -9,7 +9,11 @@ It speaks the arm's side of the protocol so the unmodified piper_sdk (and so
   driver state change slowly; streaming them at the full rate only costs the
   SDK's reader thread CPU);
 - obeys 0x471 enable/disable, 0x150 e-stop/resume, 0x151 control mode,
-  0x155-0x157 joint targets and 0x159 gripper;
+  0x155-0x157 joint targets and 0x159 gripper (opening and effort);
+- moves the gripper as `SimGripper` does: at its speed towards the target until
+  an object between the fingers (`gripper_obstacle_m`, set by whoever simulates
+  the object: the MuJoCo world) stops it; a stalled gripper holds there and
+  reports the commanded effort in 0x2A8, as the real one squeezing an object;
 - answers 0x472 limit queries with 0x473 / 0x47C, and the 0x4AF version query;
 - moves each joint toward its target under the firmware's speed (scaled by the
   0x151 speed rate) and acceleration limits;
@@ -63,6 +67,52 @@ class FirmwareParams:
 
 
 _RATE_FILTER_TAU_S = 0.01  # smoothing of the streamed targets' rate (feed-forward)
+_STALL_TOLERANCE_M = 2e-4  # the target this far inside the object: the gripper squeezes
+
+
+@dataclass
+class SimGripper:
+    """The PiPER gripper as the firmware drives it: the opening (m) moves towards
+    the target at `speed_m_s`; an object between the fingers that blocks them at
+    `obstacle_m` (0: nothing) stops the closing there. Stopped short of its target
+    by the object, the gripper is *stalled*: it squeezes with the commanded effort
+    and reports it, which is how a grasp looks on the real arm (not a fault).
+    No locking and no I/O: the firmware simulator and the offline rollouts step it."""
+
+    max_m: float
+    speed_m_s: float
+    position: float = 0.0
+    target: float = 0.0
+    effort_command_nm: float = 0.0
+    obstacle_m: float = 0.0
+    enabled: bool = False
+
+    @property
+    def stalled(self) -> bool:
+        return (
+            self.enabled
+            and self.obstacle_m > 0.0
+            and self.target < self.obstacle_m - _STALL_TOLERANCE_M
+            and self.position <= self.obstacle_m + _STALL_TOLERANCE_M
+        )
+
+    @property
+    def effort_nm(self) -> float:
+        """The effort the gripper reports: the commanded one while it squeezes an
+        object, else none (free motion is modelled without friction)."""
+        return self.effort_command_nm if self.stalled else 0.0
+
+    def step(self, dt: float) -> None:
+        if not self.enabled or dt <= 0:
+            return
+        error = self.target - self.position
+        step = self.speed_m_s * dt
+        position = self.position + float(np.clip(error, -step, step))
+        if self.obstacle_m > 0.0 and position < self.obstacle_m <= self.position + step:
+            # closing onto the object: the fingers stop where it blocks them (the
+            # object reported a little late can push them back by as much)
+            position = self.obstacle_m
+        self.position = min(max(position, 0.0), self.max_m)
 
 
 def _limit_decideg(value_rad: float) -> int:
@@ -96,9 +146,10 @@ class PiperFirmwareSim:
         # smoothly streamed trajectory is followed without a speed-dependent lag.
         self.target_velocity = np.zeros(6)
         self._target_time = np.full(6, -np.inf)
-        self.gripper = 0.0 if initial_positions is None else float(initial_positions[6])
-        self.gripper_target = self.gripper
-        self.gripper_enabled = False
+        opening = 0.0 if initial_positions is None else float(initial_positions[6])
+        self.grip = SimGripper(
+            params.gripper_max_m, params.gripper_speed_m_s, opening, opening, enabled=False
+        )
         self.enabled = np.zeros(6, dtype=bool)
         self.ctrl_mode = proto.CTRL_MODE_STANDBY
         self.move_mode = proto.MOVE_J
@@ -129,6 +180,19 @@ class PiperFirmwareSim:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def gripper(self) -> float:
+        """The gripper opening [m]."""
+        return self.grip.position
+
+    def set_gripper_obstacle(self, opening_m: float) -> None:
+        """The opening at which an object between the fingers blocks them (0: none)."""
+        value = float(opening_m)
+        if not np.isfinite(value) or value < 0.0:
+            raise ValueError(f"gripper obstacle must be a finite opening >= 0 m, got {value}")
+        with self._lock:
+            self.grip.obstacle_m = min(value, self.params.gripper_max_m)
 
     @property
     def arm_status(self) -> int:
@@ -205,14 +269,15 @@ class PiperFirmwareSim:
                 first = 2 * proto.JOINT_CTRL.index(fid)
                 self._joint_targets(first, struct.unpack(">ii", data))
             elif fid == proto.GRIPPER_CTRL:
-                angle, _effort, code, _zero = struct.unpack(">ihBB", data)
+                angle, effort, code, _zero = struct.unpack(">iHBB", data)
                 if code in (proto.GRIPPER_ENABLE, proto.GRIPPER_ENABLE_CLEAR):
-                    self.gripper_enabled = True
+                    self.grip.enabled = True
                 elif code in (proto.GRIPPER_DISABLE, proto.GRIPPER_DISABLE_CLEAR):
-                    self.gripper_enabled = False
-                if self.gripper_enabled and not self.estop:
+                    self.grip.enabled = False
+                if self.grip.enabled and not self.estop:
                     target = proto.micrometre_to_m(angle)
-                    self.gripper_target = min(max(target, 0.0), self.params.gripper_max_m)
+                    self.grip.target = min(max(target, 0.0), self.params.gripper_max_m)
+                    self.grip.effort_command_nm = min(effort, 5000) / 1000.0
             elif fid == proto.MOTOR_ENABLE:
                 motor, flag = data[0], data[1]
                 motors = range(6) if motor in (proto.ALL_MOTORS, 0xFF) else [motor - 1]
@@ -220,7 +285,7 @@ class PiperFirmwareSim:
                     if 0 <= m < 6:
                         self.enabled[m] = flag == proto.ENABLE_FLAG
                 if motor in (proto.ALL_MOTORS, 0xFF):
-                    self.gripper_enabled = flag == proto.ENABLE_FLAG
+                    self.grip.enabled = flag == proto.ENABLE_FLAG
                 self.target = np.where(self.enabled, self.target, self.position)
             elif fid == proto.QUERY_LIMITS:
                 replies.extend(self._limit_reply(data[0], data[1]))
@@ -302,10 +367,8 @@ class PiperFirmwareSim:
         at_stop = (position < self._lower_rad) | (position > self._upper_rad)
         self.position = np.clip(position, self._lower_rad, self._upper_rad)
         self.velocity = np.where(at_stop, 0.0, velocity)
-        if self.gripper_enabled and not self.estop:
-            g_err = self.gripper_target - self.gripper
-            g_step = self.params.gripper_speed_m_s * dt
-            self.gripper += float(np.clip(g_err, -g_step, g_step))
+        if not self.estop:
+            self.grip.step(dt)
 
     def _feedback_frames(self, low_speed: bool = True) -> list[tuple[int, bytes]]:
         md = [proto.rad_to_millideg(p) for p in self.position]
@@ -330,9 +393,9 @@ class PiperFirmwareSim:
                 proto.GRIPPER_FEEDBACK,
                 struct.pack(
                     ">ihBB",
-                    proto.m_to_micrometre(self.gripper),
-                    0,
-                    enabled_bit if self.gripper_enabled else 0,
+                    proto.m_to_micrometre(self.grip.position),
+                    int(round(self.grip.effort_nm * 1000)),
+                    enabled_bit if self.grip.enabled else 0,
                     0,
                 ),
             ),

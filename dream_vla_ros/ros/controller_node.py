@@ -21,6 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -35,7 +36,7 @@ from dream_vla_ros.control import (
 from dream_vla_ros.control.loop import PeriodicLoop
 from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
 from dream_vla_ros.ros.conversions import chunk_fields, joint_state
-from dream_vla_ros.ros.guards import InputGuard
+from dream_vla_ros.ros.guards import InputGuard, MessageRefused
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
@@ -71,6 +72,12 @@ PARAMETERS = (
         0.0,
         "Simulator only: tracking-fault bound [rad] instead of the limits file's; 0: keep",
         (0.0, 2.0),
+    ),
+    Param(
+        "sim.gripper_contact_topic",
+        "",
+        "Simulator only: std_msgs/Float64 opening [m] at which an object blocks the "
+        "gripper (the MuJoCo world's /sim_world/gripper_contact; 0: none); '' = no objects",
     ),
 )
 
@@ -144,6 +151,11 @@ class ControllerNode(Node):
             self.create_service(Trigger, name, handler)
         if self.sim:
             self.create_service(SetBool, "~/sim/set_feedback", self._srv_sim_feedback)
+            contact = p["sim.gripper_contact_topic"]
+            if contact:
+                self.create_subscription(
+                    Float64, contact, self.guard.callback(contact, self._on_gripper_contact), 10
+                )
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
         self.loop = PeriodicLoop(p["control_rate_hz"], self._tick, on_error=self._loop_error)
@@ -188,7 +200,13 @@ class ControllerNode(Node):
             self._publish_diagnostics()  # a fault is reported when it happens
         if now - self._last_state_publish >= self._state_period * 0.999:
             self._last_state_publish = now
-            self.pub_state.publish(joint_state(now, JOINT_NAMES, state.positions, state.velocities))
+            # effort: the gripper's reported effort; the driver does not read the arm
+            # joints' (NaN: not measured)
+            efforts = np.full(len(JOINT_NAMES), np.nan)
+            efforts[-1] = state.gripper_effort_nm
+            self.pub_state.publish(
+                joint_state(now, JOINT_NAMES, state.positions, state.velocities, efforts)
+            )
 
     def _loop_error(self, exc: BaseException) -> None:
         if not self.context.ok():  # shutting down: publishers are gone, nothing to report
@@ -212,6 +230,13 @@ class ControllerNode(Node):
             self.get_logger().warning(
                 f"rejected malformed chunk: {exc!r}", throttle_duration_sec=1.0
             )
+
+    def _on_gripper_contact(self, msg: Float64) -> None:
+        assert self.sim is not None
+        try:
+            self.sim.set_gripper_obstacle(msg.data)
+        except ValueError as exc:
+            raise MessageRefused(f"{exc}; publish the blocked opening in metres, 0 for none")
 
     # -- services ---------------------------------------------------------------------
     def _enable(self) -> tuple[bool, str]:

@@ -43,6 +43,7 @@ def joint_state(
     names: Sequence[str],
     positions: np.ndarray,
     velocities: np.ndarray | None = None,
+    efforts: np.ndarray | None = None,
 ) -> JointState:
     msg = JointState()
     msg.header.stamp = sec_to_time(stamp_s)
@@ -50,6 +51,8 @@ def joint_state(
     msg.position = positions.tolist()
     if velocities is not None:
         msg.velocity = velocities.tolist()
+    if efforts is not None:
+        msg.effort = efforts.tolist()
     return msg
 
 
