@@ -1,0 +1,384 @@
+"""The "put the {colour} cube in the {colour} bowl" task: layouts, stages and
+success, a scripted expert (no ROS imports, no MuJoCo).
+
+A layout is three cubes (red, green, blue) and two bowls (yellow, purple) at
+seeded random places on the table (cubes at x 0.20-0.38 m, y -0.20-0.20 m, bowl
+centres at x 0.20-0.36 m, y -0.18-0.18 m; bowls at least 17 cm apart, a cube at least 11 cm from a bowl's centre and 8 cm from
+another cube), upright with their faces along the base axes, with a named cube
+and a named bowl.
+
+**Success**: the named cube rests inside the named bowl (its centre within
+`INSIDE_RADIUS_M` of the bowl's axis and below the rim), released (no finger
+touches it), still (< 2 cm/s), with no other cube in that bowl. The stages on the
+way say where a failure happens: *reached* (the fingertip within 3 cm of the
+named cube's centre), *grasped* (both fingers on it), *lifted* (its bottom 2 cm
+above the table while grasped), *placed* (success).
+
+The expert (`PlaceExpert`, a teleop source) plans in joint space with the touch
+task's inverse kinematics, fingers pointing down and closing across the cube's
+faces: open -> above the cube -> down to the grasp pose -> close (the gripper
+stalls on the cube and squeezes) -> lift -> carry over the bowl -> lower ->
+open -> up. Each move is a minimum-jerk profile whose joints peak at 0.7 rad/s
+and whose gripper peaks at 0.08 m/s, inside the controller's limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dream_vla_ros.control.interpolation import minimum_jerk
+from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE, HOME, fingertip, solve_ik
+
+BOWL_COLOURS = ("yellow", "purple")
+BOWL_RADIUS_M = 0.065  # = sim.world.BOWL_RADIUS_M (the world draws what this checks)
+BOWL_RIM_M = 0.03
+INSIDE_RADIUS_M = BOWL_RADIUS_M - CUBE_SIZE / 2 - 0.002
+X_RANGE = (0.20, 0.38)
+Y_RANGE = (-0.20, 0.20)
+# bowl centres: the carry height above the far corners is beyond the arm's reach
+BOWL_X_RANGE = (0.20, 0.36)
+BOWL_Y_RANGE = (-0.18, 0.18)
+BOWL_SEPARATION_M = 0.17
+CUBE_BOWL_SEPARATION_M = 0.11
+CUBE_SEPARATION_M = 0.08
+REACH_M = 0.03
+LIFT_M = 0.02
+STILL_M_S = 0.02
+
+# The expert's poses: fingertip heights above the table [m] and gripper openings
+GRASP_TIP_Z = 0.012  # the closed fingers' tips 1.2 cm above the table, astride the cube
+ABOVE_TIP_Z = 0.10
+CARRY_TIP_Z = 0.12
+RELEASE_TIP_Z = 0.065  # the held cube's bottom ~2.5 cm above the bowl's rim
+OPEN_M = 0.06  # the fingers' inner faces 7 cm apart around a 4 cm cube
+CLOSED_M = 0.0  # commanded closed: the gripper stalls on the cube and squeezes
+PEAK_JOINT_RAD_S = 0.7
+PEAK_GRIPPER_M_S = 0.08
+
+
+@dataclass(frozen=True)
+class PlaceLayout:
+    seed: int
+    cubes: dict[str, np.ndarray]  # colour -> centre (x, y, z) [m]
+    bowls: dict[str, np.ndarray]  # colour -> centre on the table (x, y, 0) [m]
+    cube: str  # the cube to move
+    bowl: str  # ... and where to put it
+
+    @property
+    def instruction(self) -> str:
+        return f"put the {self.cube} cube in the {self.bowl} bowl"
+
+    def as_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "instruction": self.instruction,
+            "cube": self.cube,
+            "bowl": self.bowl,
+            "cubes": {c: p.tolist() for c, p in self.cubes.items()},
+            "bowls": {c: p.tolist() for c, p in self.bowls.items()},
+        }
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value and value not in choices:
+        raise ValueError(f"unknown {what} colour '{value}'; choose one of {list(choices)}")
+    return value
+
+
+def _place(rng, existing, separations, xs=X_RANGE, ys=Y_RANGE, tries=2000) -> np.ndarray:
+    for _ in range(tries):
+        p = np.array([rng.uniform(*xs), rng.uniform(*ys)])
+        if all(np.linalg.norm(p - o[:2]) >= sep for o, sep in zip(existing, separations)):
+            return p
+    raise RuntimeError("cannot place an object on the table")
+
+
+def sample_place_layout(seed: int, cube: str = "", bowl: str = "") -> PlaceLayout:
+    """The seed's cubes and bowls; the cube and bowl to name are `cube` / `bowl`
+    when given, else drawn from the seed."""
+    check_choice(cube, COLOURS, "cube")
+    check_choice(bowl, BOWL_COLOURS, "bowl")
+    rng = np.random.default_rng([seed, 20261204])
+    bowls: dict[str, np.ndarray] = {}
+    for colour in BOWL_COLOURS:
+        seps = [BOWL_SEPARATION_M] * len(bowls)
+        p = _place(rng, list(bowls.values()), seps, BOWL_X_RANGE, BOWL_Y_RANGE)
+        bowls[colour] = np.r_[p, 0.0]
+    cubes: dict[str, np.ndarray] = {}
+    for colour in COLOURS:
+        others = list(bowls.values()) + list(cubes.values())
+        seps = [CUBE_BOWL_SEPARATION_M] * len(bowls) + [CUBE_SEPARATION_M] * len(cubes)
+        cubes[colour] = np.r_[_place(rng, others, seps), CUBE_SIZE / 2]
+    drawn_cube = COLOURS[int(rng.integers(len(COLOURS)))]
+    drawn_bowl = BOWL_COLOURS[int(rng.integers(len(BOWL_COLOURS)))]
+    return PlaceLayout(seed, cubes, bowls, cube or drawn_cube, bowl or drawn_bowl)
+
+
+# -- stages and success -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """What the success check needs of the world at one instant."""
+
+    time_s: float
+    cubes: dict[str, np.ndarray]  # colour -> centre
+    speeds: dict[str, float]  # colour -> linear speed [m/s]
+    fingers: dict[str, int]  # colour -> how many fingers touch it (0-2)
+    tip: np.ndarray  # the fingertip
+
+    @classmethod
+    def of(cls, world) -> Snapshot:
+        """From a sim.world.PiperWorld."""
+        contacts = world.contacts()
+        return cls(
+            time_s=world.time_s,
+            cubes={c: world.cube(c) for c in world.colours},
+            speeds={c: world.cube_speed(c) for c in world.colours},
+            fingers={
+                c: len(contacts[c] & {"finger_left", "finger_right"}) for c in world.colours
+            },
+            tip=world.fingertip(),
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "cubes": {c: p.tolist() for c, p in self.cubes.items()},
+            "speeds": self.speeds,
+            "fingers": self.fingers,
+            "tip": self.tip.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Snapshot:
+        return cls(
+            time_s=float(d["time_s"]),
+            cubes={c: np.asarray(p, dtype=np.float64) for c, p in d["cubes"].items()},
+            speeds={c: float(v) for c, v in d["speeds"].items()},
+            fingers={c: int(v) for c, v in d["fingers"].items()},
+            tip=np.asarray(d["tip"], dtype=np.float64),
+        )
+
+
+def in_bowl(cube: np.ndarray, bowl: np.ndarray) -> bool:
+    """A cube centre inside a bowl: within INSIDE_RADIUS_M of its axis, below its rim."""
+    horizontal = float(np.linalg.norm(np.asarray(cube)[:2] - np.asarray(bowl)[:2]))
+    return horizontal <= INSIDE_RADIUS_M and float(cube[2]) < BOWL_RIM_M
+
+
+STAGES = ("reached", "grasped", "lifted", "placed")
+
+
+@dataclass
+class PlaceOutcome:
+    success: bool
+    stage: str  # the furthest stage reached ('' = none)
+    detail: str  # one sentence: what the final state is
+
+
+@dataclass
+class PlaceMonitor:
+    """Follows snapshots of an episode: the stages reached and whether the named
+    cube is placed now."""
+
+    layout: PlaceLayout
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> first time
+    last: Snapshot | None = None
+
+    def placed(self, snap: Snapshot) -> bool:
+        lay = self.layout
+        bowl = lay.bowls[lay.bowl]
+        return (
+            in_bowl(snap.cubes[lay.cube], bowl)
+            and snap.fingers[lay.cube] == 0
+            and snap.speeds[lay.cube] < STILL_M_S
+            and not any(in_bowl(p, bowl) for c, p in snap.cubes.items() if c != lay.cube)
+        )
+
+    def update(self, snap: Snapshot) -> None:
+        lay = self.layout
+        cube = snap.cubes[lay.cube]
+        marks = {
+            "reached": float(np.linalg.norm(snap.tip - cube)) < REACH_M,
+            "grasped": snap.fingers[lay.cube] == 2,
+            "lifted": snap.fingers[lay.cube] == 2 and cube[2] - CUBE_SIZE / 2 > LIFT_M,
+            "placed": self.placed(snap),
+        }
+        for stage in STAGES:
+            if marks[stage] and stage not in self.stages:
+                self.stages[stage] = snap.time_s
+        self.last = snap
+
+    @property
+    def outcome(self) -> PlaceOutcome:
+        lay = self.layout
+        stage = max(self.stages, key=STAGES.index, default="")
+        if self.last is None:
+            return PlaceOutcome(False, stage, "nothing observed")
+        snap = self.last
+        success = self.placed(snap)
+        cube = snap.cubes[lay.cube]
+        where = [c for c, b in lay.bowls.items() if in_bowl(cube, b)]
+        intruders = [
+            c for c, p in snap.cubes.items() if c != lay.cube and in_bowl(p, lay.bowls[lay.bowl])
+        ]
+        if success:
+            detail = f"the {lay.cube} cube rests in the {lay.bowl} bowl"
+        elif snap.fingers[lay.cube]:
+            detail = f"the {lay.cube} cube is still in the fingers"
+        elif intruders:
+            detail = f"the {', '.join(intruders)} cube is in the {lay.bowl} bowl too"
+        elif where:
+            detail = f"the {lay.cube} cube is in the {where[0]} bowl, not the {lay.bowl} one"
+        else:
+            detail = f"the {lay.cube} cube is on the table, in no bowl"
+        return PlaceOutcome(success, stage, detail)
+
+
+# -- the expert ---------------------------------------------------------------------------
+def _face_axis(chain: DHChain, q: np.ndarray, yaw: float = 0.0) -> np.ndarray:
+    """Of the cube's face normals (yaw about z), the one nearest the flange's y axis
+    at `q`: the fingers close across two faces with the least wrist turn."""
+    y_axis = chain.end_effector(q)[:3, 1]
+    normals = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2), 0.0]) for k in range(4)]
+    return max(normals, key=lambda n: float(n @ y_axis))
+
+
+def solve_grasp_ik(
+    chain: DHChain,
+    tip: np.ndarray,
+    finger_axis: np.ndarray | None,
+    q0: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    iterations: int = 300,
+) -> np.ndarray:
+    """Joints (6) with the fingertip at `tip`, the fingers pointing down and, when
+    `finger_axis` is given, closing along it (the flange's y axis)."""
+    q = solve_ik(chain, tip, q0, lower, upper)
+    if finger_axis is None:
+        return q
+    down = np.array([0.0, 0.0, -1.0])
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        pose = chain.end_effector(x)
+        t, axis = fingertip(chain, x)
+        return np.r_[t - tip, 0.3 * (axis - down), 0.3 * (pose[:3, 1] - finger_axis)]
+
+    for _ in range(iterations):
+        r = residual(q)
+        if np.linalg.norm(r[:3]) < 1e-4 and np.linalg.norm(r[3:]) < 3e-3:
+            return q
+        jac = np.empty((9, 6))
+        for j in range(6):
+            dq = np.zeros(6)
+            dq[j] = 1e-6
+            jac[:, j] = (residual(q + dq) - r) / 1e-6
+        step = np.linalg.solve(jac.T @ jac + 1e-4 * np.eye(6), -jac.T @ r)
+        q = np.clip(q + np.clip(step, -0.2, 0.2), lower, upper)
+    r = residual(q)
+    if np.linalg.norm(r[:3]) > 2e-3 or np.linalg.norm(r[6:]) > 0.05:
+        raise RuntimeError(
+            f"IK did not reach {np.round(tip, 3)} with the fingers across the cube "
+            f"(error {np.linalg.norm(r[:3]):.4f} m)"
+        )
+    return q
+
+
+def _duration(a: np.ndarray, b: np.ndarray, minimum_s: float) -> float:
+    joints = 1.875 * float(np.abs(b[:6] - a[:6]).max()) / PEAK_JOINT_RAD_S
+    gripper = 1.875 * abs(float(b[6] - a[6])) / PEAK_GRIPPER_M_S
+    return max(minimum_s, joints, gripper)
+
+
+class PlaceExpert:
+    """Scripted expert for one layout, as a teleop source (robot/teleop.py). It
+    plans from the pose it is started at; with no layout it returns the arm to
+    `rest` (default HOME) with the gripper open, and holds there."""
+
+    name = "place_expert"
+
+    def __init__(
+        self,
+        layout: PlaceLayout | None,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        chain: DHChain | None = None,
+        rest: np.ndarray | None = None,
+    ) -> None:
+        self.layout = layout
+        self.chain = chain or DHChain.load()
+        self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
+        self.rest = np.r_[HOME[:6], OPEN_M] if rest is None else np.asarray(rest, np.float64)
+        if self.rest.shape != (7,) or not np.all(np.isfinite(self.rest)):
+            raise ValueError(f"rest pose must be 7 finite values, got {self.rest.tolist()}")
+        self.poses: list[tuple[str, np.ndarray, float]] = []  # (name, pose 7, min duration)
+        if layout is not None:
+            self.poses = self._plan(layout)
+        self._segments: list[tuple[str, float, float, np.ndarray, np.ndarray]] = []
+
+    def _plan(self, lay: PlaceLayout) -> list[tuple[str, np.ndarray, float]]:
+        ik, c, b = self.chain, lay.cubes[lay.cube], lay.bowls[lay.bowl]
+        lo, hi = self.lower, self.upper
+        natural = solve_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], HOME, lo, hi)
+        axis = _face_axis(ik, natural)
+        above = solve_grasp_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], axis, natural, lo, hi)
+        grasp = solve_grasp_ik(ik, np.r_[c[:2], GRASP_TIP_Z], axis, above, lo, hi)
+        lift = solve_grasp_ik(ik, np.r_[c[:2], CARRY_TIP_Z], axis, grasp, lo, hi)
+        carry = solve_ik(ik, np.r_[b[:2], CARRY_TIP_Z], lift, lo, hi)
+        lower = solve_ik(ik, np.r_[b[:2], RELEASE_TIP_Z], carry, lo, hi)
+        return [
+            ("approach", np.r_[above, OPEN_M], 1.4),
+            ("descend", np.r_[grasp, OPEN_M], 1.0),
+            ("close", np.r_[grasp, CLOSED_M], 0.6),
+            ("hold", np.r_[grasp, CLOSED_M], 0.3),
+            ("lift", np.r_[lift, CLOSED_M], 0.8),
+            ("carry", np.r_[carry, CLOSED_M], 1.0),
+            ("lower", np.r_[lower, CLOSED_M], 0.6),
+            ("release", np.r_[lower, OPEN_M], 0.6),
+            ("retreat", np.r_[carry, OPEN_M], 0.8),
+        ]
+
+    @property
+    def duration_s(self) -> float:
+        return sum(t1 - t0 for _, t0, t1, _, _ in self._segments)
+
+    def start(self, now_s: float, current: np.ndarray) -> None:
+        q = np.asarray(current, dtype=np.float64).copy()
+        q[:6] = np.clip(q[:6], self.lower, self.upper)
+        poses = self.poses or [("rest", self.rest, 1.0)]
+        self._segments = []
+        t = now_s
+        for name, pose, minimum in poses:
+            d = _duration(q, pose, minimum)
+            self._segments.append((name, t, t + d, q, pose))
+            q, t = pose, t + d
+
+    def phase(self, now_s: float) -> str:
+        """The segment the plan is in at `now_s` ('' before the start, 'done' after)."""
+        if not self._segments or now_s < self._segments[0][1]:
+            return ""
+        for name, _, t1, _, _ in self._segments:
+            if now_s <= t1:
+                return name
+        return "done"
+
+    def _at(self, t: float) -> np.ndarray:
+        for _, t0, t1, a, b in self._segments:
+            if t <= t1:
+                s = float(minimum_jerk(max(0.0, t - t0) / (t1 - t0)))
+                return a + s * (b - a)
+        return self._segments[-1][4].copy()
+
+    def command(self, now_s: float) -> np.ndarray | None:
+        return self._at(now_s) if self._segments else None
+
+    def preview(self, now_s: float, times_s: np.ndarray) -> np.ndarray | None:
+        if not self._segments:
+            return None
+        return np.stack([self._at(float(t)) for t in times_s])
+
+    def close(self) -> None:
+        self._segments = []

@@ -1,0 +1,192 @@
+"""The physics world and the place task: layouts, success, the expert's grasp,
+camera offsets (no ROS)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.evaluation.physics import reset, rollout
+from dream_vla_ros.sim.place import (
+    BOWL_COLOURS,
+    BOWL_SEPARATION_M,
+    CUBE_BOWL_SEPARATION_M,
+    CUBE_SEPARATION_M,
+    OPEN_M,
+    PlaceExpert,
+    PlaceMonitor,
+    Snapshot,
+    sample_place_layout,
+)
+from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE
+from dream_vla_ros.sim.world import CameraOffset, PiperWorld
+
+W, H = 160, 120
+CFG = load_safety_config()
+LOWER, UPPER = np.array(CFG.position_lower), np.array(CFG.position_upper)
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = PiperWorld(width=W, height=H, bowls=BOWL_COLOURS)
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def expert_run(world):
+    """The expert on layout 7, with a front frame every 0.5 s."""
+    layout = sample_place_layout(7)
+    expert = PlaceExpert(layout, LOWER, UPPER)
+    run = rollout(world, layout, expert, duration_s=12.0, frame_every_s=0.5)
+    return layout, expert, run
+
+
+def test_place_layouts_are_seeded_separated_and_named():
+    a, b = sample_place_layout(5), sample_place_layout(5)
+    assert a.instruction == b.instruction
+    assert all(np.array_equal(a.cubes[c], b.cubes[c]) for c in COLOURS)
+    named = set()
+    for seed in range(60):
+        lay = sample_place_layout(seed)
+        named.add((lay.cube, lay.bowl))
+        bowls, cubes = list(lay.bowls.values()), list(lay.cubes.values())
+        assert np.linalg.norm(bowls[0][:2] - bowls[1][:2]) >= BOWL_SEPARATION_M
+        for i, c in enumerate(cubes):
+            assert c[2] == CUBE_SIZE / 2
+            assert all(np.linalg.norm(c[:2] - b[:2]) >= CUBE_BOWL_SEPARATION_M for b in bowls)
+            assert all(np.linalg.norm(c[:2] - o[:2]) >= CUBE_SEPARATION_M for o in cubes[:i])
+    assert len(named) == 6  # every cube and bowl gets named
+    chosen = sample_place_layout(5, cube="blue", bowl="purple")
+    assert chosen.instruction == "put the blue cube in the purple bowl"
+    with pytest.raises(ValueError, match="unknown bowl colour 'pink'; choose one of"):
+        sample_place_layout(5, bowl="pink")
+
+
+def _snap(layout, moves=None, fingers=None, speeds=None, t=1.0):
+    cubes = {c: p.copy() for c, p in layout.cubes.items()}
+    cubes.update(moves or {})
+    return Snapshot(
+        time_s=t,
+        cubes=cubes,
+        speeds={c: 0.0 for c in COLOURS} | (speeds or {}),
+        fingers={c: 0 for c in COLOURS} | (fingers or {}),
+        tip=np.array([0.3, 0.0, 0.2]),
+    )
+
+
+def test_success_needs_the_named_cube_resting_released_alone_in_the_named_bowl():
+    lay = sample_place_layout(3, cube="red", bowl="yellow")
+    inside = lay.bowls["yellow"] + np.array([0.01, -0.01, CUBE_SIZE / 2 + 0.004])
+    other = lay.bowls["purple"] + np.array([0.0, 0.0, CUBE_SIZE / 2 + 0.004])
+    cases = {
+        "placed": ({"red": inside}, {}, {}, True, "rests in the yellow bowl"),
+        "dropped": ({"red": np.array([0.3, 0.0, 0.02])}, {}, {}, False, "in no bowl"),
+        "wrong bowl": ({"red": other}, {}, {}, False, "in the purple bowl, not the yellow"),
+        "still held": ({"red": inside}, {"red": 2}, {}, False, "still in the fingers"),
+        "still moving": ({"red": inside}, {}, {"red": 0.3}, False, "rests"),
+        "another cube in it": (
+            {"red": inside, "green": inside + [0.0, 0.03, 0.0]},
+            {},
+            {},
+            False,
+            "green cube is in the yellow bowl too",
+        ),
+        "above the rim": ({"red": inside + [0.0, 0.0, 0.05]}, {}, {}, False, ""),
+    }
+    for name, (moves, fingers, speeds, success, words) in cases.items():
+        monitor = PlaceMonitor(lay)
+        monitor.update(_snap(lay, moves, fingers, speeds))
+        outcome = monitor.outcome
+        assert outcome.success is success, name
+        if not success and name == "still moving":
+            continue  # a moving cube: not yet a success, whatever it says of the place
+        assert words in outcome.detail, (name, outcome.detail)
+
+
+def test_stages_say_where_an_episode_got_to():
+    lay = sample_place_layout(3, cube="red", bowl="yellow")
+    monitor = PlaceMonitor(lay)
+    cube = lay.cubes["red"]
+    near = _snap(lay, t=1.0)
+    near = Snapshot(1.0, near.cubes, near.speeds, near.fingers, cube + [0, 0, 0.01])
+    monitor.update(near)
+    monitor.update(_snap(lay, fingers={"red": 2}, t=2.0))
+    assert monitor.outcome.stage == "grasped" and set(monitor.stages) == {"reached", "grasped"}
+    monitor.update(_snap(lay, {"red": cube + [0, 0, 0.05]}, {"red": 2}, t=3.0))
+    monitor.update(_snap(lay, {"red": np.array([0.25, 0.1, 0.02])}, t=4.0))  # dropped
+    outcome = monitor.outcome
+    assert outcome.stage == "lifted" and not outcome.success
+    assert monitor.stages == {"reached": 1.0, "grasped": 2.0, "lifted": 3.0}
+
+
+def test_the_expert_lifts_the_cube_in_its_fingers_and_places_it(expert_run):
+    layout, expert, run = expert_run
+    outcome = run.monitor.outcome
+    assert outcome.success, outcome
+    assert list(run.monitor.stages) == ["reached", "grasped", "lifted", "placed"]
+    times = np.array(run.times)
+    lifting = [i for i, t in enumerate(times) if expert.phase(t) in ("lift", "carry")]
+    assert lifting
+    # the whole lift and carry: the cube is between both fingers, the gripper stalled
+    # on it (3 cm: its 4 cm width less the closed fingers' 1 cm gap; the soft
+    # contacts let the squeezing fingers 1-2 mm into it) and squeezing
+    assert all(run.held[i] == layout.cube for i in lifting)
+    assert all(run.efforts[i] == pytest.approx(1.0) for i in lifting)
+    assert all(-4e-3 < run.joints[i][6] - (CUBE_SIZE - 0.01) < 1e-3 for i in lifting)
+    # ... and it moves with them: cube centre to fingertip stays constant
+    from dream_vla_ros.control.kinematics import DHChain
+    from dream_vla_ros.sim.task import fingertip
+
+    chain = DHChain.load()
+    offsets = np.array(
+        [run.cubes[i][layout.cube] - fingertip(chain, run.joints[i])[0] for i in lifting]
+    )
+    travelled = np.linalg.norm(run.cubes[lifting[-1]][layout.cube] - run.cubes[lifting[0]][layout.cube])
+    assert travelled > 0.1
+    assert np.abs(offsets - offsets[0]).max() < 0.004
+    # the other cubes never moved
+    for colour in COLOURS:
+        if colour != layout.cube:
+            assert np.linalg.norm(run.cubes[-1][colour] - layout.cubes[colour]) < 1e-3
+    # once released, nothing squeezes and the gripper is open again
+    assert run.efforts[-1] == 0.0 and run.joints[-1][6] == pytest.approx(OPEN_M, abs=1e-3)
+
+
+def test_front_images_follow_the_cube_the_fingers_move(world, expert_run):
+    """The frames of the rollout: where the cube was, the table shows; over the
+    bowl, the cube does. A frozen image cannot pass."""
+    layout, expert, run = expert_run
+    first, last = run.frames[0], run.frames[-1]
+    assert np.abs(first.astype(int) - last).mean() > 0.5
+    reset(world, layout)
+    world.set_cubes({layout.cube: layout.bowls[layout.bowl] + [0, 0, CUBE_SIZE / 2 + 0.004]})
+    world.set_joints(run.joints[-1])
+    expected = world.render("front")
+    # the final frame shows the cube in the bowl much as the moved scene does, not as
+    # the first frame did
+    assert np.abs(last.astype(int) - expected).mean() < np.abs(first.astype(int) - expected).mean()
+
+
+def test_physics_is_deterministic(world):
+    layout = sample_place_layout(9)
+    runs = [rollout(world, layout, PlaceExpert(layout, LOWER, UPPER), duration_s=5.0) for _ in range(2)]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0].joints, runs[1].joints))
+    assert all(
+        np.array_equal(a[c], b[c]) for a, b in zip(runs[0].cubes, runs[1].cubes) for c in COLOURS
+    )
+
+
+def test_a_camera_offset_moves_the_front_view_and_back(world):
+    layout = sample_place_layout(2)
+    reset(world, layout)
+    nominal = world.render("front")
+    offset = CameraOffset.parse("0.03, -0.02, 0.01, 2, 4, -3")
+    assert offset.as_list() == pytest.approx([0.03, -0.02, 0.01, 2.0, 4.0, -3.0])
+    world.set_front_offset(offset)
+    assert np.abs(world.render("front").astype(int) - nominal).mean() > 2.0
+    world.set_front_offset(CameraOffset())
+    assert np.array_equal(world.render("front"), nominal)
+    with pytest.raises(ValueError, match="not six numbers; write dx,dy,dz,roll,pitch,yaw"):
+        CameraOffset.parse("0.1,0.2")
