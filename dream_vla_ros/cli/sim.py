@@ -1,5 +1,5 @@
-"""`dream-vla sim ground|collect|evaluate|pipeline|proxy`: the touch-the-cube task in
-the MuJoCo world (docs/sim.md)."""
+"""`dream-vla sim ground|collect|evaluate|pipeline|proxy`: the touch and place tasks
+in the MuJoCo world (docs/sim.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def _collection_options(p: argparse.ArgumentParser) -> None:
         "--per-layout",
         type=int,
         default=3,
-        help="episodes per layout, each naming a different cube (1-3)",
+        help="episodes per layout, each naming a different cube (touch: 1-3) or cube and "
+        "bowl (place: 1-6)",
     )
     p.add_argument(
         "--random-starts",
@@ -31,7 +32,22 @@ def _collection_options(p: argparse.ArgumentParser) -> None:
 def _evaluation_options(p: argparse.ArgumentParser, proxy: bool = False) -> None:
     p.add_argument("--seeds", type=int, default=20 if not proxy else 60, help="layouts")
     p.add_argument("--eval-seed0", type=int, default=5000, help="first evaluation seed")
-    p.add_argument("--timeout", type=float, default=8.0, help="[s] per rollout")
+    p.add_argument(
+        "--timeout", type=float, default=0.0, help="[s] per rollout; 0: touch 8, place 20"
+    )
+
+
+TIMEOUTS_S = {"touch": 8.0, "place": 20.0}
+
+
+def _world_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("touch", "place"), default="touch", help="the task")
+    p.add_argument(
+        "--camera-offset",
+        default="",
+        metavar="DX,DY,DZ,ROLL,PITCH,YAW",
+        help="front camera offset from its nominal pose (m, deg); empty: nominal",
+    )
 
 
 def _camera_options(p: argparse.ArgumentParser) -> None:
@@ -47,11 +63,13 @@ def add_parsers(sub) -> None:
     p_col.add_argument("out")
     _collection_options(p_col)
     _camera_options(p_col)
+    _world_options(p_col)
     p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
     p_ev.add_argument("checkpoint")
     p_ev.add_argument("out")
     _evaluation_options(p_ev)
     _camera_options(p_ev)
+    _world_options(p_ev)
     p_ground = sim_sub.add_parser(
         "ground", help="OUT: pretrain the tiny base on rendered scenes (grounding)"
     )
@@ -162,6 +180,8 @@ def _collect(args: argparse.Namespace) -> int:
         (args.camera_width, args.camera_height),
         per_layout=args.per_layout,
         random_starts=args.random_starts,
+        task=args.task,
+        camera_offset=args.camera_offset,
     )
     print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
     return 0
@@ -173,8 +193,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     seeds = _seeds(args)
     camera = (args.camera_width, args.camera_height)
-    summary = evaluate(GraphClient, args.checkpoint, args.out, seeds, args.timeout, camera)
-    print(f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds")
+    timeout = args.timeout or TIMEOUTS_S[args.task]
+    summary = evaluate(
+        GraphClient,
+        args.checkpoint,
+        args.out,
+        seeds,
+        timeout,
+        camera,
+        task=args.task,
+        camera_offset=args.camera_offset,
+    )
+    limited = summary["limited_ticks"]
+    print(
+        f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds; the "
+        f"controller limited {limited['share']:.0%} of its {limited['ticks']} ticks"
+    )
     return 0
 
 
@@ -190,7 +224,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         per_layout=args.per_layout,
         random_starts=args.random_starts,
         seeds=tuple(_seeds(args)),
-        timeout_s=args.timeout,
+        timeout_s=args.timeout or TIMEOUTS_S["touch"],
         camera=(args.camera_width, args.camera_height),
         image_tolerance_s=args.image_tolerance,
         state_tolerance_s=args.state_tolerance,
@@ -210,7 +244,7 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     same_names = ("execute", "servo", "replan_s", "latency_s", "lag_s")
-    settings = ProxySettings(timeout_s=args.timeout, **{k: getattr(args, k) for k in same_names})
+    settings = ProxySettings(timeout_s=args.timeout or TIMEOUTS_S["touch"], **{k: getattr(args, k) for k in same_names})
     policy = PolicySettings(
         decode=DecodeSettings(
             steps=args.decode_steps,

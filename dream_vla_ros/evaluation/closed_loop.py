@@ -1,11 +1,12 @@
 """Closed-loop work in the MuJoCo world through the real ROS graph (docs/sim.md):
 
-- `collect`: the `collect_world` graph (simulated controller, sim_world, the touch
+- `collect`: the `collect_world` graph (simulated controller, sim_world, the task's
   expert behind the teleop node, the recorder); per episode: new layout, record the
-  expert's move, flag success from the measured joints, return home.
+  expert's move, flag success (touch: from the measured joints; place: from the
+  physics world's objects), return home.
 - `evaluate`: controller + sim_world + policy (a checkpoint); per seed: the policy
   idles while the arm is brought home with a chunk, then the layout and instruction
-  change, the policy is enabled, and the measured joints decide success. Writes
+  change, the policy is enabled, and the task's monitor decides success. Writes
   results.json, trajectories.png and rollout.gif.
 
 Every node of the graph is its own process started by the launcher; this module
@@ -14,6 +15,7 @@ talks to them through a `GraphDriver` (evaluation/driver.py) made by `connect`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -26,6 +28,7 @@ import numpy as np
 
 from dream_vla_ros.control.config import load_safety_config
 from dream_vla_ros.evaluation.driver import (
+    CONTROLLER_STATUS,
     POLICY_STATUS,
     Connect,
     GraphDriver,
@@ -37,10 +40,19 @@ from dream_vla_ros.evaluation.homing import HOME_TOLERANCE_RAD, at_home, home, w
 from dream_vla_ros.evaluation.plots import plot_trajectories, write_gif
 from dream_vla_ros.graphs import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
+from dream_vla_ros.sim.place import (
+    BOWL_COLOURS,
+    PlaceExpert,
+    PlaceLayout,
+    PlaceMonitor,
+    Snapshot,
+    sample_place_layout,
+)
 from dream_vla_ros.sim.task import (
     APPROACH_S,
     COLOURS,
     DESCEND_S,
+    HOME,
     Layout,
     SuccessMonitor,
     fingertip,
@@ -49,6 +61,49 @@ from dream_vla_ros.sim.task import (
 )
 
 __all__ = ["GraphError", "Rollout", "collect", "evaluate"]
+
+TASKS = ("touch", "place")
+SETTLE_S = 0.5  # place: the cube placed this long ends a rollout early
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; choose one of {list(TASKS)}")
+    return task
+
+
+def place_naming(seed: int, j: int) -> PlaceLayout:
+    """Layout `seed` with its j-th naming: j 0 the seed's own cube and bowl, j 1-5
+    the other five (cube and bowl both change with each j)."""
+    own = sample_place_layout(seed)
+    cube = COLOURS[(COLOURS.index(own.cube) + j) % len(COLOURS)]
+    bowl = BOWL_COLOURS[(BOWL_COLOURS.index(own.bowl) + j) % len(BOWL_COLOURS)]
+    return sample_place_layout(seed, cube, bowl)
+
+
+def track_objects(client: GraphDriver, layout: PlaceLayout) -> PlaceMonitor:
+    """Judge the place task from every /sim_world/objects report of this layout from
+    now on (reports of the previous layout are ignored)."""
+    monitor = PlaceMonitor(layout)
+
+    def hook(report: dict) -> None:
+        if report.get("seed") == layout.seed:
+            monitor.update(Snapshot.from_dict(report))
+
+    client.on_objects = hook
+    return monitor
+
+
+def placed_for(monitor: PlaceMonitor, seconds: float) -> bool:
+    """The named cube has rested in the named bowl for `seconds` (snapshot time)."""
+    last = monitor.last
+    since = monitor.stages.get("placed")
+    return (
+        last is not None
+        and since is not None
+        and monitor.placed(last)
+        and last.time_s - since >= seconds
+    )
 
 
 def start_recording(client: GraphDriver, timeout_s: float = 60.0) -> None:
@@ -74,6 +129,9 @@ class Rollout:
     seconds: float
     tip_path: list[list[float]] = field(default_factory=list)
     controller_fault: bool = False  # the controller faulted during the rollout
+    stage: str = ""  # place: the furthest stage (reached, grasped, lifted, placed)
+    detail: str = ""  # place: the final state in words
+    stages: dict[str, float] = field(default_factory=dict)  # place: stage -> world time
 
 
 def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
@@ -92,6 +150,50 @@ def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
 
     client.on_state = hook
     return monitor, path
+
+
+def _counts(status: dict[str, str]) -> np.ndarray:
+    keys = ("ticks", "limited_ticks", "limited_clamped_ticks", "limited_slowed_ticks")
+    return np.array([int(status.get(k, 0)) for k in keys])
+
+
+def limited_ticks(totals: np.ndarray) -> dict[str, float]:
+    """The controller's ticks during the rollouts and the share its limits changed."""
+    ticks, limited, clamped, slowed = (int(v) for v in totals)
+    return {
+        "ticks": ticks,
+        "limited": limited,
+        "clamped": clamped,
+        "slowed": slowed,
+        "share": limited / ticks if ticks else 0.0,
+    }
+
+
+def controller_counts(client: GraphDriver, fresh: bool) -> np.ndarray:
+    """The controller's cumulative tick counters; `fresh` waits for a report sent
+    from now on (at most 3 s)."""
+    if fresh:
+        seen = client.diagnostics_count(CONTROLLER_STATUS)
+        deadline = time.monotonic() + 3.0
+        while client.diagnostics_count(CONTROLLER_STATUS) == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return _counts(client.status(CONTROLLER_STATUS))
+
+
+def track_path(client: GraphDriver) -> list:
+    """The fingertip's path from every measured joint state from now on (the first
+    5000)."""
+    from dream_vla_ros.control.kinematics import DHChain
+
+    chain = DHChain.load()
+    path: list[list[float]] = []
+
+    def hook(_t: float, q: np.ndarray) -> None:
+        if len(path) < 5000:
+            path.append(fingertip(chain, q)[0].tolist())
+
+    client.on_state = hook
+    return path
 
 
 def _launch(graph, argv: list[str], log_path: Path) -> tuple[Launcher, Any]:
@@ -113,6 +215,8 @@ def collect(
     per_layout: int = 1,
     during_episode: Callable[[GraphDriver, int], None] | None = None,
     random_starts: int = 0,
+    task: str = "touch",
+    camera_offset: str = "",
 ) -> dict[str, Any]:
     """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
     demonstrated `per_layout` times (1-3) from home with a different named cube,
@@ -121,9 +225,16 @@ def collect(
     a random pose over the table (`sim.task.start_pose`; the named cube cycles on),
     which shows the way to the cube from where a policy's errors take the arm.
     `during_episode(client, i)` runs once the expert has started episode i (the
-    tests use it to make the controller fault)."""
-    if not 1 <= per_layout <= len(COLOURS):
-        raise ValueError(f"per_layout must be 1 to {len(COLOURS)}, got {per_layout}")
+    tests use it to make the controller fault).
+
+    `task` place: the place expert; a layout's K namings are `place_naming` (each
+    changes the cube and the bowl); success is the physics world's (the named
+    cube placed once the expert's plan has ended). `camera_offset` moves the front
+    camera for the whole collection (sim/world.py CameraOffset)."""
+    check_task(task)
+    namings = len(COLOURS) if task == "touch" else len(COLOURS) * len(BOWL_COLOURS)
+    if not 1 <= per_layout <= namings:
+        raise ValueError(f"per_layout must be 1 to {namings}, got {per_layout}")
     if not 0 <= random_starts <= 2 * len(COLOURS):
         raise ValueError(f"random_starts must be 0 to {2 * len(COLOURS)}, got {random_starts}")
     if episodes < 1:
@@ -132,7 +243,13 @@ def collect(
     limits = load_safety_config(None)  # the teleop node's (its limits_file is not set)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    argv = [f"output_dir:={out}", f"camera_width:={camera[0]}", f"camera_height:={camera[1]}"]
+    argv = [
+        f"output_dir:={out}",
+        f"camera_width:={camera[0]}",
+        f"camera_height:={camera[1]}",
+        f"task:={task}",
+        f"camera_offset:={camera_offset}",
+    ]
     launcher, graph_log = _launch(COLLECT_WORLD, argv, out / "graph.log")
     client = connect("closed_loop_collect")
     client.watch()
@@ -171,11 +288,19 @@ def collect(
                 died = launcher.failed or launcher.deaths[0]
                 raise GraphError(f"a node died: {died} (see {out}/graph.log)")
             seed, j = seed0 + i // cycle, i % cycle
-            own = COLOURS.index(sample_layout(seed).target)
-            layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
-            client.set_param("sim_world", "task.target", layout.target)
+            layout: Layout | PlaceLayout
+            if task == "place":
+                layout = place_naming(seed, j)
+                target = layout.cube
+                client.set_param("sim_world", "task.bowl", layout.bowl)
+                client.set_param("teleop", "task.bowl", layout.bowl)
+            else:
+                own = COLOURS.index(sample_layout(seed).target)
+                layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
+                target = layout.target
+            client.set_param("sim_world", "task.target", target)
             client.set_param("sim_world", "task.seed", seed)
-            client.set_param("teleop", "task.target", layout.target)
+            client.set_param("teleop", "task.target", target)
             client.set_param("recorder", "instruction", layout.instruction)
             start = "home"
             if j >= per_layout:
@@ -183,33 +308,54 @@ def collect(
                 expert_to_start(start_seed)
                 start = f"start pose {start_seed}"
             time.sleep(0.3)  # the new layout reaches the cameras
-            monitor, _ = track(client, layout)
-            start_recording(client)
-            client.set_param("teleop", "task.seed", seed)
-            if during_episode is not None:
-                during_episode(client, i)
-            # the expert's move and the arm's lag, then a short hold at the touch
-            deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
-            while not monitor.touched and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(0.6)
-            outcome = monitor.outcome
-            client.on_state = None
+            if isinstance(layout, PlaceLayout):
+                place_monitor = track_objects(client, layout)
+                plan = PlaceExpert(layout, limits.soft_lower, limits.soft_upper)
+                measured = client.measured()
+                plan.start(0.0, HOME if measured is None else measured)
+                start_recording(client)
+                client.set_param("teleop", "task.seed", seed)
+                if during_episode is not None:
+                    during_episode(client, i)
+                # the expert's plan, the arm's lag, the cube settling
+                time.sleep(plan.duration_s + 1.0)
+                deadline = time.monotonic() + 2.0
+                while not placed_for(place_monitor, SETTLE_S) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                place = place_monitor.outcome
+                client.on_objects = None
+                ok, how = place.success, place.stage or "nothing"
+                record = {"bowl": layout.bowl, "stage": place.stage, "detail": place.detail}
+            else:
+                monitor, _ = track(client, layout)
+                start_recording(client)
+                client.set_param("teleop", "task.seed", seed)
+                if during_episode is not None:
+                    during_episode(client, i)
+                # the expert's move and the arm's lag, then a short hold at the touch
+                deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
+                while not monitor.touched and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(0.6)
+                outcome = monitor.outcome
+                client.on_state = None
+                ok, how = outcome.success, outcome.touched or "none"
+                record = {"touched": outcome.touched}
             # an episode the controller stopped is not a demonstration of the task
             fault = faulted(client)
-            success = outcome.success and not fault
+            success = ok and not fault
             client.trigger("/recorder/stop" if success else "/recorder/stop_failed")
             results.append(
                 {
                     "seed": seed,
-                    "target": layout.target,
+                    "target": target,
                     "start": start,
                     "success": success,
-                    "touched": outcome.touched,
+                    **record,
                     "controller_fault": fault,
                 }
             )
-            verdict = "success" if success else f"FAILED ({outcome.touched or 'none'})"
+            verdict = "success" if success else f"FAILED ({how})"
             verdict += " (controller fault)" if fault else ""
             log(
                 f"collect: episode {i + 1}/{episodes} seed {seed} from {start}: "
@@ -221,6 +367,8 @@ def collect(
         launcher.shutdown()
         graph_log.close()
     summary = {
+        "task": task,
+        "camera_offset": camera_offset,
         "episodes": episodes,
         "per_layout": per_layout,
         "random_starts": random_starts,
@@ -241,13 +389,23 @@ def evaluate(
     camera: tuple[int, int] = (320, 240),
     log: Callable[[str], None] = print,
     during_rollout: Callable[[GraphDriver, int], None] | None = None,
+    task: str = "touch",
+    camera_offset: str = "",
 ) -> dict[str, Any]:
     """Closed-loop success rate of a checkpoint over layout seeds.
 
+    `task` place: the seed's own cube and bowl; a rollout ends once the cube has
+    rested in the bowl for SETTLE_S or at the timeout, and reports its stages.
+    `camera_offset` moves the front camera (sim/world.py CameraOffset).
     `during_rollout(client, k)` runs once the policy is enabled for rollout k (the
     tests use it to cut the simulated CAN feedback and check the recovery)."""
+    check_task(task)
     if not seeds:
         raise ValueError("no evaluation seeds: --seeds must be >= 1")
+    if camera_offset:
+        from dream_vla_ros.sim.world import CameraOffset
+
+        CameraOffset.parse(camera_offset)  # a bad offset is one sentence before the graph
     from dream_vla_ros.model.checkpoint import load_config
 
     load_config(Path(checkpoint))  # a bad checkpoint is one sentence before the graph starts
@@ -258,6 +416,8 @@ def evaluate(
         f"camera_width:={camera[0]}",
         f"camera_height:={camera[1]}",
         "policy_enabled:=false",
+        f"task:={task}",
+        f"camera_offset:={camera_offset}",
     ]
     launcher, graph_log = _launch(SIM_WORLD, argv, out / "graph.log")
     client = connect("closed_loop_eval")
@@ -265,6 +425,7 @@ def evaluate(
     rollouts: list[Rollout] = []
     gif_frames: list[np.ndarray] = []
     faults = 0
+    totals = np.zeros(4, dtype=int)  # the controller's counters over the rollouts
     try:
         client.wait(lambda: client.measured() is not None, 120, "/joint_states")
         client.wait(
@@ -278,42 +439,64 @@ def evaluate(
                 raise GraphError(f"a node died: {died} (see {out}/graph.log)")
             client.set_param("policy", "enabled", False)
             faults += home(client, log)
-            layout = sample_layout(seed)
+            layout: Layout | PlaceLayout = (
+                sample_place_layout(seed) if task == "place" else sample_layout(seed)
+            )
             client.set_param("sim_world", "task.seed", seed)
             client.send_instruction(layout.instruction)
             time.sleep(0.4)  # the new layout and instruction arrive before the policy runs
-            monitor, path = track(client, layout)
+            if isinstance(layout, PlaceLayout):
+                place_monitor = track_objects(client, layout)
+                path = track_path(client)
+                done = functools.partial(placed_for, place_monitor, SETTLE_S)
+            else:
+                monitor, path = track(client, layout)
+                done = functools.partial(lambda m: bool(m.touched), monitor)
+
             if k == 0:
-                client.record_frames(400)
+                client.record_frames(400 if task == "touch" else 1000)
+            before = controller_counts(client, fresh=False)
             start = time.monotonic()
             client.set_param("policy", "enabled", True)
             if during_rollout is not None:
                 during_rollout(client, k)
-            while time.monotonic() - start < timeout_s and not monitor.touched:
+            while time.monotonic() - start < timeout_s and not done():
                 time.sleep(0.05)
             client.set_param("policy", "enabled", False)
             elapsed = time.monotonic() - start
             client.on_state = None
+            client.on_objects = None
+            totals += controller_counts(client, fresh=True) - before
             if k == 0:
                 gif_frames = client.take_frames()
-            o = monitor.outcome
             fault = faulted(client)  # reported with the rollout (a fault stops the arm)
-            rollouts.append(
-                Rollout(
+            if isinstance(layout, PlaceLayout):
+                p = place_monitor.outcome
+                rollout = Rollout(
                     seed,
                     layout.instruction,
-                    o.success,
-                    o.touched,
-                    o.distance_m,
+                    p.success,
+                    "",
+                    float("nan"),
                     elapsed,
                     path,
                     fault,
+                    p.stage,
+                    p.detail,
+                    dict(place_monitor.stages),
                 )
-            )
+                how = f"stage {p.stage or 'none'}: {p.detail}"
+            else:
+                o = monitor.outcome
+                rollout = Rollout(
+                    seed, layout.instruction, o.success, o.touched, o.distance_m, elapsed, path
+                )
+                rollout.controller_fault = fault
+                how = f"touched {o.touched or 'nothing'}, closest {o.distance_m * 100:.1f} cm"
+            rollouts.append(rollout)
             log(
                 f"evaluate: seed {seed}: {layout.instruction}: "
-                f"{'success' if o.success else 'failure'} (touched {o.touched or 'nothing'}, "
-                f"closest {o.distance_m * 100:.1f} cm, {elapsed:.1f} s"
+                f"{'success' if rollout.success else 'failure'} ({how}, {elapsed:.1f} s"
                 f"{', controller fault' if fault else ''})"
             )
         diagnostics = {n: client.status(f"dream_vla/{n}") for n in ("policy", "controller")}
@@ -324,8 +507,13 @@ def evaluate(
     rate = float(np.mean([r.success for r in rollouts])) if rollouts else 0.0
     summary = {
         "checkpoint": str(checkpoint),
+        "task": task,
+        "camera_offset": camera_offset,
         "seeds": seeds,
         "success_rate": rate,
+        # the controller's ticks while the policy drove (each rollout's counters from
+        # its start to the first report after it; reports come every second)
+        "limited_ticks": limited_ticks(totals),
         "controller_resets": faults,
         "diagnostics": diagnostics,  # the nodes' last /diagnostics values
         "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],

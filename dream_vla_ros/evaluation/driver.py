@@ -25,6 +25,7 @@ class GraphDriver(Protocol):
     """A client of a running graph: measured joints, diagnostics, parameters, services."""
 
     on_state: Callable[[float, np.ndarray], None] | None  # called with each joint state
+    on_objects: Callable[[dict], None] | None  # ... with each /sim_world/objects report
 
     def watch(self, front_topic: str = ...) -> None: ...
     def measured(self) -> np.ndarray | None: ...

@@ -17,7 +17,7 @@ import numpy as np
 
 from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.robot.piper_sim import SimGripper
-from dream_vla_ros.sim.place import OPEN_M, PlaceLayout, PlaceMonitor, Snapshot
+from dream_vla_ros.sim.place import PlaceLayout, PlaceMonitor, Snapshot
 from dream_vla_ros.sim.task import HOME
 
 GRIPPER_EFFORT_NM = 1.0  # the controller node's default (arm.gripper_effort_nm)
@@ -36,9 +36,8 @@ class Rollout:
 
 
 def reset(world, layout: PlaceLayout, start: np.ndarray | None = None) -> np.ndarray:
-    """A fresh physics state with the layout's objects and the arm (default HOME,
-    gripper open)."""
-    q = np.r_[HOME[:6], OPEN_M] if start is None else np.asarray(start, dtype=np.float64)
+    """A fresh physics state with the layout's objects and the arm (default HOME)."""
+    q = HOME.copy() if start is None else np.asarray(start, dtype=np.float64)
     world.reset_physics()
     world.set_cubes(layout.cubes)
     world.set_bowls(layout.bowls)

@@ -10,6 +10,8 @@ graph's node names it (`SIM.node("controller")`), so both run the same node.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dream_vla_ros.graphs.spec import Argument, Graph, LaunchError, NodeSpec, Override
 
 # Supervision, the same in every graph: the controller owns the arm and is critical
@@ -241,7 +243,9 @@ _SIM_WORLD = _ros_node(
     "sim_world",
     ("sim_world.yaml",),
     (
+        Override("task.kind", "{task}"),
         Override("task.seed", "{task_seed}", "int"),
+        Override("camera.front_offset", "{camera_offset}", if_given=True),
         Override("rate_hz", "{camera_rate_hz}", "float", if_given=True),
         Override("width", "{camera_width}", "int", if_given=True),
         Override("height", "{camera_height}", "int", if_given=True),
@@ -249,38 +253,63 @@ _SIM_WORLD = _ros_node(
     nice=5,
 )
 
+# The world graphs' controller: `sim`'s, whose simulated gripper also stalls on the
+# cube that the physics world reports between the fingers (the place task).
+_WORLD_CONTROLLER = dataclasses.replace(
+    SIM.node("controller"),
+    overrides=(
+        *SIM.node("controller").overrides,
+        Override("sim.gripper_contact_topic", "/sim_world/gripper_contact"),
+    ),
+)
+
+
+def _world_args() -> tuple[Argument, ...]:
+    return (
+        Argument("task", "touch", "The world's task", ("touch", "place")),
+        Argument(
+            "camera_offset",
+            "",
+            "Front camera offset dx,dy,dz,roll,pitch,yaw (m, deg); empty: nominal",
+        ),
+    )
+
+
 COLLECT_WORLD = Graph(
     name="collect_world",
-    description="Touch-the-cube demonstrations in the MuJoCo world: simulated PiPER, sim_world "
-    "cameras, the scripted expert (teleop source touch_expert, layout = task.seed on sim_world "
-    "and teleop), recorder",
+    description="Demonstrations in the MuJoCo world: simulated PiPER, sim_world cameras, the "
+    "scripted expert of the task (teleop source touch_expert or place_expert, layout = "
+    "task.seed on sim_world and teleop), recorder",
     arguments=(
         Argument("output_dir", "episodes", "Folder of the recorded episodes"),
         Argument("instruction", "touch the red cube", "Instruction stored with each episode"),
         Argument("task_seed", "0", "Initial layout seed (sim_world)"),
         Argument("can_name", "sim0", "Virtual CAN channel of the simulator"),
+        *_world_args(),
         *_camera_args(),
     ),
     nodes=(
-        SIM.node("controller"),  # exactly as in `sim`
+        _WORLD_CONTROLLER,
         _SIM_WORLD,
-        _ros_node("teleop", (), (Override("source", "touch_expert"),)),
+        _ros_node("teleop", (), (Override("source", "{task}_expert"),)),
         _RECORDER,
     ),
 )
 
 SIM_WORLD = Graph(
     name="sim_world",
-    description="The MuJoCo world (touch the cube): simulated PiPER, sim_world cameras, policy, "
-    "controller; layout = sim_world task.seed, instruction = the policy's",
+    description="The MuJoCo world (touch the cube, or put a cube in a bowl): simulated PiPER, "
+    "sim_world cameras, policy, controller; layout = sim_world task.seed, instruction = the "
+    "policy's",
     arguments=(
         *_simulated_policy_args("flow"),
         Argument("task_seed", "0", "Layout seed (sim_world)"),
         Argument("policy_enabled", "true", "Policy publishes chunks at start", ("true", "false")),
+        *_world_args(),
         *_camera_args(),
     ),
     nodes=(
-        SIM.node("controller"),  # exactly as in `sim`
+        _WORLD_CONTROLLER,
         _SIM_WORLD,
         _ros_node(
             "policy",

@@ -7,6 +7,7 @@ camera. The closed-loop tools (dream_vla_ros.evaluation, through its
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -37,6 +38,8 @@ class GraphClient:
         self.lock = threading.Lock()
         self.q: np.ndarray | None = None
         self.on_state: Callable[[float, np.ndarray], None] | None = None
+        # called with each /sim_world/objects report (the physics world's state)
+        self.on_objects: Callable[[dict], None] | None = None
         self._frames: list[np.ndarray] | None = None  # front images, while recording
         self._frame_limit = 0
         self._diag: dict[str, dict[str, str]] = {}  # status name -> values (+ "message")
@@ -152,11 +155,12 @@ class GraphClient:
 
     # -- watching the graph ---------------------------------------------------------
     def watch(self, front_topic: str = "/camera/front/image_raw") -> None:
-        """Subscribe to /joint_states, /diagnostics and the front camera (frames are
-        kept only while `record_frames` asks for them)."""
+        """Subscribe to /joint_states, /diagnostics, the physics world's objects and
+        the front camera (frames are kept only while `record_frames` asks for them)."""
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import qos_profile_sensor_data
         from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
 
         if self._watching:
             return
@@ -164,6 +168,13 @@ class GraphClient:
         self.node.create_subscription(JointState, "/joint_states", self._on_state, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 20)
         self.node.create_subscription(Image, front_topic, self._on_image, qos_profile_sensor_data)
+        self.node.create_subscription(String, "/sim_world/objects", self._on_objects, 20)
+
+    def _on_objects(self, msg) -> None:
+        with self.lock:
+            hook = self.on_objects
+        if hook is not None:
+            hook(json.loads(msg.data))
 
     def _on_state(self, msg) -> None:
         try:

@@ -236,7 +236,9 @@ class ControllerNode(Node):
         try:
             self.sim.set_gripper_obstacle(msg.data)
         except ValueError as exc:
-            raise MessageRefused(f"{exc}; publish the blocked opening in metres, 0 for none")
+            raise MessageRefused(
+                f"{exc}; publish the blocked opening in metres, 0 for none"
+            ) from None
 
     # -- services ---------------------------------------------------------------------
     def _enable(self) -> tuple[bool, str]:

@@ -76,6 +76,11 @@ class SimCameraNode(Node):
         """The renderer: anything with render_front(q) and render_wrist(q)."""
         return SchematicScene(camera=CameraModel(width=width, height=height))
 
+    def draw(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The front and wrist images (None: no wrist camera) of the arm at `q`."""
+        front = self.scene.render_front(q)
+        return front, self.scene.render_wrist(q) if self.pub_wrist is not None else None
+
     def _on_state(self, msg: JointState) -> None:
         q = joint_positions(msg, JOINT_NAMES)  # MessageRefused: the guard reports it
         with self._lock:
@@ -90,8 +95,7 @@ class SimCameraNode(Node):
         self._last_rendered_stamp = stamp
         convert = image_message if self.kind == "raw" else compressed_message
         try:
-            front = self.scene.render_front(q)
-            wrist = self.scene.render_wrist(q) if self.pub_wrist is not None else None
+            front, wrist = self.draw(q)
         except Exception as exc:  # a pose the renderer cannot draw: skip the frame
             self.guard.refuse(self._joint_topic, f"cannot render this pose ({exc})")
             return
@@ -100,6 +104,10 @@ class SimCameraNode(Node):
             self.pub_wrist.publish(convert(stamp, wrist, "wrist_camera"))
         self.frames += 1
 
+    def extra_diagnostics(self) -> dict[str, str]:
+        """More /diagnostics values of a subclass."""
+        return {}
+
     def _publish_diagnostics(self) -> None:
         warning = self.guard.warning()
         status = DiagnosticStatus(
@@ -107,7 +115,7 @@ class SimCameraNode(Node):
             name=f"dream_vla/{self.NAME}",
             message=warning or "rendering",
         )
-        values = {"frames": str(self.frames), **self.guard.summary()}
+        values = {"frames": str(self.frames), **self.extra_diagnostics(), **self.guard.summary()}
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         self.pub_diag.publish(DiagnosticArray(status=[status]))
 

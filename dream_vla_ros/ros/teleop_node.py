@@ -32,8 +32,14 @@ from dream_vla_ros.ros.guards import InputGuard, joint_positions
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
+EXPERTS = ("touch_expert", "place_expert")
+
 PARAMETERS = (
-    Param("source", "scripted", "scripted | piper_leader | touch_expert (sim task)"),
+    Param(
+        "source",
+        "scripted",
+        "scripted | piper_leader | touch_expert | place_expert (the simulated tasks)",
+    ),
     Param("rate_hz", 50.0, "Command rate [Hz]", (1.0, 500.0)),
     Param("chunk_points", 10, "Points per forwarded chunk", (1, 200)),
     Param("chunk_topic", "/dream_vla/action_chunk", "Controller chunk topic"),
@@ -53,7 +59,8 @@ PARAMETERS = (
     Param(
         "task.seed",
         -1,
-        "touch_expert: layout seed of the episode (sim/task.py); -1 = go home and hold. "
+        "touch_expert, place_expert: layout seed of the episode (sim/task.py, "
+        "sim/place.py); -1 = go home and hold. "
         "Setting it restarts the expert from the measured pose",
         (-1, 2**31 - 1),
         dynamic=True,
@@ -61,7 +68,8 @@ PARAMETERS = (
     Param(
         "task.target",
         "",
-        "touch_expert: the colour to touch (red | green | blue); empty: the seed's own. "
+        "touch_expert, place_expert: the cube to touch or move (red | green | blue); "
+        "empty: the seed's own. "
         "Takes effect with the next task.seed",
         dynamic=True,
     ),
@@ -72,6 +80,13 @@ PARAMETERS = (
         "random start pose of sim/task.py start_pose (a demonstration from a random start). "
         "Takes effect with the next task.seed",
         (-1, 2**31 - 1),
+        dynamic=True,
+    ),
+    Param(
+        "task.bowl",
+        "",
+        "place_expert: the bowl to put the cube in (yellow | purple); empty: the seed's "
+        "own. Takes effect with the next task.seed",
         dynamic=True,
     ),
 )
@@ -85,11 +100,13 @@ class TeleopNode(Node):
         self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
         self._measured: np.ndarray | None = None
-        if p["source"] == "touch_expert":
+        self.kind = p["source"]
+        if p["source"] in EXPERTS:
             self.source = self._expert(
                 int(self.get_parameter("task.seed").value),
                 str(self.get_parameter("task.target").value),
                 int(self.get_parameter("task.start_seed").value),
+                str(self.get_parameter("task.bowl").value),
             )
             self.add_on_set_parameters_callback(self._on_set)
         elif p["source"] == "scripted":
@@ -106,7 +123,8 @@ class TeleopNode(Node):
             self.source = PiperLeaderTeleop(p["leader.can_name"], p["leader.bustype"])
         else:
             raise ValueError(
-                f"source must be scripted, piper_leader or touch_expert, got '{p['source']}'"
+                "source must be scripted, piper_leader, touch_expert or place_expert, "
+                f"got '{p['source']}'"
             )
         self.dt = 1.0 / p["rate_hz"]
         self.horizon = np.arange(1, p["chunk_points"] + 1) * self.dt
@@ -127,30 +145,39 @@ class TeleopNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _expert(self, seed: int, target: str, start_seed: int) -> TeleopSource:
+    def _expert(self, seed: int, target: str, start_seed: int, bowl: str) -> TeleopSource:
         from dream_vla_ros.sim.task import TouchExpert, sample_layout, start_pose
 
         lower, upper = self.cfg.soft_lower, self.cfg.soft_upper
+        rest = None if start_seed < 0 else start_pose(start_seed, lower, upper)
+        if self.kind == "place_expert":
+            from dream_vla_ros.sim.place import PlaceExpert, sample_place_layout
+
+            if seed >= 0:
+                return PlaceExpert(sample_place_layout(seed, target, bowl), lower, upper)
+            return PlaceExpert(None, lower, upper, rest=rest)
         if seed >= 0:
             return TouchExpert(sample_layout(seed, target), lower, upper)
-        rest = None if start_seed < 0 else start_pose(start_seed, lower, upper)
         return TouchExpert(None, lower, upper, rest=rest)
 
     def _on_set(self, params) -> SetParametersResult:
         new = {p.name: p.value for p in params}
-        if "task.target" in new and "task.seed" not in new:
+        if {"task.target", "task.bowl"} & set(new) and "task.seed" not in new:
+            from dream_vla_ros.sim.place import BOWL_COLOURS, check_choice
             from dream_vla_ros.sim.task import check_target
 
             try:
-                check_target(str(new["task.target"]))
+                check_target(str(new.get("task.target", "")))
+                check_choice(str(new.get("task.bowl", "")), BOWL_COLOURS, "bowl")
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
         for param in params:
             if param.name == "task.seed":
                 target = new.get("task.target", self.get_parameter("task.target").value)
                 start = new.get("task.start_seed", self.get_parameter("task.start_seed").value)
+                bowl = new.get("task.bowl", self.get_parameter("task.bowl").value)
                 try:
-                    source = self._expert(int(param.value), str(target), int(start))
+                    source = self._expert(int(param.value), str(target), int(start), str(bowl))
                 except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
                     return SetParametersResult(successful=False, reason=str(exc))
                 self.source.close()

@@ -3,9 +3,9 @@ success, a scripted expert (no ROS imports, no MuJoCo).
 
 A layout is three cubes (red, green, blue) and two bowls (yellow, purple) at
 seeded random places on the table (cubes at x 0.20-0.38 m, y -0.20-0.20 m, bowl
-centres at x 0.20-0.36 m, y -0.18-0.18 m; bowls at least 17 cm apart, a cube at least 11 cm from a bowl's centre and 8 cm from
-another cube), upright with their faces along the base axes, with a named cube
-and a named bowl.
+centres at x 0.20-0.36 m, y -0.18-0.18 m; bowls at least 17 cm apart, a cube at
+least 11 cm from a bowl's centre and 8 cm from another cube), upright with
+their faces along the base axes, with a named cube and a named bowl.
 
 **Success**: the named cube rests inside the named bowl (its centre within
 `INSIDE_RADIUS_M` of the bowl's axis and below the rim), released (no finger
@@ -53,7 +53,7 @@ GRASP_TIP_Z = 0.012  # the closed fingers' tips 1.2 cm above the table, astride 
 ABOVE_TIP_Z = 0.10
 CARRY_TIP_Z = 0.12
 RELEASE_TIP_Z = 0.065  # the held cube's bottom ~2.5 cm above the bowl's rim
-OPEN_M = 0.06  # the fingers' inner faces 7 cm apart around a 4 cm cube
+OPEN_M = 0.065  # the fingers' inner faces 7.5 cm apart around a 4 cm cube
 CLOSED_M = 0.0  # commanded closed: the gripper stalls on the cube and squeezes
 PEAK_JOINT_RAD_S = 0.7
 PEAK_GRIPPER_M_S = 0.08
@@ -136,9 +136,7 @@ class Snapshot:
             time_s=world.time_s,
             cubes={c: world.cube(c) for c in world.colours},
             speeds={c: world.cube_speed(c) for c in world.colours},
-            fingers={
-                c: len(contacts[c] & {"finger_left", "finger_right"}) for c in world.colours
-            },
+            fingers={c: len(contacts[c] & {"finger_left", "finger_right"}) for c in world.colours},
             tip=world.fingertip(),
         )
 
@@ -242,7 +240,8 @@ def _face_axis(chain: DHChain, q: np.ndarray, yaw: float = 0.0) -> np.ndarray:
     """Of the cube's face normals (yaw about z), the one nearest the flange's y axis
     at `q`: the fingers close across two faces with the least wrist turn."""
     y_axis = chain.end_effector(q)[:3, 1]
-    normals = [np.array([np.cos(yaw + k * np.pi / 2), np.sin(yaw + k * np.pi / 2), 0.0]) for k in range(4)]
+    angles = yaw + np.arange(4) * np.pi / 2
+    normals = [np.array([np.cos(a), np.sin(a), 0.0]) for a in angles]
     return max(normals, key=lambda n: float(n @ y_axis))
 
 
@@ -296,7 +295,7 @@ def _duration(a: np.ndarray, b: np.ndarray, minimum_s: float) -> float:
 class PlaceExpert:
     """Scripted expert for one layout, as a teleop source (robot/teleop.py). It
     plans from the pose it is started at; with no layout it returns the arm to
-    `rest` (default HOME) with the gripper open, and holds there."""
+    `rest` (default HOME) and holds there."""
 
     name = "place_expert"
 
@@ -311,7 +310,7 @@ class PlaceExpert:
         self.layout = layout
         self.chain = chain or DHChain.load()
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
-        self.rest = np.r_[HOME[:6], OPEN_M] if rest is None else np.asarray(rest, np.float64)
+        self.rest = HOME.copy() if rest is None else np.asarray(rest, np.float64)
         if self.rest.shape != (7,) or not np.all(np.isfinite(self.rest)):
             raise ValueError(f"rest pose must be 7 finite values, got {self.rest.tolist()}")
         self.poses: list[tuple[str, np.ndarray, float]] = []  # (name, pose 7, min duration)

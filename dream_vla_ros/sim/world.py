@@ -187,12 +187,9 @@ def piper_mjcf(
     xml = []
     depth = 0
     for i, (pos, quat) in enumerate(bodies):
+        xml.append(f'<body name="link{i + 1}" pos="{_vec(pos)}" quat="{_vec(quat)}" gravcomp="1">')
         xml.append(
-            f'<body name="link{i + 1}" pos="{_vec(pos)}" quat="{_vec(quat)}" gravcomp="1">'
-        )
-        xml.append(
-            f'<joint name="joint{i + 1}" type="hinge" axis="0 0 1" limited="false" '
-            'armature="100"/>'
+            f'<joint name="joint{i + 1}" type="hinge" axis="0 0 1" limited="false" armature="100"/>'
         )
         xml.append(
             f'<geom type="sphere" size="0.032" rgba="0.9 0.9 0.92 1" name="j{i + 1}" '
@@ -371,10 +368,7 @@ class PiperWorld:
         nominal = np.empty(9)
         self._mj.mju_quat2Mat(nominal, quat)
         rot = (
-            nominal.reshape(3, 3)
-            @ _rot_y(offset.yaw)
-            @ _rot_x(offset.pitch)
-            @ _rot_z(offset.roll)
+            nominal.reshape(3, 3) @ _rot_y(offset.yaw) @ _rot_x(offset.pitch) @ _rot_z(offset.roll)
         )
         new_quat = np.empty(4)
         self._mj.mju_mat2Quat(new_quat, rot.reshape(-1))
