@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 
 from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.data.bags import _messages, connections, iter_images, open_bag
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
-from dream_vla_ros.evaluation.closed_loop import collect, evaluate
+from dream_vla_ros.evaluation.closed_loop import collect, evaluate, place_naming
 from dream_vla_ros.evaluation.driver import GraphError, faulted
+from dream_vla_ros.evaluation.physics import reset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
 from dream_vla_ros.ros.client import GraphClient
+from dream_vla_ros.sim.place import BOWL_COLOURS
 from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout, start_pose
+from dream_vla_ros.sim.world import CameraOffset, PiperWorld
 
 pytestmark = pytest.mark.ros
 
@@ -82,6 +86,46 @@ def fault_the_first(client, k: int) -> None:
         assert reply.success, reply.message
         if not on:
             client.wait(lambda: faulted(client), 10, "the controller to fault")
+
+
+def test_the_place_expert_grasps_through_the_graph_with_a_stalled_gripper(tmp_path):
+    """The place task through the graph: the gripper's CAN commands and 0x2A8 feedback
+    (position and effort) in the recorded /joint_states, the world's success check,
+    and a camera offset that reaches the world."""
+    summary = _collect(tmp_path, 1, task="place", camera_offset="0.02,0,0,0,3,0")
+    assert summary["expert_success_rate"] == 1.0, summary
+    layout = place_naming(1000, 0)
+    result = summary["results"][0]
+    assert (result["target"], result["bowl"], result["stage"]) == (
+        layout.cube,
+        layout.bowl,
+        "placed",
+    )
+    folder = list_episodes(tmp_path / "episodes")[0]
+    assert read_meta(folder).instruction == layout.instruction
+    with open_bag(folder) as reader:
+        conns = connections(reader, "/joint_states")
+        rows = np.array(
+            [(m.position[6], m.effort[6]) for _, m in _messages(reader, conns, "")], dtype=float
+        )
+        _, first = next(iter_images(reader, "/camera/front/image_raw", {0}))
+    opening, effort = rows[:, 0], rows[:, 1]
+    squeezing = effort > 0
+    # the gripper stalled on the 4 cm cube (3 cm opening, less the squeeze) with the
+    # controller's effort, for the lift, carry and lowering (> 2 s at 50 Hz) ...
+    assert np.all(effort[squeezing] == pytest.approx(1.0))
+    assert squeezing.sum() > 100
+    assert np.all((opening[squeezing] > 0.024) & (opening[squeezing] < 0.0305))
+    # ... and opened again to let go: the episode ends open, with no effort
+    assert opening[-1] > 0.06 and effort[-1] == 0.0
+    # the first front image is the layout at home seen from the offset camera
+    world = PiperWorld(width=96, height=72, bowls=BOWL_COLOURS)
+    reset(world, layout)
+    nominal = world.render("front").astype(int)
+    world.set_front_offset(CameraOffset.parse("0.02,0,0,0,3,0"))
+    moved = world.render("front").astype(int)
+    world.close()
+    assert np.abs(first - moved).mean() < 0.5 * np.abs(first - nominal).mean()
 
 
 def test_a_collected_episode_the_controller_stopped_is_kept_as_failed(tmp_path):

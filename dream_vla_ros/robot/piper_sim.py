@@ -108,9 +108,10 @@ class SimGripper:
         error = self.target - self.position
         step = self.speed_m_s * dt
         position = self.position + float(np.clip(error, -step, step))
-        if self.obstacle_m > 0.0 and position < self.obstacle_m <= self.position + step:
-            # closing onto the object: the fingers stop where it blocks them (the
-            # object reported a little late can push them back by as much)
+        if self.obstacle_m > 0.0 and position < self.obstacle_m and self.target < self.obstacle_m:
+            # closing onto the object: the fingers stop where it blocks them; an
+            # object reported after they passed its width (the report's latency)
+            # pushes them back to it
             position = self.obstacle_m
         self.position = min(max(position, 0.0), self.max_m)
 

@@ -62,7 +62,7 @@ FINGER_GAP_CLOSED_M = 0.01
 # A bowl: a floor disc and a ring of wall segments.
 BOWL_RADIUS_M = 0.065
 BOWL_WALL_M = (0.004, 0.03)  # thickness, height
-BOWL_SEGMENTS = 16
+BOWL_SEGMENTS = 24
 # collision bits: objects collide with everything; the static world and the robot
 # only with objects
 _OBJECT, _STATIC, _ROBOT = 1, 2, 4
@@ -153,7 +153,7 @@ def _bowl(colour: str) -> str:
     """A static bowl (floor disc + ring of wall segments), placed by `set_bowls`."""
     rgba = f"{_vec(RGB[colour])} 1"
     thick, height = BOWL_WALL_M
-    half_len = BOWL_RADIUS_M * np.tan(np.pi / BOWL_SEGMENTS) + thick / 2
+    half_len = BOWL_RADIUS_M * np.tan(np.pi / BOWL_SEGMENTS) + thick / 4
     parts = [
         f'<geom type="cylinder" size="{BOWL_RADIUS_M:.4f} 0.002" pos="0 0 0.002" '
         f'rgba="{rgba}" contype="{_STATIC}" conaffinity="0" friction="{FRICTION}"/>'
