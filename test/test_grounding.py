@@ -91,3 +91,26 @@ def test_the_shipped_base_is_grounded_and_the_touch_recipe_finds_it(tmp_path, mo
     recipe = load_recipe(config_path("finetune/touch_tiny_cpu.yaml"))
     assert recipe.model.base == str(base)
     assert recipe.model.freeze_vision
+
+
+def test_place_scenes_label_the_cubes_and_the_bowls(limits):
+    """The place task's scenes: five objects per token, the bowls' labels cover
+    their many wall and floor geoms, and instructions name a cube and a bowl."""
+    from dream_vla_ros.finetune.grounding import SCENE_TASKS
+    from dream_vla_ros.sim.place import BOWL_COLOURS
+    from dream_vla_ros.sim.world import PiperWorld
+
+    task = SCENE_TASKS["place"]
+    pre = ImagePreprocessor()
+    world = PiperWorld(width=320, height=240, bowls=BOWL_COLOURS)
+    try:
+        scenes = render_scenes(world, range(10000, 10004), *limits, pre, rng_seed=0, task=task)
+    finally:
+        world.close()
+    assert scenes.coverage.shape == (4, 128, 5)
+    front = scenes.coverage[:, :64]
+    # a bowl (13 cm across) covers several tokens of the front view, a cube one or two
+    assert (front[:, :, 3:] > 0.02).sum(1).min() >= 3
+    assert (front[:, :, :3] > 0.02).sum(1).max() <= 4
+    assert task.instruction((0, 4)) == "put the red cube in the purple bowl"
+    assert len(task.instructions()) == 6

@@ -12,8 +12,8 @@ from piper_sdk import C_PiperInterface_V2
 
 from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.robot import ArmError, FirmwareParams, PiperArm, PiperFirmwareSim, PiperSettings
-from dream_vla_ros.robot.piper_sim import SimGripper
 from dream_vla_ros.robot.piper import decode_driver_faults, decode_status_faults
+from dream_vla_ros.robot.piper_sim import SimGripper
 
 CFG = load_safety_config()
 START = [0.1, 0.5, -0.5, 0.2, -0.3, 0.4, 0.01]

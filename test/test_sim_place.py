@@ -159,7 +159,7 @@ def test_front_images_follow_the_cube_the_fingers_move(world, expert_run):
     """The frames of the rollout: where the cube was, the table shows; over the
     bowl, the cube does. A frozen image cannot pass."""
     layout, _, run = expert_run
-    first, last = run.frames[0], run.frames[-1]
+    first, last = run.frames[0]["front"], run.frames[-1]["front"]
     assert np.abs(first.astype(int) - last).mean() > 0.5
     reset(world, layout)
     world.set_cubes({layout.cube: layout.bowls[layout.bowl] + [0, 0, CUBE_SIZE / 2 + 0.004]})

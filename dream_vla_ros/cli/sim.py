@@ -12,14 +12,16 @@ from dream_vla_ros.paths import config_path
 
 
 def _collection_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--episodes", type=int, default=60, help="expert episodes to record")
+    p.add_argument(
+        "--episodes", type=int, default=0, help="expert episodes to record; 0: touch 60, place 40"
+    )
     p.add_argument("--seed0", type=int, default=1000, help="first layout seed of collection")
     p.add_argument(
         "--per-layout",
         type=int,
-        default=3,
+        default=0,
         help="episodes per layout, each naming a different cube (touch: 1-3) or cube and "
-        "bowl (place: 1-6)",
+        "bowl (place: 1-6); 0: touch 3, place 2",
     )
     p.add_argument(
         "--random-starts",
@@ -38,6 +40,8 @@ def _evaluation_options(p: argparse.ArgumentParser, proxy: bool = False) -> None
 
 
 TIMEOUTS_S = {"touch": 8.0, "place": 20.0}
+EPISODES = {"touch": 60, "place": 40}
+PER_LAYOUT = {"touch": 3, "place": 2}
 
 
 def _world_options(p: argparse.ArgumentParser) -> None:
@@ -64,12 +68,24 @@ def add_parsers(sub) -> None:
     _collection_options(p_col)
     _camera_options(p_col)
     _world_options(p_col)
+    p_col.add_argument(
+        "--camera-randomise",
+        action="store_true",
+        help="draw the front camera's pose for every episode (sim/world.py CAMERA_JITTER)",
+    )
     p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
     p_ev.add_argument("checkpoint")
     p_ev.add_argument("out")
     _evaluation_options(p_ev)
     _camera_options(p_ev)
     _world_options(p_ev)
+    p_ev.add_argument(
+        "--camera-set",
+        choices=("nominal", "shifted"),
+        default="nominal",
+        help="shifted: the held-out shifted front-camera poses in turn (sim/world.py "
+        "SHIFTED_POSES); --camera-offset, when given, wins",
+    )
     p_ground = sim_sub.add_parser(
         "ground", help="OUT: pretrain the tiny base on rendered scenes (grounding)"
     )
@@ -78,9 +94,27 @@ def add_parsers(sub) -> None:
     p_ground.add_argument("--vision-steps", type=int, default=1600)
     p_ground.add_argument("--refer-steps", type=int, default=1200)
     p_ground.add_argument("--seed", type=int, default=0)
+    p_ground.add_argument(
+        "--task", choices=("touch", "place"), default="touch", help="the world's task"
+    )
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
-    p_pipe.add_argument("--recipe", default=str(config_path("finetune/touch_tiny_cpu.yaml")))
+    p_pipe.add_argument(
+        "--recipe", default="", help="empty: config/finetune/{touch,place}_tiny_cpu.yaml"
+    )
+    p_pipe.add_argument(
+        "--task", choices=("touch", "place"), default="touch", help="the world's task"
+    )
+    p_pipe.add_argument(
+        "--camera-randomise",
+        action="store_true",
+        help="draw the front camera's pose for every episode (sim/world.py CAMERA_JITTER)",
+    )
+    p_pipe.add_argument(
+        "--shifted-eval",
+        action="store_true",
+        help="evaluate on the held-out shifted front-camera poses too",
+    )
     p_pipe.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
     p_pipe.add_argument("--no-progress", action="store_true")
     p_pipe.add_argument(
@@ -153,6 +187,7 @@ def _ground(args: argparse.Namespace) -> int:
         vision_steps=args.vision_steps,
         refer_steps=args.refer_steps,
         seed=args.seed,
+        task=args.task,
     )
     if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
         print(
@@ -175,13 +210,14 @@ def _collect(args: argparse.Namespace) -> int:
     summary = collect(
         GraphClient,
         args.out,
-        args.episodes,
+        args.episodes or EPISODES[args.task],
         args.seed0,
         (args.camera_width, args.camera_height),
-        per_layout=args.per_layout,
+        per_layout=args.per_layout or PER_LAYOUT[args.task],
         random_starts=args.random_starts,
         task=args.task,
         camera_offset=args.camera_offset,
+        camera_randomise=args.camera_randomise,
     )
     print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
     return 0
@@ -193,7 +229,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     seeds = _seeds(args)
     camera = (args.camera_width, args.camera_height)
+    from dream_vla_ros.sim.world import SHIFTED_POSES
+
     timeout = args.timeout or TIMEOUTS_S[args.task]
+    offsets = args.camera_offset or (SHIFTED_POSES if args.camera_set == "shifted" else "")
     summary = evaluate(
         GraphClient,
         args.checkpoint,
@@ -202,7 +241,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         timeout,
         camera,
         task=args.task,
-        camera_offset=args.camera_offset,
+        camera_offset=offsets,
     )
     limited = summary["limited_ticks"]
     print(
@@ -216,19 +255,23 @@ def _pipeline(args: argparse.Namespace) -> int:
     from dream_vla_ros.evaluation.pipeline import PipelineSettings, run_pipeline
     from dream_vla_ros.ros.client import GraphClient
 
+    recipe = args.recipe or str(config_path(f"finetune/{args.task}_tiny_cpu.yaml"))
     settings = PipelineSettings(
-        recipe=args.recipe,
+        recipe=recipe,
         overrides=tuple(args.overrides),
-        episodes=args.episodes,
+        episodes=args.episodes or EPISODES[args.task],
         seed0=args.seed0,
-        per_layout=args.per_layout,
+        per_layout=args.per_layout or PER_LAYOUT[args.task],
         random_starts=args.random_starts,
         seeds=tuple(_seeds(args)),
-        timeout_s=args.timeout or TIMEOUTS_S["touch"],
+        timeout_s=args.timeout or TIMEOUTS_S[args.task],
         camera=(args.camera_width, args.camera_height),
         image_tolerance_s=args.image_tolerance,
         state_tolerance_s=args.state_tolerance,
         progress=not args.no_progress,
+        task=args.task,
+        camera_randomise=args.camera_randomise,
+        shifted_eval=args.shifted_eval,
     )
     run_pipeline(GraphClient, args.out, settings)
     return 0
@@ -244,7 +287,9 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     same_names = ("execute", "servo", "replan_s", "latency_s", "lag_s")
-    settings = ProxySettings(timeout_s=args.timeout or TIMEOUTS_S["touch"], **{k: getattr(args, k) for k in same_names})
+    settings = ProxySettings(
+        timeout_s=args.timeout or TIMEOUTS_S["touch"], **{k: getattr(args, k) for k in same_names}
+    )
     policy = PolicySettings(
         decode=DecodeSettings(
             steps=args.decode_steps,

@@ -59,6 +59,7 @@ from dream_vla_ros.sim.task import (
     sample_layout,
     start_pose,
 )
+from dream_vla_ros.sim.world import CameraOffset, random_offset
 
 __all__ = ["GraphError", "Rollout", "collect", "evaluate"]
 
@@ -132,6 +133,7 @@ class Rollout:
     stage: str = ""  # place: the furthest stage (reached, grasped, lifted, placed)
     detail: str = ""  # place: the final state in words
     stages: dict[str, float] = field(default_factory=dict)  # place: stage -> world time
+    camera_offset: str = ""  # the front camera's offset (empty: nominal)
 
 
 def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
@@ -217,6 +219,7 @@ def collect(
     random_starts: int = 0,
     task: str = "touch",
     camera_offset: str = "",
+    camera_randomise: bool = False,
 ) -> dict[str, Any]:
     """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
     demonstrated `per_layout` times (1-3) from home with a different named cube,
@@ -230,7 +233,9 @@ def collect(
     `task` place: the place expert; a layout's K namings are `place_naming` (each
     changes the cube and the bowl); success is the physics world's (the named
     cube placed once the expert's plan has ended). `camera_offset` moves the front
-    camera for the whole collection (sim/world.py CameraOffset)."""
+    camera for the whole collection (sim/world.py CameraOffset); `camera_randomise`
+    draws a new offset for every episode instead (`random_offset(episode seed)`,
+    within CAMERA_JITTER)."""
     check_task(task)
     namings = len(COLOURS) if task == "touch" else len(COLOURS) * len(BOWL_COLOURS)
     if not 1 <= per_layout <= namings:
@@ -298,6 +303,10 @@ def collect(
                 own = COLOURS.index(sample_layout(seed).target)
                 layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
                 target = layout.target
+            offset = camera_offset
+            if camera_randomise:
+                offset = random_offset(seed * 16 + j).text()
+                client.set_param("sim_world", "camera.front_offset", offset)
             client.set_param("sim_world", "task.target", target)
             client.set_param("sim_world", "task.seed", seed)
             client.set_param("teleop", "task.target", target)
@@ -352,6 +361,7 @@ def collect(
                     "start": start,
                     "success": success,
                     **record,
+                    "camera_offset": offset,
                     "controller_fault": fault,
                 }
             )
@@ -369,6 +379,7 @@ def collect(
     summary = {
         "task": task,
         "camera_offset": camera_offset,
+        "camera_randomise": camera_randomise,
         "episodes": episodes,
         "per_layout": per_layout,
         "random_starts": random_starts,
@@ -390,22 +401,23 @@ def evaluate(
     log: Callable[[str], None] = print,
     during_rollout: Callable[[GraphDriver, int], None] | None = None,
     task: str = "touch",
-    camera_offset: str = "",
+    camera_offset: str | tuple[str, ...] = "",
 ) -> dict[str, Any]:
     """Closed-loop success rate of a checkpoint over layout seeds.
 
     `task` place: the seed's own cube and bowl; a rollout ends once the cube has
     rested in the bowl for SETTLE_S or at the timeout, and reports its stages.
-    `camera_offset` moves the front camera (sim/world.py CameraOffset).
+    `camera_offset` moves the front camera (sim/world.py CameraOffset); several
+    offsets are used in turn, rollout k with offset k modulo their number.
     `during_rollout(client, k)` runs once the policy is enabled for rollout k (the
     tests use it to cut the simulated CAN feedback and check the recovery)."""
     check_task(task)
     if not seeds:
         raise ValueError("no evaluation seeds: --seeds must be >= 1")
-    if camera_offset:
-        from dream_vla_ros.sim.world import CameraOffset
-
-        CameraOffset.parse(camera_offset)  # a bad offset is one sentence before the graph
+    offsets = (camera_offset,) if isinstance(camera_offset, str) else tuple(camera_offset)
+    for text in offsets:
+        if text:
+            CameraOffset.parse(text)  # a bad offset is one sentence before the graph starts
     from dream_vla_ros.model.checkpoint import load_config
 
     load_config(Path(checkpoint))  # a bad checkpoint is one sentence before the graph starts
@@ -417,7 +429,7 @@ def evaluate(
         f"camera_height:={camera[1]}",
         "policy_enabled:=false",
         f"task:={task}",
-        f"camera_offset:={camera_offset}",
+        f"camera_offset:={offsets[0]}",
     ]
     launcher, graph_log = _launch(SIM_WORLD, argv, out / "graph.log")
     client = connect("closed_loop_eval")
@@ -442,6 +454,9 @@ def evaluate(
             layout: Layout | PlaceLayout = (
                 sample_place_layout(seed) if task == "place" else sample_layout(seed)
             )
+            offset = offsets[k % len(offsets)]
+            if len(offsets) > 1:
+                client.set_param("sim_world", "camera.front_offset", offset)
             client.set_param("sim_world", "task.seed", seed)
             client.send_instruction(layout.instruction)
             time.sleep(0.4)  # the new layout and instruction arrive before the policy runs
@@ -493,6 +508,7 @@ def evaluate(
                 )
                 rollout.controller_fault = fault
                 how = f"touched {o.touched or 'nothing'}, closest {o.distance_m * 100:.1f} cm"
+            rollout.camera_offset = offset
             rollouts.append(rollout)
             log(
                 f"evaluate: seed {seed}: {layout.instruction}: "
@@ -508,7 +524,7 @@ def evaluate(
     summary = {
         "checkpoint": str(checkpoint),
         "task": task,
-        "camera_offset": camera_offset,
+        "camera_offsets": list(offsets),
         "seeds": seeds,
         "success_rate": rate,
         # the controller's ticks while the policy drove (each rollout's counters from

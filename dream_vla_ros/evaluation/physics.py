@@ -32,7 +32,7 @@ class Rollout:
     efforts: list[float] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # the cube both fingers touch
     cubes: list[dict[str, np.ndarray]] = field(default_factory=list)
-    frames: list[np.ndarray] = field(default_factory=list)
+    frames: list[dict[str, np.ndarray]] = field(default_factory=list)  # camera -> image
 
 
 def reset(world, layout: PlaceLayout, start: np.ndarray | None = None) -> np.ndarray:
@@ -52,9 +52,10 @@ def rollout(
     duration_s: float,
     dt_s: float = 0.01,
     frame_every_s: float = 0.0,
-    camera: str = "front",
+    cameras: tuple[str, ...] = ("front",),
 ) -> Rollout:
-    """Run `source` (a teleop source, started here) on `layout` for `duration_s`."""
+    """Run `source` (a teleop source, started here) on `layout` for `duration_s`,
+    rendering `cameras` every `frame_every_s` (0: never)."""
     cfg = load_safety_config()
     vmax = np.asarray(cfg.max_velocity)[:6]
     q = reset(world, layout)
@@ -83,6 +84,6 @@ def rollout(
         out.held.append(world.held())
         out.cubes.append(snap.cubes)
         if frame_every_s > 0 and t + 1e-9 >= next_frame:
-            out.frames.append(world.render(camera))
+            out.frames.append({c: world.render(c) for c in cameras})
             next_frame += frame_every_s
     return out

@@ -19,6 +19,12 @@ stages that leave the architecture untouched:
 The linear read-outs of both stages are discarded; what is kept is a base
 checkpoint in the published layout that `model.base` of a recipe can name
 (config/finetune/touch_tiny_cpu.yaml uses models/tiny_grounded).
+
+The place task's base (`task` "place") learns the same on the place world's
+scenes, with five objects (three cubes, two bowls): the scenes are snapshots of
+the place expert's physics rollouts (cubes on the table, in the fingers, in the
+bowls), and the referring stage reads "put the {colour} cube in the {colour}
+bowl", marks both named objects' tokens and points at both.
 """
 
 from __future__ import annotations
@@ -42,12 +48,51 @@ from dream_vla_ros.model.config import preset
 from dream_vla_ros.model.modeling import DreamVLA
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words
+from dream_vla_ros.sim.place import BOWL_COLOURS, PlaceExpert, sample_place_layout
+from dream_vla_ros.sim.place import X_RANGE as PLACE_X_RANGE
+from dream_vla_ros.sim.place import Y_RANGE as PLACE_Y_RANGE
 from dream_vla_ros.sim.task import COLOURS, HOME, X_RANGE, Y_RANGE, TouchExpert, sample_layout
 from dream_vla_ros.sim.world import PiperWorld
 
 CAMERAS = ("front", "wrist")
-PRESENT = 0.02  # a token "shows" a cube when the cube covers >= 2 % of its pixels
+PRESENT = 0.02  # a token "shows" an object when it covers >= 2 % of its pixels
 TASKS = tuple(f"touch the {c} cube" for c in COLOURS)
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """The objects a task's scenes label, the table region their positions are
+    scaled from, and how an instruction names them."""
+
+    name: str
+    objects: tuple[str, ...]  # cube colours, then bowl colours
+    bowls: tuple[str, ...]
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+
+    @property
+    def named(self) -> int:
+        """Objects an instruction names: the cube (touch) or the cube and the bowl."""
+        return 2 if self.bowls else 1
+
+    def instruction(self, named: tuple[int, ...]) -> str:
+        if not self.bowls:
+            return f"touch the {self.objects[named[0]]} cube"
+        return f"put the {self.objects[named[0]]} cube in the {self.objects[named[1]]} bowl"
+
+    def instructions(self) -> list[str]:
+        if not self.bowls:
+            return [self.instruction((i,)) for i in range(len(COLOURS))]
+        n = len(COLOURS)
+        return [self.instruction((i, n + j)) for i in range(n) for j in range(len(self.bowls))]
+
+
+SCENE_TASKS = {
+    "touch": SceneTask("touch", COLOURS, (), X_RANGE, Y_RANGE),
+    "place": SceneTask(
+        "place", (*COLOURS, *BOWL_COLOURS), BOWL_COLOURS, PLACE_X_RANGE, PLACE_Y_RANGE
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -67,27 +112,31 @@ class GroundingSettings:
     action_dim: int = 7
     chunk: int = 16
     action_period_s: float = 0.1
+    task: str = "touch"  # touch | place (SCENE_TASKS)
 
 
 @dataclass
 class Scenes:
     images: torch.Tensor  # (N, cameras, 3, S, S) uint8, as the policy resizes them
-    coverage: torch.Tensor  # (N, cameras * T, colours): cube pixel fraction per merged token
-    cube_xy: torch.Tensor  # (N, colours, 2): cube centres, table region scaled to [-1, 1]
+    coverage: torch.Tensor  # (N, cameras * T, objects): pixel fraction per merged token
+    cube_xy: torch.Tensor  # (N, objects, 2): object centres, table region scaled to [-1, 1]
+    task: SceneTask = SCENE_TASKS["touch"]
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
 
-def table_xy(p: np.ndarray) -> np.ndarray:
-    """Cube centre (x, y) [m] -> the cube region scaled to [-1, 1]."""
-    lo, hi = np.array([X_RANGE[0], Y_RANGE[0]]), np.array([X_RANGE[1], Y_RANGE[1]])
+def table_xy(p: np.ndarray, task: SceneTask = SCENE_TASKS["touch"]) -> np.ndarray:
+    """Object centre (x, y) [m] -> the task's table region scaled to [-1, 1]."""
+    lo = np.array([task.x_range[0], task.y_range[0]])
+    hi = np.array([task.x_range[1], task.y_range[1]])
     return 2.0 * (np.asarray(p)[:2] - lo) / (hi - lo) - 1.0
 
 
-def xy_metres(err: torch.Tensor) -> torch.Tensor:
+def xy_metres(err: torch.Tensor, task: SceneTask = SCENE_TASKS["touch"]) -> torch.Tensor:
     """(..., 2) error in scaled units -> its length in metres."""
-    half = torch.tensor([(X_RANGE[1] - X_RANGE[0]) / 2, (Y_RANGE[1] - Y_RANGE[0]) / 2])
+    xr, yr = task.x_range, task.y_range
+    half = torch.tensor([(xr[1] - xr[0]) / 2, (yr[1] - yr[0]) / 2])
     return (err * half).norm(dim=-1)
 
 
@@ -104,6 +153,31 @@ def scene_pose(rng: np.random.Generator, layout, lower, upper, chain: DHChain) -
     return q + np.r_[rng.normal(0.0, 0.05, 6), 0.0]
 
 
+def place_scene(
+    rng: np.random.Generator, world: PiperWorld, seed: int, lower, upper
+) -> dict[str, np.ndarray]:
+    """Set `world` to a snapshot of the place expert's physics rollout on layout
+    `seed` (a random naming, at a random time: half the scenes at home, jittered);
+    returns the objects' centres."""
+    from dream_vla_ros.evaluation.physics import reset, rollout
+
+    cube = COLOURS[int(rng.integers(len(COLOURS)))]
+    bowl = BOWL_COLOURS[int(rng.integers(len(BOWL_COLOURS)))]
+    layout = sample_place_layout(seed, cube, bowl)
+    if rng.random() < 0.5:
+        reset(world, layout)
+        world.set_joints(HOME + np.r_[rng.normal(0.0, 0.1, 6), 0.0])
+    else:
+        expert = PlaceExpert(layout, lower, upper, chain=world.chain)
+        expert.start(0.0, HOME)
+        duration = expert.duration_s
+        rollout(world, layout, expert, float(rng.uniform(0.1, duration + 0.5)))
+    return {
+        **{c: world.cube(c) for c in COLOURS},
+        **{b: world.bowl(b) for b in BOWL_COLOURS},
+    }
+
+
 def render_scenes(
     world: PiperWorld,
     seeds: range,
@@ -111,18 +185,28 @@ def render_scenes(
     upper: np.ndarray,
     pre: ImagePreprocessor,
     rng_seed: int,
+    task: SceneTask = SCENE_TASKS["touch"],
 ) -> Scenes:
-    """RGB and segmentation renders of each seed's layout at one pose."""
-    geom = {c: int(world.model.body_geomadr[world.model.body(f"cube_{c}").id]) for c in COLOURS}
+    """RGB and segmentation renders of each seed's layout at one pose (touch) or
+    of a moment of the place expert's rollout on it (place)."""
+    objects = task.objects
+    geoms = {c: [int(world.model.body_geomadr[world.model.body(f"cube_{c}").id])] for c in COLOURS}
+    for b in task.bowls:
+        body = world.model.body(f"bowl_{b}").id
+        geoms[b] = [g for g in range(world.model.ngeom) if world.model.geom_bodyid[g] == body]
     rng = np.random.default_rng(rng_seed)
     grid = pre.size // (pre.patch * pre.merge)
     block = pre.patch * pre.merge
     images, coverage, cube_xy = [], [], []
     renderer = world.renderer
     for seed in seeds:
-        layout = sample_layout(seed)
-        world.set_cubes(layout.cubes)
-        world.set_joints(scene_pose(rng, layout, lower, upper, world.chain))
+        if task.bowls:
+            centres = place_scene(rng, world, seed, lower, upper)
+        else:
+            layout = sample_layout(seed)
+            world.set_cubes(layout.cubes)
+            world.set_joints(scene_pose(rng, layout, lower, upper, world.chain))
+            centres = layout.cubes
         rgb = [world.render(cam) for cam in CAMERAS]
         renderer.enable_segmentation_rendering()
         try:
@@ -131,22 +215,22 @@ def render_scenes(
                 renderer.update_scene(world.data, cam)
                 seg = renderer.render()[..., 0]
                 masks = torch.from_numpy(
-                    np.stack([seg == geom[c] for c in COLOURS]).astype(np.float32)
+                    np.stack([np.isin(seg, geoms[c]) for c in objects]).astype(np.float32)
                 )
                 # the policy's resize to size x size, then one value per merged token
                 # (row-major, the order ImagePreprocessor.patchify gives the tokens)
                 m = F.interpolate(masks[None], size=(pre.size, pre.size), mode="area")
-                cov.append(F.avg_pool2d(m, block)[0].reshape(len(COLOURS), grid * grid).T)
+                cov.append(F.avg_pool2d(m, block)[0].reshape(len(objects), grid * grid).T)
         finally:
             renderer.disable_segmentation_rendering()
         images.append(pre.resized(rgb))
         coverage.append(torch.cat(cov))
         cube_xy.append(
             torch.tensor(
-                np.stack([table_xy(layout.cubes[c]) for c in COLOURS]), dtype=torch.float32
+                np.stack([table_xy(centres[c], task) for c in objects]), dtype=torch.float32
             )
         )
-    return Scenes(torch.stack(images), torch.stack(coverage), torch.stack(cube_xy))
+    return Scenes(torch.stack(images), torch.stack(coverage), torch.stack(cube_xy), task)
 
 
 def _lr(settings: GroundingSettings, step: int, steps: int) -> float:
@@ -166,18 +250,20 @@ def _detection(logits: torch.Tensor, present: torch.Tensor) -> dict[str, float]:
 class VisionStage:
     """Stage 1: per merged token, the colours shown and where that cube stands."""
 
-    def __init__(self, model: DreamVLA, pre: ImagePreprocessor) -> None:
-        self.model, self.pre = model, pre
-        n = len(COLOURS)
+    def __init__(
+        self, model: DreamVLA, pre: ImagePreprocessor, task: SceneTask = SCENE_TASKS["touch"]
+    ) -> None:
+        self.model, self.pre, self.task = model, pre, task
+        n = len(task.objects)
         self.readout = nn.Linear(model.cfg.hidden_size, n + 2)
 
     def losses(self, scenes: Scenes, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         images = scenes.images[idx]
         pixel_values, grid = self.pre.patchify(images.reshape(-1, *images.shape[2:]))
         out = self.readout(self.model.image_features(pixel_values, grid))
-        cov = scenes.coverage[idx].reshape(-1, len(COLOURS))
+        n = len(self.task.objects)
+        cov = scenes.coverage[idx].reshape(-1, n)
         present = (cov > PRESENT).float()
-        n = len(COLOURS)
         # ~10 % of the tokens show a cube: weigh them up so "nothing" is not the answer
         detect = F.binary_cross_entropy_with_logits(
             out[:, :n], present, pos_weight=torch.tensor(20.0)
@@ -192,7 +278,9 @@ class VisionStage:
         where = ((err**2).sum(-1) * shows).sum() / shows.sum().clamp_min(1)
         metrics = {
             **_detection(out[:, :n], present),
-            "xy_error_m": float((xy_metres(err.detach()) * shows).sum() / shows.sum().clamp_min(1)),
+            "xy_error_m": float(
+                (xy_metres(err.detach(), self.task) * shows).sum() / shows.sum().clamp_min(1)
+            ),
         }
         return detect + where, metrics
 
@@ -204,20 +292,25 @@ class VisionStage:
 class ReferringStage:
     """Stage 2: the language model marks the named cube's tokens and points at it."""
 
-    def __init__(self, model: DreamVLA, prompts: PromptBuilder) -> None:
-        self.model = model
+    def __init__(
+        self, model: DreamVLA, prompts: PromptBuilder, task: SceneTask = SCENE_TASKS["touch"]
+    ) -> None:
+        self.model, self.task = model, task
         self.encoder = BatchEncoder(model, prompts)
         self.decoder = ActionDecoder(model)
-        d = model.cfg.hidden_size
-        self.mark, self.point = nn.Linear(d, 1), nn.Linear(d, 2)
+        d, k = model.cfg.hidden_size, task.named
+        self.mark, self.point = nn.Linear(d, k), nn.Linear(d, 2 * k)
 
     def losses(
         self, scenes: Scenes, idx: torch.Tensor, named: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`named` (b,) object indices (touch) or (b, 2): the cube's and the bowl's."""
         model, cfg, b = self.model, self.model.cfg, len(idx)
+        named = named.reshape(b, -1)
+        k = named.shape[1]
         batch = {
             "images": scenes.images[idx],
-            "task": [TASKS[int(c)] for c in named],
+            "task": [self.task.instruction(tuple(int(v) for v in row)) for row in named],
             "actions": torch.zeros(b, 1, 1),
             "pad": torch.ones(b, 1, dtype=torch.bool),
         }
@@ -232,17 +325,19 @@ class ReferringStage:
         answer_hidden = hidden[:, length - 1 : length - 1 + n_answer]
         is_image = inputs["input_ids"] == cfg.image_token_id
         image_hidden = hidden[:, :length][is_image].reshape(b, -1, d)
-        cov = scenes.coverage[idx][torch.arange(b), :, named]  # (b, tokens) named colour
+        rows = torch.arange(b)[:, None]
+        cov = scenes.coverage[idx].transpose(1, 2)[rows, named]  # (b, k, tokens) named ones
         present = (cov > PRESENT).float()
-        mark_logits = self.mark(image_hidden)[..., 0]
+        mark_logits = self.mark(image_hidden).transpose(1, 2)  # (b, k, tokens)
         mark = F.binary_cross_entropy_with_logits(
             mark_logits, present, pos_weight=torch.tensor(20.0)
         )
-        err = self.point(answer_hidden.mean(1)) - scenes.cube_xy[idx, named]
+        target = scenes.cube_xy[idx][rows, named]  # (b, k, 2)
+        err = self.point(answer_hidden.mean(1)).reshape(b, k, 2) - target
         point = (err**2).sum(-1).mean()
         metrics = {
             **_detection(mark_logits, present),
-            "point_error_m": float(xy_metres(err.detach()).mean()),
+            "point_error_m": float(xy_metres(err.detach(), self.task).mean()),
         }
         return mark + point, metrics
 
@@ -269,6 +364,9 @@ def _train(
         idx = torch.randint(0, len(scenes), (settings.batch_size,), generator=g)
         if isinstance(stage, ReferringStage):
             named = torch.randint(0, len(COLOURS), (settings.batch_size,), generator=g)
+            if stage.task.bowls:
+                bowl = torch.randint(0, len(stage.task.bowls), (settings.batch_size,), generator=g)
+                named = torch.stack([named, len(COLOURS) + bowl], 1)
             loss, metrics = stage.losses(scenes, idx, named)
         else:
             loss, metrics = stage.losses(scenes, idx)
@@ -293,8 +391,15 @@ def evaluate(
         _, m = vision.losses(scenes, idx)
         for k, v in m.items():
             totals.setdefault(f"vision_{k}", []).append(v)
-        for c in range(len(COLOURS)):
-            _, m = refer.losses(scenes, idx, torch.full((len(idx),), c))
+        task = refer.task
+        namings = (
+            [(c, len(COLOURS) + j) for c in range(len(COLOURS)) for j in range(len(task.bowls))]
+            if task.bowls
+            else [(c,) for c in range(len(COLOURS))]
+        )
+        for naming in namings:
+            named = torch.tensor(naming).expand(len(idx), len(naming))
+            _, m = refer.losses(scenes, idx, named)
             for k, v in m.items():
                 totals.setdefault(f"referring_{k}", []).append(v)
     return {k: float(np.mean(v)) for k, v in totals.items()}
@@ -328,26 +433,29 @@ def build_base(
     )
     model = DreamVLA(cfg)
     model.train()
+    task = SCENE_TASKS[s.task]
     tokenizer = byte_tokenizer(
-        cfg.newline_token_id + 1, instruction_words(TASKS), cfg.base_vocab_size
+        cfg.newline_token_id + 1, instruction_words(task.instructions()), cfg.base_vocab_size
     )
     pre = ImagePreprocessor(
         patch_size=cfg.vision.patch_size,
         merge_size=cfg.vision.spatial_merge_size,
         temporal_patch_size=cfg.vision.temporal_patch_size,
     )
-    world = PiperWorld(width=s.width, height=s.height)
+    world = PiperWorld(width=s.width, height=s.height, bowls=task.bowls)
     try:
-        train = render_scenes(world, range(10000, 10000 + s.layouts), lower, upper, pre, s.seed)
+        train = render_scenes(
+            world, range(10000, 10000 + s.layouts), lower, upper, pre, s.seed, task
+        )
         test = render_scenes(
-            world, range(90000, 90000 + s.test_layouts), lower, upper, pre, s.seed + 1
+            world, range(90000, 90000 + s.test_layouts), lower, upper, pre, s.seed + 1, task
         )
     finally:
         world.close()
     rendered = time.perf_counter() - started
     log(f"grounding: rendered {s.layouts} + {s.test_layouts} scenes in {rendered:.0f} s")
-    vision = VisionStage(model, pre)
-    refer = ReferringStage(model, PromptBuilder(tokenizer, cfg))
+    vision = VisionStage(model, pre, task)
+    refer = ReferringStage(model, PromptBuilder(tokenizer, cfg), task)
     before = evaluate(vision, refer, test)
     _train(vision, train, s, s.vision_steps, s.seed, "vision", log)
     model.visual.requires_grad_(False)
@@ -369,7 +477,7 @@ def build_base(
     }
     (out / "grounding.json").write_text(json.dumps(report, indent=2))
     log(
-        f"grounding: held-out named-cube pointing error {before['referring_point_error_m']:.3f}"
+        f"grounding: held-out named-object pointing error {before['referring_point_error_m']:.3f}"
         f" -> {after['referring_point_error_m']:.3f} m, tokens of the named cube found "
         f"{after['referring_recall']:.0%} (precision {after['referring_precision']:.0%}); "
         f"base written to {out} in {report['seconds']:.0f} s"

@@ -109,6 +109,31 @@ class CameraOffset:
     def is_nominal(self) -> bool:
         return not any(self.as_list())
 
+    def text(self) -> str:
+        """As `parse` reads it (the sim_world parameter, the CLI option)."""
+        return ",".join(f"{v:.6g}" for v in self.as_list())
+
+
+# Camera-pose randomisation of the front camera: each offset component drawn
+# uniformly within these bounds (m, deg) around the nominal pose.
+CAMERA_JITTER = (0.04, 0.04, 0.04, 4.0, 4.0, 4.0)
+# The held-out shifted poses that evaluation uses (m, deg): none is a collection
+# draw; each moves the camera 3-4 cm and turns it 3-4 degrees, near the jitter's
+# bounds, in different directions.
+SHIFTED_POSES = (
+    "0.035,-0.03,0.02,-3,3.5,3",
+    "-0.03,0.035,-0.025,3.5,-3,-3.5",
+    "0.03,0.03,-0.03,3,-3.5,3.5",
+    "-0.035,-0.035,0.03,-3.5,3,-3",
+)
+
+
+def random_offset(seed: int, jitter: tuple[float, ...] = CAMERA_JITTER) -> CameraOffset:
+    """A seeded draw from the camera-pose randomisation (uniform within `jitter`)."""
+    rng = np.random.default_rng([seed, 20261205])
+    values = [float(rng.uniform(-b, b)) for b in jitter]
+    return CameraOffset(*values[:3], *(float(np.radians(v)) for v in values[3:]))
+
 
 def _mujoco():
     os.environ.setdefault("MUJOCO_GL", "egl")
