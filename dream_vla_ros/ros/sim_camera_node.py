@@ -76,10 +76,12 @@ class SimCameraNode(Node):
         """The renderer: anything with render_front(q) and render_wrist(q)."""
         return SchematicScene(camera=CameraModel(width=width, height=height))
 
-    def draw(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The front and wrist images (None: no wrist camera) of the arm at `q`."""
+    def draw(self, stamp: float, q: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """The front and wrist images (None: no wrist camera) of the arm at `q`, the
+        joint state stamped `stamp`, and the stamp of what they show."""
         front = self.scene.render_front(q)
-        return front, self.scene.render_wrist(q) if self.pub_wrist is not None else None
+        wrist = self.scene.render_wrist(q) if self.pub_wrist is not None else None
+        return stamp, front, wrist
 
     def _on_state(self, msg: JointState) -> None:
         q = joint_positions(msg, JOINT_NAMES)  # MessageRefused: the guard reports it
@@ -95,7 +97,7 @@ class SimCameraNode(Node):
         self._last_rendered_stamp = stamp
         convert = image_message if self.kind == "raw" else compressed_message
         try:
-            front, wrist = self.draw(q)
+            stamp, front, wrist = self.draw(stamp, q)
         except Exception as exc:  # a pose the renderer cannot draw: skip the frame
             self.guard.refuse(self._joint_topic, f"cannot render this pose ({exc})")
             return

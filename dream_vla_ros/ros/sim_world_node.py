@@ -10,11 +10,15 @@ layout of its task.
   runs (`physics_rate_hz`, each tick catching up with the wall clock, at most 50 ms
   a tick, in 2 ms steps): the arm's joints and the gripper opening come from the
   measured joint states, the gripper's squeeze from their effort (the firmware's
-  0x2A8 report); the opening at which a cube blocks the fingers goes out on
-  `~/gripper_contact` (std_msgs/Float64, 0 = none) for the controller's
-  simulated gripper, and the objects' state on `~/objects` (JSON: cube centres and
-  speeds, fingers touching each cube, fingertip; sim/place.py `Snapshot`) for the
-  success check. Images show the world as the physics left it.
+  0x2A8 report). The arm is placed where the joint states say it was `arm_lag_s`
+  ago, interpolated between the two states around that time: joint states come at
+  50 Hz, and an arm that jumped to each newest state, then stood still until the
+  next, shook the held cube out of the fingers. The opening at which a cube blocks
+  the fingers goes out on `~/gripper_contact` (std_msgs/Float64, 0 = none) for the
+  controller's simulated gripper, and the objects' state on `~/objects` (JSON: cube
+  centres and speeds, fingers touching each cube, fingertip; sim/place.py
+  `Snapshot`) for the success check. Images show the world as the physics left it, stamped with the
+  time of the arm pose in them.
 
 Images are stamped like the schematic `sim_camera` node's (the joint state they
 show). `task.seed` (settable at run time) places the objects, `task.target` names
@@ -30,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -82,12 +87,20 @@ class SimWorldNode(SimCameraNode):
         ),
         Param("physics_rate_hz", 100.0, "place: physics ticks per second", (10.0, 1000.0)),
         Param("objects_rate_hz", 20.0, "place: rate of ~/objects", (1.0, 200.0)),
+        Param(
+            "arm_lag_s",
+            0.05,
+            "place: the world shows the arm as the joint states had it this long ago [s]",
+            (0.0, 0.5),
+        ),
     )
 
     def __init__(self) -> None:
         self.task_kind = ""
         super().__init__()
-        self._effort = 0.0
+        self._history: deque[tuple[float, np.ndarray, float]] = deque(maxlen=200)
+        self._arm_lag = float(self.get_parameter("arm_lag_s").value)
+        self._shown_stamp = -1.0  # the joint-state time of the arm pose the world shows
         self._physics_last = 0.0
         self.physics_ticks = 0
         self.physics_slow_ticks = 0  # ticks that a host stall cut to MAX_PHYSICS_TICK_S
@@ -127,12 +140,12 @@ class SimWorldNode(SimCameraNode):
             layout = sample_place_layout(seed, target, bowl)
             payload = layout.as_dict()
             with self._lock:
-                state = self._state
+                history = self._history
                 self.scene.reset_physics()
                 self.scene.set_cubes(layout.cubes)
                 self.scene.set_bowls(layout.bowls)
-                if state is not None:
-                    self.scene.set_joints(state[1])
+                if history:
+                    self.scene.set_joints(history[-1][1])
                 self._physics_last = time.monotonic()
                 self._last_rendered_stamp = -1.0
         else:
@@ -182,24 +195,42 @@ class SimWorldNode(SimCameraNode):
         if len(msg.effort) == len(msg.name) and "gripper" in msg.name:
             value = float(msg.effort[list(msg.name).index("gripper")])
             effort = value if math.isfinite(value) and value > 0 else 0.0
+        stamp = time_to_sec(msg.header.stamp)
         with self._lock:
-            self._state = (time_to_sec(msg.header.stamp), q)
-            self._effort = effort
+            self._state = (stamp, q)
+            if not self._history or stamp > self._history[-1][0]:
+                self._history.append((stamp, q, effort))
+
+    def _arm_at(self, t: float) -> tuple[float, np.ndarray, float]:
+        """The measured arm at time `t` (linear between the joint states around it,
+        the nearest one outside them), with the gripper effort of the older one."""
+        h = self._history
+        if t <= h[0][0]:
+            return h[0]
+        if t >= h[-1][0]:
+            return h[-1]
+        for (t0, q0, e0), (t1, q1, _) in zip(reversed(list(h)[:-1]), reversed(h)):
+            if t0 <= t:
+                a = (t - t0) / (t1 - t0)
+                return t, q0 + a * (q1 - q0), e0
+        return h[0]  # pragma: no cover - the bounds above cover every t
 
     def _physics(self) -> None:
-        """Run the world up to now towards the newest measured state."""
+        """Run the world up to now; the arm moves to where it was `arm_lag_s` ago."""
         now = time.monotonic()
+        t_arm = self.get_clock().now().nanoseconds * 1e-9 - self._arm_lag
         with self._lock:
-            state, effort = self._state, self._effort
-            if state is None:
+            if not self._history:
                 self._physics_last = now
                 return
+            shown, q, effort = self._arm_at(t_arm)
             elapsed = now - self._physics_last
             self._physics_last = now
             if elapsed > MAX_PHYSICS_TICK_S:
                 elapsed = MAX_PHYSICS_TICK_S
                 self.physics_slow_ticks += 1
-            self.scene.step(state[1], effort, elapsed)
+            self.scene.step(q, effort, elapsed)
+            self._shown_stamp = shown
             self.physics_ticks += 1
             contact = self.scene.gripper_obstacle()
         self.pub_contact.publish(Float64(data=contact))
@@ -213,14 +244,14 @@ class SimWorldNode(SimCameraNode):
             snap["seed"] = self.layout.seed
         self.pub_objects.publish(String(data=json.dumps(snap)))
 
-    def draw(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def draw(self, stamp: float, q: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
         if self.task_kind != "place":
-            return super().draw(q)
+            return super().draw(stamp, q)
         self._physics()  # the images show the world as of now
         with self._lock:
             front = self.scene.render("front")
             wrist = self.scene.render("wrist") if self.pub_wrist is not None else None
-        return front, wrist
+            return self._shown_stamp, front, wrist
 
     def extra_diagnostics(self) -> dict[str, str]:
         if self.task_kind != "place":
