@@ -97,6 +97,7 @@ def controller(tmp_path, request):
             # likewise a starved simulator thread lags the commands (tracking faults are
             # covered by the control-core tests)
             "sim.max_tracking_error_rad": 0.5,
+            **getattr(request, "param", {}),  # a test's own parameters (indirect)
         },
         name=f"controller-{request.node.name}",
     )
@@ -392,6 +393,58 @@ def test_estop_latches_until_reset(controller):
     assert reply.success, reply.message
     n_before = rec.command_count()
     wait_for(lambda: rec.command_count() > n_before + 20, 5.0, "commands after reset and enable")
+
+
+@pytest.mark.parametrize(
+    "controller", [{"sim.gripper_contact_topic": "/test/gripper_contact"}], indirect=True
+)
+def test_the_simulated_gripper_stalls_on_the_reported_object_and_reports_its_effort(controller):
+    """In the world graphs the physics reports the object between the fingers; the
+    controller's simulator stalls its gripper there, /joint_states carries the
+    effort, and the controller keeps running. A bad report is refused in words."""
+    from std_msgs.msg import Float64
+
+    client, rec, proc = controller
+    efforts: list[tuple[float, float]] = []
+    arm_efforts: list[float] = []
+
+    def on_state(m: JointState) -> None:
+        efforts.append((m.position[6], m.effort[6]))
+        arm_efforts.extend(m.effort[:6])
+
+    client.node.create_subscription(
+        JointState,
+        "/joint_states",
+        on_state,
+        QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE),
+    )
+    contact = client.publisher(Float64, "/test/gripper_contact")
+    start = rec.latest_state()
+    opened = start.copy()
+    opened[6] = 0.06
+    publish_profile(client, lambda t: opened, duration=1.0)
+    wait_for(lambda: rec.latest_state()[6] > 0.059, 3.0, "the gripper to open")
+    closed = start.copy()
+    closed[6] = 0.0
+    deadline = time.monotonic() + 3.0
+    pub = client.publisher(JointTrajectory, "/dream_vla/action_chunk")
+    while time.monotonic() < deadline and not (efforts and efforts[-1][1] > 0.5):
+        contact.publish(Float64(data=0.03))  # a 3 cm opening blocks the fingers
+        now = client.now()
+        pub.publish(chunk_message(now, JOINT_NAMES, np.tile(closed, (10, 1)), 0.05))
+        time.sleep(0.05)
+    assert efforts and efforts[-1][1] == pytest.approx(1.0)  # arm.gripper_effort_nm
+    assert all(math.isnan(e) for e in arm_efforts)  # the arm joints' effort is not read
+    assert efforts[-1][0] == pytest.approx(0.03, abs=1e-4)
+    assert rec.latest_diag().get("mode") == "running"  # a grasp is not a fault
+    contact.publish(Float64(data=float("nan")))
+    wait_for(
+        lambda: rec.latest_diag().get("refused /test/gripper_contact") == "1",
+        3.0,
+        "the refusal of a NaN contact report",
+    )
+    assert "finite opening" in proc.output() and "publish the blocked opening" in proc.output()
+    assert proc.alive() and rec.latest_diag().get("mode") == "running"
 
 
 def test_can_feedback_loss_faults_and_stops(controller):

@@ -260,6 +260,7 @@ def collect(
     client.watch()
     results = []
     faults = 0
+    totals = np.zeros(4, dtype=int)  # the controller's counters over the episodes
 
     def expert_home() -> None:
         client.set_param("teleop", "task.start_seed", -1)
@@ -317,6 +318,7 @@ def collect(
                 expert_to_start(start_seed)
                 start = f"start pose {start_seed}"
             time.sleep(0.3)  # the new layout reaches the cameras
+            before = controller_counts(client, fresh=False)
             if isinstance(layout, PlaceLayout):
                 place_monitor = track_objects(client, layout)
                 plan = PlaceExpert(layout, limits.soft_lower, limits.soft_upper)
@@ -353,6 +355,7 @@ def collect(
             # an episode the controller stopped is not a demonstration of the task
             fault = faulted(client)
             success = ok and not fault
+            totals += controller_counts(client, fresh=True) - before
             client.trigger("/recorder/stop" if success else "/recorder/stop_failed")
             results.append(
                 {
@@ -385,6 +388,8 @@ def collect(
         "random_starts": random_starts,
         "expert_success_rate": float(np.mean([r["success"] for r in results])) if results else 0.0,
         "controller_resets": faults,
+        # the controller's ticks while the expert drove (as evaluate reports them)
+        "limited_ticks": limited_ticks(totals),
         "results": results,
     }
     (out / "collect.json").write_text(json.dumps(summary, indent=2))
