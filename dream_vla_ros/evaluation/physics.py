@@ -39,7 +39,7 @@ def reset(world, layout: PlaceLayout, start: np.ndarray | None = None) -> np.nda
     """A fresh physics state with the layout's objects and the arm (default HOME)."""
     q = HOME.copy() if start is None else np.asarray(start, dtype=np.float64)
     world.reset_physics()
-    world.set_cubes(layout.cubes)
+    world.set_cubes(layout.cubes, layout.yaws)
     world.set_bowls(layout.bowls)
     world.set_joints(q)
     return q

@@ -142,7 +142,7 @@ class SimWorldNode(SimCameraNode):
             with self._lock:
                 history = self._history
                 self.scene.reset_physics()
-                self.scene.set_cubes(layout.cubes)
+                self.scene.set_cubes(layout.cubes, layout.yaws)
                 self.scene.set_bowls(layout.bowls)
                 if history:
                     self.scene.set_joints(history[-1][1])

@@ -4,8 +4,12 @@ success, a scripted expert (no ROS imports, no MuJoCo).
 A layout is three cubes (red, green, blue) and two bowls (yellow, purple) at
 seeded random places on the table (cubes at x 0.20-0.38 m, y -0.20-0.20 m, bowl
 centres at x 0.20-0.36 m, y -0.18-0.18 m; bowls at least 17 cm apart, a cube at
-least 11 cm from a bowl's centre and 8 cm from another cube), upright with
-their faces along the base axes, with a named cube and a named bowl.
+least 11 cm from a bowl's centre and 8 cm from another cube), upright, each
+turned to show a face to the arm's base (yaw = the bearing from the base), with a
+named cube and a named bowl. The faces towards the base keep the fingers' closing
+axis where the arm's natural wrist angle puts it: with the cubes along the base
+axes the expert turned the wrist by up to 0.7 rad, differently per layout, and the
+policy's wrist plans swung between re-plans until the controller faulted.
 
 **Success**: the named cube rests inside the named bowl (its centre within
 `INSIDE_RADIUS_M` of the bowl's axis and below the rim), released (no finger
@@ -66,6 +70,7 @@ class PlaceLayout:
     bowls: dict[str, np.ndarray]  # colour -> centre on the table (x, y, 0) [m]
     cube: str  # the cube to move
     bowl: str  # ... and where to put it
+    yaws: dict[str, float] = field(default_factory=dict)  # colour -> cube yaw [rad]
 
     @property
     def instruction(self) -> str:
@@ -79,6 +84,7 @@ class PlaceLayout:
             "bowl": self.bowl,
             "cubes": {c: p.tolist() for c, p in self.cubes.items()},
             "bowls": {c: p.tolist() for c, p in self.bowls.items()},
+            "yaws": self.yaws,
         }
 
 
@@ -114,7 +120,8 @@ def sample_place_layout(seed: int, cube: str = "", bowl: str = "") -> PlaceLayou
         cubes[colour] = np.r_[_place(rng, others, seps), CUBE_SIZE / 2]
     drawn_cube = COLOURS[int(rng.integers(len(COLOURS)))]
     drawn_bowl = BOWL_COLOURS[int(rng.integers(len(BOWL_COLOURS)))]
-    return PlaceLayout(seed, cubes, bowls, cube or drawn_cube, bowl or drawn_bowl)
+    yaws = {c: float(np.arctan2(p[1], p[0])) for c, p in cubes.items()}
+    return PlaceLayout(seed, cubes, bowls, cube or drawn_cube, bowl or drawn_bowl, yaws)
 
 
 # -- stages and success -------------------------------------------------------------------
@@ -322,7 +329,7 @@ class PlaceExpert:
         ik, c, b = self.chain, lay.cubes[lay.cube], lay.bowls[lay.bowl]
         lo, hi = self.lower, self.upper
         natural = solve_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], HOME, lo, hi)
-        axis = _face_axis(ik, natural)
+        axis = _face_axis(ik, natural, lay.yaws.get(lay.cube, 0.0))
         above = solve_grasp_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], axis, natural, lo, hi)
         grasp = solve_grasp_ik(ik, np.r_[c[:2], GRASP_TIP_Z], axis, above, lo, hi)
         lift = solve_grasp_ik(ik, np.r_[c[:2], CARRY_TIP_Z], axis, grasp, lo, hi)

@@ -360,13 +360,17 @@ class PiperWorld:
         self._mj.mj_resetData(self.model, self.data)
         self.time_s = 0.0
 
-    def set_cubes(self, positions: dict[str, np.ndarray]) -> None:
-        """Cube centres (x, y) on the table or (x, y, z) [m], upright and at rest."""
+    def set_cubes(
+        self, positions: dict[str, np.ndarray], yaws: dict[str, float] | None = None
+    ) -> None:
+        """Cube centres (x, y) on the table or (x, y, z) [m], upright and at rest,
+        turned by `yaws` [rad] about the vertical (default 0: faces along the axes)."""
         for colour, p in positions.items():
             p = np.asarray(p, dtype=np.float64)
             z = p[2] if p.shape[0] > 2 else CUBE_SIZE / 2
+            half = 0.5 * float((yaws or {}).get(colour, 0.0))
             adr, dof = self._cube_adr[colour], self._cube_dof[colour]
-            self.data.qpos[adr : adr + 7] = (p[0], p[1], z, 1.0, 0.0, 0.0, 0.0)
+            self.data.qpos[adr : adr + 7] = (p[0], p[1], z, np.cos(half), 0.0, 0.0, np.sin(half))
             self.data.qvel[dof : dof + 6] = 0.0
         self._mj.mj_kinematics(self.model, self.data)
 
