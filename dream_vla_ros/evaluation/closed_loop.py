@@ -497,7 +497,7 @@ def evaluate(
                     layout.instruction,
                     p.success,
                     "",
-                    float("nan"),
+                    place_monitor.closest_m,
                     elapsed,
                     path,
                     fault,
@@ -505,7 +505,10 @@ def evaluate(
                     p.detail,
                     dict(place_monitor.stages),
                 )
-                how = f"stage {p.stage or 'none'}: {p.detail}"
+                how = (
+                    f"stage {p.stage or 'none'}: {p.detail}; closest "
+                    f"{place_monitor.closest_m * 100:.1f} cm"
+                )
             else:
                 o = monitor.outcome
                 rollout = Rollout(

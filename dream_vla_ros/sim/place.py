@@ -191,6 +191,7 @@ class PlaceMonitor:
     layout: PlaceLayout
     stages: dict[str, float] = field(default_factory=dict)  # stage -> first time
     last: Snapshot | None = None
+    closest_m: float = float("inf")  # the fingertip's closest approach to the named cube
 
     def placed(self, snap: Snapshot) -> bool:
         lay = self.layout
@@ -205,8 +206,10 @@ class PlaceMonitor:
     def update(self, snap: Snapshot) -> None:
         lay = self.layout
         cube = snap.cubes[lay.cube]
+        distance = float(np.linalg.norm(snap.tip - cube))
+        self.closest_m = min(self.closest_m, distance)
         marks = {
-            "reached": float(np.linalg.norm(snap.tip - cube)) < REACH_M,
+            "reached": distance < REACH_M,
             "grasped": snap.fingers[lay.cube] == 2,
             "lifted": snap.fingers[lay.cube] == 2 and cube[2] - CUBE_SIZE / 2 > LIFT_M,
             "placed": self.placed(snap),
