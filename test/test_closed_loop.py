@@ -231,6 +231,52 @@ def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
 
 
+# The place task at reduced size: 2 layouts demonstrated twice each (4 episodes),
+# 400 steps, evaluated on those 2 layouts' own naming; it guards the chain with the
+# gripper in it (physics world, gripper contact, effort in /joint_states, gripper
+# actions in the dataset), not generalisation. The judge: the fingertip's closest
+# approach to the named cube averaged over both rollouts, and one rollout at least
+# reaching it. Measured (2026-12-04): means 0.023 and 0.005 m, stages (none, lifted)
+# and (reached, placed). The expert's pose above the cube, where a policy that never
+# descends would stop, is 0.09 m from its centre.
+PLACE_PIPELINE_EPISODES = 4
+PLACE_PIPELINE_SEEDS = 2
+PLACE_PIPELINE_MEAN_CLOSEST_M = 0.045
+PLACE_STAGES_FLOOR = ("reached", "grasped", "lifted", "placed")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_path):
+    """collect -> build -> train -> evaluate the place task through the CLI, small."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "pipeline"
+    cmd = [
+        *(sys.executable, "-m", "dream_vla_ros.cli", "sim", "pipeline", str(out)),
+        *PIPELINE_OVERRIDES,
+        *("--task", "place", "--episodes", str(PLACE_PIPELINE_EPISODES), "--per-layout", "2"),
+        *("--seeds", str(PLACE_PIPELINE_SEEDS), "--eval-seed0", "1000", "--no-progress"),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1400)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((out / "pipeline.json").read_text())
+    results = json.loads((out / "eval/results.json").read_text())
+    rollouts = [
+        (r["seed"], r["stage"] or "-", round(r["distance_m"], 3)) for r in results["rollouts"]
+    ]
+    closest = float(np.mean([r["distance_m"] for r in results["rollouts"]]))
+    context = {"report": report, "rollouts": rollouts, "diagnostics": results["diagnostics"]}
+    print(run.stdout.splitlines()[-1], rollouts)
+    assert report["expert_success_rate"] == 1.0, context
+    assert len(rollouts) == PLACE_PIPELINE_SEEDS, context
+    assert closest < PLACE_PIPELINE_MEAN_CLOSEST_M, context
+    assert any(r["stage"] in PLACE_STAGES_FLOOR for r in results["rollouts"]), context
+    assert 0.0 <= results["limited_ticks"]["share"] <= 1.0 and results["limited_ticks"]["ticks"]
+    assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
+
+
 def test_the_demo_runs_the_shipped_checkpoint_in_the_world(tmp_path):
     """`dream-vla demo` (the README's main command) on two layouts."""
     import subprocess

@@ -543,7 +543,7 @@ def evaluate(
         "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    plot_trajectories(rollouts, out / "trajectories.png")
+    plot_trajectories(rollouts, out / "trajectories.png", task)
     if gif_frames:
         write_gif(gif_frames, out / "rollout.gif")
     return summary
