@@ -209,8 +209,12 @@ def test_driver_si_units_limits_and_commands(arm):
     closed = target.copy()
     closed[6] = 0.0
     driver.command(closed)
-    assert wait_until(lambda: driver.read_state().gripper_effort_nm == pytest.approx(1.0))
-    assert driver.read_state().positions[6] == pytest.approx(0.03)
+
+    def stalled_on_it() -> bool:
+        state = driver.read_state()
+        return state.gripper_effort_nm == pytest.approx(1.0) and state.positions[6] == 0.03
+
+    assert wait_until(stalled_on_it)
     assert driver.read_state().ok  # a stalled gripper is not a fault
     with pytest.raises(ArmError, match="7 finite numbers"):
         driver.command(np.array([np.nan] * 7))

@@ -11,6 +11,9 @@
 
 Every node of the graph is its own process started by the launcher; this module
 talks to them through a `GraphDriver` (evaluation/driver.py) made by `connect`.
+Collection and evaluation of both tasks are in this one module (longer than most):
+they share the graph's start, the homing, the fault recovery and the counters, and
+a task differs only in its monitor and its expert.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ scenes, with five objects (three cubes, two bowls): the scenes are snapshots of
 the place expert's physics rollouts (cubes on the table, in the fingers, in the
 bowls), and the referring stage reads "put the {colour} cube in the {colour}
 bowl", marks both named objects' tokens and points at both.
+
+Both stages and both tasks' scenes are in this one module (longer than most): the
+scene labels and the stages' read-outs must agree on the objects and their order.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ It speaks the arm's side of the protocol so the unmodified piper_sdk (and so
 python-can's virtual bus only connects buses of one process, so the simulator
 runs in the process that owns the driver (the controller node), on its own
 thread. `feedback_enabled = False` silences it to simulate a lost CAN link.
+Every frame the simulated firmware reads or writes is in this one module
+(longer than most), beside the joint and gripper models that answer them.
 """
 
 from __future__ import annotations

@@ -200,8 +200,7 @@ class ControllerNode(Node):
             self._publish_diagnostics()  # a fault is reported when it happens
         if now - self._last_state_publish >= self._state_period * 0.999:
             self._last_state_publish = now
-            # effort: the gripper's reported effort; the driver does not read the arm
-            # joints' (NaN: not measured)
+            # effort: the gripper's reported one; NaN for the arm joints' (not read)
             efforts = np.full(len(JOINT_NAMES), np.nan)
             efforts[-1] = state.gripper_effort_nm
             self.pub_state.publish(
@@ -232,9 +231,8 @@ class ControllerNode(Node):
             )
 
     def _on_gripper_contact(self, msg: Float64) -> None:
-        assert self.sim is not None
         try:
-            self.sim.set_gripper_obstacle(msg.data)
+            self.sim.set_gripper_obstacle(msg.data)  # type: ignore[union-attr]
         except ValueError as exc:
             raise MessageRefused(
                 f"{exc}; publish the blocked opening in metres, 0 for none"

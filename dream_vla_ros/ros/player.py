@@ -27,9 +27,12 @@ SETTLE_S = 1.5  # discovery is taken as complete when nothing changed for this l
 def wait_for_matches(
     node: Node, publishers: dict, timeout_s: float, stop: threading.Event
 ) -> tuple[int, int]:
-    """Wait (at most `timeout_s`) until every subscriber the graph knows of on the
-    bag's topics is matched to its publisher, and discovery has been quiet for
-    SETTLE_S: a message published before its subscriber matched is lost. Returns
+    """Wait (at most `timeout_s`) until at least one subscriber on the bag's topics
+    is known, every one known is matched to its publisher, and discovery has been
+    quiet for SETTLE_S: a message published before its subscriber matched is lost.
+    "At least one": a player started on a loaded host can take longer than SETTLE_S
+    to discover a subscriber that already exists (a test's subscriber received none
+    of 124 messages), and nothing known looked like everything matched. Returns
     (matched, known) subscriptions at the end."""
     deadline = time.monotonic() + timeout_s
     last, quiet_since = None, time.monotonic()
@@ -42,7 +45,7 @@ def wait_for_matches(
             last, quiet_since = counts, time.monotonic()
         known = sum(k for k, _ in counts)
         matched = sum(min(k, m) for k, m in counts)
-        if matched == known and time.monotonic() - quiet_since >= SETTLE_S:
+        if known and matched == known and time.monotonic() - quiet_since >= SETTLE_S:
             break
         time.sleep(0.05)
     return matched, known
@@ -85,7 +88,12 @@ def play(
         clock_pub = node.create_publisher(Clock, "/clock", clock_qos)
         if wait_for_subscribers_s > 0:
             matched, known = wait_for_matches(node, publishers, wait_for_subscribers_s, stop)
-            if matched < known:
+            if not known:
+                log(
+                    f"play: no subscriber on the bag's topics within {wait_for_subscribers_s:g}"
+                    " s; playing anyway"
+                )
+            elif matched < known:
                 log(
                     f"play: {known - matched} of {known} subscriptions did not match within "
                     f"{wait_for_subscribers_s:g} s; their first messages may be lost "

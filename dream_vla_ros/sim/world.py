@@ -23,6 +23,9 @@ world is a kinematic scene, as the touch task uses it.
 
 Rendering: `MUJOCO_GL=egl` (Mesa's software EGL works without a GPU or a
 screen), `osmesa` as the fallback; set before mujoco is imported.
+
+The scene's MJCF, its physics and its cameras are in this one module (longer than
+most): the names the MJCF writes are the names the accessors look up.
 """
 
 from __future__ import annotations
