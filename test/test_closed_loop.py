@@ -199,10 +199,9 @@ PIPELINE_OVERRIDES = (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1500)
-def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
-    """collect -> build -> train -> evaluate through the CLI, at reduced size."""
+def run_pipeline_cli(tmp_path, *options: str):
+    """`dream-vla sim pipeline` at reduced size (PIPELINE_OVERRIDES, layouts from
+    1000 for evaluation too): (out folder, the run, pipeline.json, results.json)."""
     import subprocess
     import sys
 
@@ -210,13 +209,25 @@ def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
     cmd = [
         *(sys.executable, "-m", "dream_vla_ros.cli", "sim", "pipeline", str(out)),
         *PIPELINE_OVERRIDES,
-        *("--episodes", str(PIPELINE_EPISODES), "--per-layout", "1"),
-        *("--seeds", str(PIPELINE_SEEDS), "--eval-seed0", "1000", "--no-progress"),
+        *options,
+        *("--eval-seed0", "1000", "--no-progress"),
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1400)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((out / "pipeline.json").read_text())
     results = json.loads((out / "eval/results.json").read_text())
+    return out, run, report, results
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
+    """collect -> build -> train -> evaluate through the CLI, at reduced size."""
+    out, run, report, results = run_pipeline_cli(
+        tmp_path,
+        *("--episodes", str(PIPELINE_EPISODES), "--per-layout", "1"),
+        *("--seeds", str(PIPELINE_SEEDS)),
+    )
     rollouts = [
         (r["seed"], r["touched"] or "-", round(r["distance_m"], 3)) for r in results["rollouts"]
     ]
@@ -249,20 +260,11 @@ PLACE_STAGES_FLOOR = ("reached", "grasped", "lifted", "placed")
 @pytest.mark.timeout(1500)
 def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_path):
     """collect -> build -> train -> evaluate the place task through the CLI, small."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "pipeline"
-    cmd = [
-        *(sys.executable, "-m", "dream_vla_ros.cli", "sim", "pipeline", str(out)),
-        *PIPELINE_OVERRIDES,
+    out, run, report, results = run_pipeline_cli(
+        tmp_path,
         *("--task", "place", "--episodes", str(PLACE_PIPELINE_EPISODES), "--per-layout", "2"),
-        *("--seeds", str(PLACE_PIPELINE_SEEDS), "--eval-seed0", "1000", "--no-progress"),
-    ]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1400)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    report = json.loads((out / "pipeline.json").read_text())
-    results = json.loads((out / "eval/results.json").read_text())
+        *("--seeds", str(PLACE_PIPELINE_SEEDS)),
+    )
     rollouts = [
         (r["seed"], r["stage"] or "-", round(r["distance_m"], 3)) for r in results["rollouts"]
     ]

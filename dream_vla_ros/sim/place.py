@@ -34,7 +34,7 @@ import numpy as np
 
 from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.control.kinematics import DHChain
-from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE, HOME, fingertip, solve_ik
+from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE, HOME, solve_ik
 
 BOWL_COLOURS = ("yellow", "purple")
 BOWL_RADIUS_M = 0.065  # = sim.world.BOWL_RADIUS_M (the world draws what this checks)
@@ -262,38 +262,14 @@ def solve_grasp_ik(
     q0: np.ndarray,
     lower: np.ndarray,
     upper: np.ndarray,
-    iterations: int = 300,
 ) -> np.ndarray:
     """Joints (6) with the fingertip at `tip`, the fingers pointing down and, when
-    `finger_axis` is given, closing along it (the flange's y axis)."""
+    `finger_axis` is given, closing along it: the touch task's IK, then the same
+    with the closing axis added, from there."""
     q = solve_ik(chain, tip, q0, lower, upper)
     if finger_axis is None:
         return q
-    down = np.array([0.0, 0.0, -1.0])
-
-    def residual(x: np.ndarray) -> np.ndarray:
-        pose = chain.end_effector(x)
-        t, axis = fingertip(chain, x)
-        return np.r_[t - tip, 0.3 * (axis - down), 0.3 * (pose[:3, 1] - finger_axis)]
-
-    for _ in range(iterations):
-        r = residual(q)
-        if np.linalg.norm(r[:3]) < 1e-4 and np.linalg.norm(r[3:]) < 3e-3:
-            return q
-        jac = np.empty((9, 6))
-        for j in range(6):
-            dq = np.zeros(6)
-            dq[j] = 1e-6
-            jac[:, j] = (residual(q + dq) - r) / 1e-6
-        step = np.linalg.solve(jac.T @ jac + 1e-4 * np.eye(6), -jac.T @ r)
-        q = np.clip(q + np.clip(step, -0.2, 0.2), lower, upper)
-    r = residual(q)
-    if np.linalg.norm(r[:3]) > 2e-3 or np.linalg.norm(r[6:]) > 0.05:
-        raise RuntimeError(
-            f"IK did not reach {np.round(tip, 3)} with the fingers across the cube "
-            f"(error {np.linalg.norm(r[:3]):.4f} m)"
-        )
-    return q
+    return solve_ik(chain, tip, q, lower, upper, iterations=300, finger_axis=finger_axis)
 
 
 def _duration(a: np.ndarray, b: np.ndarray, minimum_s: float) -> float:

@@ -126,31 +126,37 @@ def solve_ik(
     lower: np.ndarray,
     upper: np.ndarray,
     iterations: int = 200,
+    finger_axis: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Joints (6) that put the fingertip at `target` with the fingers pointing down.
+    """Joints (6) that put the fingertip at `target` with the fingers pointing down
+    and, when `finger_axis` is given, closing along it (the flange's y axis).
     Damped least squares on a numerical Jacobian; raises if it does not converge."""
     q = np.clip(np.asarray(q0, dtype=np.float64)[:6].copy(), lower, upper)
     down = np.array([0.0, 0.0, -1.0])
 
     def residual(x: np.ndarray) -> np.ndarray:
         tip, axis = fingertip(chain, x)
-        return np.r_[tip - target, 0.3 * (axis - down)]
+        r = np.r_[tip - target, 0.3 * (axis - down)]
+        if finger_axis is None:
+            return r
+        return np.r_[r, 0.3 * (chain.end_effector(x)[:3, 1] - finger_axis)]
 
+    r = residual(q)
     for _ in range(iterations):
-        r = residual(q)
         if np.linalg.norm(r[:3]) < 1e-4 and np.linalg.norm(r[3:]) < 3e-3:
             return q
-        jac = np.empty((6, 6))
+        jac = np.empty((len(r), 6))
         for j in range(6):
             dq = np.zeros(6)
             dq[j] = 1e-6
             jac[:, j] = (residual(q + dq) - r) / 1e-6
         step = np.linalg.solve(jac.T @ jac + 1e-4 * np.eye(6), -jac.T @ r)
         q = np.clip(q + np.clip(step, -0.2, 0.2), lower, upper)
-    r = residual(q)
-    if np.linalg.norm(r[:3]) > 2e-3:
+        r = residual(q)
+    if np.linalg.norm(r[:3]) > 2e-3 or np.linalg.norm(r[6:]) > 0.05:
+        across = "" if finger_axis is None else " with the fingers across the cube"
         raise RuntimeError(
-            f"IK did not reach {np.round(target, 3)} (error {np.linalg.norm(r[:3]):.4f} m)"
+            f"IK did not reach {np.round(target, 3)}{across} (error {np.linalg.norm(r[:3]):.4f} m)"
         )
     return q
 
