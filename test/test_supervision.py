@@ -150,7 +150,8 @@ def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
             time.sleep(0.05)
         after = [(t, q, v) for t, q, v in commands if t >= killed_at]
         assert children["controller"].alive() and children["sim_camera"].alive()
-        assert client.status("dream_vla/controller").get("mode") == "running"
+        controller = client.status("dream_vla/controller")
+        assert controller.get("mode") == "running", (controller, log_path.read_text()[-3000:])
         # within the watchdog (chunk timeout) plus the braking time the arm holds
         hold_from = killed_at + limits.chunk_timeout_s + 1.0
         held = np.array([v[:6] for t, _, v in after if t >= hold_from])
@@ -250,7 +251,8 @@ def test_bad_messages_leave_every_node_alive_with_the_reason_on_diagnostics(tmp_
         time.sleep(1.0)
         assert launcher.check() == 0 and not launcher.deaths, log_path.read_text()
         assert all(c.alive() for c in launcher.children), log_path.read_text()
-        assert client.status("dream_vla/controller").get("mode") == "running"
+        controller = client.status("dream_vla/controller")
+        assert controller.get("mode") == "running", (controller, log_path.read_text()[-3000:])
     finally:
         client.close()
         launcher.shutdown()
