@@ -61,7 +61,10 @@ def _camera_options(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     sim_sub = command_group(
-        sub, "sim", "touch-the-cube world: ground, collect, evaluate, pipeline, proxy", run
+        sub,
+        "sim",
+        "the MuJoCo world (touch, place): ground, collect, evaluate, pipeline, proxy",
+        run,
     )
     p_col = sim_sub.add_parser("collect", help="OUT: record expert episodes in the world")
     p_col.add_argument("out")
