@@ -59,7 +59,6 @@ from dream_vla_ros.sim.world import PiperWorld
 
 CAMERAS = ("front", "wrist")
 PRESENT = 0.02  # a token "shows" an object when it covers >= 2 % of its pixels
-TASKS = tuple(f"touch the {c} cube" for c in COLOURS)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from functools import partial
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -80,6 +81,13 @@ PARAMETERS = (
         "gripper (the MuJoCo world's /sim_world/gripper_contact; 0: none); '' = no objects",
     ),
 )
+
+
+def gripper_contact(sim: PiperFirmwareSim, msg: Float64) -> None:
+    try:  # the opening at which the world's object blocks the simulated gripper
+        sim.set_gripper_obstacle(msg.data)
+    except ValueError as exc:
+        raise MessageRefused(f"{exc}; publish the blocked opening in metres, 0 for none") from None
 
 
 class ControllerNode(Node):
@@ -153,9 +161,8 @@ class ControllerNode(Node):
             self.create_service(SetBool, "~/sim/set_feedback", self._srv_sim_feedback)
             contact = p["sim.gripper_contact_topic"]
             if contact:
-                self.create_subscription(
-                    Float64, contact, self.guard.callback(contact, self._on_gripper_contact), 10
-                )
+                handler = self.guard.callback(contact, partial(gripper_contact, self.sim))
+                self.create_subscription(Float64, contact, handler, 10)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
         self.loop = PeriodicLoop(p["control_rate_hz"], self._tick, on_error=self._loop_error)
@@ -229,14 +236,6 @@ class ControllerNode(Node):
             self.get_logger().warning(
                 f"rejected malformed chunk: {exc!r}", throttle_duration_sec=1.0
             )
-
-    def _on_gripper_contact(self, msg: Float64) -> None:
-        try:
-            self.sim.set_gripper_obstacle(msg.data)  # type: ignore[union-attr]
-        except ValueError as exc:
-            raise MessageRefused(
-                f"{exc}; publish the blocked opening in metres, 0 for none"
-            ) from None
 
     # -- services ---------------------------------------------------------------------
     def _enable(self) -> tuple[bool, str]:

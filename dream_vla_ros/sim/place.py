@@ -34,10 +34,10 @@ import numpy as np
 
 from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.control.kinematics import DHChain
-from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE, HOME, solve_ik
+from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE, HOME, rest_pose, solve_ik
 
 BOWL_COLOURS = ("yellow", "purple")
-BOWL_RADIUS_M = 0.065  # = sim.world.BOWL_RADIUS_M (the world draws what this checks)
+BOWL_RADIUS_M = 0.065  # the bowls sim/world.py draws: radius and wall height
 BOWL_RIM_M = 0.03
 INSIDE_RADIUS_M = BOWL_RADIUS_M - CUBE_SIZE / 2 - 0.002
 X_RANGE = (0.20, 0.38)
@@ -296,9 +296,7 @@ class PlaceExpert:
         self.layout = layout
         self.chain = chain or DHChain.load()
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
-        self.rest = HOME.copy() if rest is None else np.asarray(rest, np.float64)
-        if self.rest.shape != (7,) or not np.all(np.isfinite(self.rest)):
-            raise ValueError(f"rest pose must be 7 finite values, got {self.rest.tolist()}")
+        self.rest = rest_pose(rest)
         self.poses: list[tuple[str, np.ndarray, float]] = []  # (name, pose 7, min duration)
         if layout is not None:
             self.poses = self._plan(layout)

@@ -161,6 +161,14 @@ def solve_ik(
     return q
 
 
+def rest_pose(rest: np.ndarray | None) -> np.ndarray:
+    """An expert's pose with no layout: HOME, or `rest` (7 finite values)."""
+    pose = HOME.copy() if rest is None else np.asarray(rest, dtype=np.float64)
+    if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+        raise ValueError(f"rest pose must be 7 finite values, got {pose.tolist()}")
+    return pose
+
+
 def start_pose(
     seed: int, lower: np.ndarray, upper: np.ndarray, chain: DHChain | None = None
 ) -> np.ndarray:
@@ -204,9 +212,7 @@ class TouchExpert:
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
         self.approach_s, self.descend_s = approach_s, descend_s
         if layout is None:
-            rest = HOME if rest is None else np.asarray(rest, dtype=np.float64)
-            if rest.shape != (7,) or not np.all(np.isfinite(rest)):
-                raise ValueError(f"rest pose must be 7 finite values, got {rest.tolist()}")
+            rest = rest_pose(rest)
             self.above = self.touch = np.clip(rest[:6], self.lower, self.upper)
         else:
             top = layout.top(layout.target)

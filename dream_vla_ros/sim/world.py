@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.sim.place import BOWL_RADIUS_M, BOWL_RIM_M
 from dream_vla_ros.sim.schematic import look_at
 from dream_vla_ros.sim.task import CUBE_SIZE, FINGER_LENGTH
 
@@ -63,8 +64,7 @@ FINGER_N_PER_NM = 10.0
 # The fingers' inner faces are this far apart with the gripper closed (opening 0).
 FINGER_GAP_CLOSED_M = 0.01
 # A bowl: a floor disc and a ring of wall segments.
-BOWL_RADIUS_M = 0.065
-BOWL_WALL_M = (0.004, 0.03)  # thickness, height
+BOWL_WALL_M = 0.004  # thickness (radius and height: sim/place.py)
 BOWL_SEGMENTS = 24
 # collision bits: objects collide with everything; the static world and the robot
 # only with objects
@@ -107,10 +107,6 @@ class CameraOffset:
         """[dx, dy, dz (m), roll, pitch, yaw (deg)] as `parse` reads them."""
         angles = np.degrees([self.roll, self.pitch, self.yaw])
         return [self.dx, self.dy, self.dz, *(round(float(a), 6) for a in angles)]
-
-    @property
-    def is_nominal(self) -> bool:
-        return not any(self.as_list())
 
     def text(self) -> str:
         """As `parse` reads it (the sim_world parameter, the CLI option)."""
@@ -180,7 +176,7 @@ def _look_at_xyaxes(eye, target) -> str:
 def _bowl(colour: str) -> str:
     """A static bowl (floor disc + ring of wall segments), placed by `set_bowls`."""
     rgba = f"{_vec(RGB[colour])} 1"
-    thick, height = BOWL_WALL_M
+    thick, height = BOWL_WALL_M, BOWL_RIM_M
     half_len = BOWL_RADIUS_M * np.tan(np.pi / BOWL_SEGMENTS) + thick / 4
     parts = [
         f'<geom type="cylinder" size="{BOWL_RADIUS_M:.4f} 0.002" pos="0 0 0.002" '
