@@ -99,21 +99,79 @@ def test_small_excursions_beyond_limits_are_clamped_not_rejected():
 def test_splice_is_continuous_in_position_and_velocity():
     c = validate_chunk(*chunk(), 100.0, CFG)
     q, v = Q0 + 0.003, np.r_[[0.4] * 6, 0.0]
-    traj = splice(c, 100.012, q, v)
+    traj = splice(c, 100.012, q, v, CFG.amax)
     q_at, v_at = traj.sample(100.012)
     assert np.allclose(q_at, q) and np.allclose(v_at, v)
     q_eps, _ = traj.sample(100.012 + 1e-6)
     assert np.abs(q_eps - q).max() < 1e-5  # no jump just after the splice
 
 
-def test_past_points_are_dropped_latency_compensation():
-    # observation at t=100.0, chunk arrives 0.12 s later: points at 100.05 and 100.10 are past
-    c = validate_chunk(*chunk(), 100.12, CFG)
-    traj = splice(c, 100.12, Q0, np.zeros(7))
-    assert traj.times[1] == pytest.approx(100.15)
-    # the trajectory reaches the time-aligned targets, not the first (stale) ones
-    q_at, _ = traj.sample(100.25)
-    assert np.allclose(q_at, c.positions[4])
+def _accelerations(traj, t0: float, t1: float, dt: float = 1e-3) -> np.ndarray:
+    times = np.arange(t0, t1, dt)
+    velocities = np.array([traj.sample(float(t))[1] for t in times])
+    return np.abs(np.diff(velocities, axis=0)) / dt  # (N-1, J)
+
+
+def test_splice_fades_a_replan_offset_within_half_the_acceleration_limit():
+    """A re-plan that lands 0.1 rad from the command (and moving the other way) is
+    joined by a fade that needs at most half of each joint's acceleration limit; once
+    the fade is over the trajectory is the chunk's plan, point for point."""
+    c = validate_chunk(*chunk(h=30), 100.0, CFG)  # a line: the plan does not accelerate
+    q = c.positions[0] + np.r_[0.1, -0.1, 0.0, 0.05, 0.0, 0.0, 0.0]
+    v = np.r_[0.1, 0.3, 0.2, 0.2, 0.2, 0.2, 0.0]  # the plan moves at 0.2 rad/s
+    traj = splice(c, 100.0, q, v, CFG.amax)
+    assert 0.1 < traj.blend_s < 1.0
+    acc = _accelerations(traj, 100.0, 100.0 + traj.blend_s)
+    assert np.all(acc <= 0.5 * CFG.amax + 1e-3), acc.max(axis=0)
+    for k in range(len(c.times_s)):
+        if c.times_s[k] >= 100.0 + traj.blend_s:
+            assert np.allclose(traj.sample(float(c.times_s[k]))[0], c.positions[k])
+
+
+def test_late_chunk_is_followed_at_its_instants_latency_compensation():
+    # observation at t=100.0, chunk arrives 0.12 s later: its points stay meant for
+    # their instants (100.05 and 100.10 already passed); the arm is where the chunk
+    # says it should be at each instant once the fade from the command is over
+    c = validate_chunk(*chunk(h=30), 100.12, CFG)
+    traj = splice(c, 100.12, Q0, np.zeros(7), CFG.amax)
+    end = 100.12 + traj.blend_s
+    later = [k for k in range(len(c.times_s)) if c.times_s[k] >= end]
+    assert later, "the fade outlasts the chunk"
+    for k in later:
+        assert np.allclose(traj.sample(float(c.times_s[k]))[0], c.positions[k])
+
+
+def test_replans_that_disagree_are_followed_without_the_limits():
+    """A chunk every 0.2 s, 60 ms late, from a slow sinusoid; each re-plan is shifted
+    by up to 0.05 rad (a policy's plans disagree by that much). The fades keep the
+    spliced motion inside the limits: the filter changes under 2 % of ticks."""
+    assert _limited_share(0.0, replan_offset_rad=0.05) < 0.02
+
+
+def test_a_target_at_the_lower_limit_is_reached_exactly():
+    """The closed gripper's target is 0 m, its lower limit: a smooth close ends there,
+    not a*T^2/2 short of it, and the ticks after it are not limited."""
+    c = ChunkController(CFG, T)
+    start = Q0.copy()
+    start[6] = 0.06
+    c.activate(start, 100.0)
+
+    def gripper(t: np.ndarray) -> np.ndarray:  # a 1.8 s minimum-jerk close from 100.0
+        s = np.clip((t - 100.0) / 1.8, 0.0, 1.0)
+        return 0.06 * (1.0 - s**3 * (10 - 15 * s + 6 * s * s))
+
+    limited = []
+    for k in range(600):
+        now = 100.0 + k * T
+        if k % 20 == 0:  # a chunk every 0.1 s, as a teleop stream
+            times = np.arange(1, 11) * 0.05
+            points = np.repeat(start[None], len(times), axis=0)
+            points[:, 6] = gripper(now + times)
+            c.submit(NAMES, now, times.tolist(), points.tolist(), now)
+        cmd = c.tick(now + T, None)
+        limited.append(cmd.limited)
+    assert 0.0 <= cmd.position[6] <= 1e-12
+    assert not any(limited[-100:])
 
 
 def random_targets(rng, n, filt):
@@ -226,9 +284,10 @@ def test_irregular_ticks_never_cross_a_soft_limit():
         assert np.all(cmd.position <= CFG.soft_upper + 1e-12)
         assert np.all(np.abs(cmd.velocity - prev_v) <= CFG.amax * used + 1e-9)
         prev_v = cmd.velocity
-    # it stops within a*D^2/2 (< 1 mrad) of the limit: the braking bound assumes D = 4T steps
+    # and it gets there: a target at or beyond a limit is reached, not a*T^2/2 short
+    # of it (the closed gripper sits on its lower limit)
     gap = CFG.soft_upper - cmd.position
-    assert np.all(gap >= 0) and np.all(gap <= CFG.amax * (4 * T) ** 2 / 2 + 1e-9), gap
+    assert np.all(gap >= 0) and np.all(gap <= 1e-9), gap
 
 
 def test_tracking_error_is_a_fault_not_a_clamp():
@@ -248,14 +307,16 @@ def test_controller_watchdog_decelerates_and_holds():
     c.activate(Q0, 100.0)
     speed = np.r_[0.5, 0.3, -0.5, 0.5, 0.3, 0.5, 0.0]
     t = 100.0
-    for k in range(200):  # 1 s of chunks, resent every 0.05 s
+    # 1.5 s of chunks, resent every 0.05 s: the splice fades the command from rest
+    # onto the moving plan within half the acceleration limit (about 1.2 s)
+    for k in range(300):
         if k % 10 == 0:
-            pts = [list(Q0 + speed * (t + 0.05 * (i + 1) - 100.0)) for i in range(40)]
-            c.submit(NAMES, t, [0.05 * (i + 1) for i in range(40)], pts, t)
+            pts = [list(Q0 + speed * (t + 0.05 * (i + 1) - 100.0)) for i in range(20)]
+            c.submit(NAMES, t, [0.05 * (i + 1) for i in range(20)], pts, t)
             last_submit = t
         t += T
         c.tick(t, None)
-    assert np.abs(c.last_command[1][:6]).max() == pytest.approx(0.5)
+    assert np.abs(c.last_command[1][:6]).max() == pytest.approx(0.5, abs=1e-3)
     t_loop_end = t
     speeds = []
     for _ in range(400):  # 2 s without chunks
@@ -263,7 +324,8 @@ def test_controller_watchdog_decelerates_and_holds():
         cmd = c.tick(t, None)
         speeds.append(np.abs(cmd.velocity).max())
     assert c.holding and c.stats.watchdog_holds == 1
-    first_hold = int(np.argmax(np.array(speeds) < 0.5 - 1e-9))
+    # holding decelerates at the limit: 0.02 rad/s less each 5 ms tick
+    first_hold = int(np.argmax(np.array(speeds) < 0.5 - 1e-2))
     expected = last_submit + CFG.chunk_timeout_s - t_loop_end
     assert first_hold * T == pytest.approx(expected, abs=2 * T)
     assert np.all(np.diff(speeds[first_hold - 1 :]) <= 1e-12)
@@ -354,9 +416,10 @@ def test_limited_ticks_say_why_and_which_joint():
     assert out.limited and out.slowed[1] and not out.clamped.any()
 
 
-def _limited_share(noise_rad: float) -> float:
+def _limited_share(noise_rad: float, replan_offset_rad: float = 0.0) -> float:
     """A chunk every 0.2 s from a slow sinusoid (0.2 rad at 0.3 Hz), stamped 60 ms
-    before it arrives, 8 actions 50 ms apart, each action off by `noise_rad`."""
+    before it arrives, 8 actions 50 ms apart, each action off by `noise_rad`, each
+    chunk shifted by up to `replan_offset_rad`."""
     cfg = load_safety_config()
     period, t0 = 0.005, 1.0
     c = ChunkController(cfg, period)
@@ -375,6 +438,7 @@ def _limited_share(noise_rad: float) -> float:
             stamp, times = now - 0.06, 0.05 * np.arange(1, 9)
             points = np.stack([plan(stamp + t) for t in times])
             points += rng.normal(0.0, noise_rad, points.shape) * scale
+            points += rng.uniform(-replan_offset_rad, replan_offset_rad, 7) * scale
             c.submit(JOINT_NAMES, stamp, times.tolist(), points.tolist(), now)
         command = c.tick(now, q)
         q = command.position
@@ -385,8 +449,7 @@ def _limited_share(noise_rad: float) -> float:
 
 
 def test_smooth_plans_are_followed_and_jittery_ones_are_limited():
-    """Why the touch policy's rollouts are limited on most ticks (docs/controller.md):
-    the same plans with 3 mrad of noise per action ask for more than 4 rad/s^2 at
-    every 50 ms point."""
+    """Why a policy's plans must be smooth (docs/controller.md): the same plans with
+    3 mrad of noise per action ask for more than 4 rad/s^2 at most 50 ms points."""
     assert _limited_share(0.0) < 0.02
-    assert _limited_share(0.003) > 0.9
+    assert _limited_share(0.003) > 0.75

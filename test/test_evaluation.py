@@ -79,3 +79,55 @@ def test_the_servo_proxy_runs_through_the_limits_of_the_chunk_controller(tmp_pat
     assert limits["limited"] <= limits["clamped"] + limits["slowed"]
     assert limits["limited_share"] == round(limits["limited"] / limits["ticks"], 3)
     assert set(limits["slowed_by_joint"]) <= {*JOINT_NAMES}
+
+
+def test_the_place_proxy_runs_the_expert_through_the_controller_and_the_physics():
+    """The place expert streamed as the teleop node streams it (10 points 20 ms apart,
+    50 Hz) through the chunk controller, the SimGripper and the physics: it places the
+    cube, and the controller follows its plans: the gripper's close onto its lower
+    limit (0 m) is reached, not held short of it, so almost no tick is limited."""
+    from dream_vla_ros.control import load_safety_config
+    from dream_vla_ros.evaluation.place_proxy import expert_planner, place_servo_rollout
+    from dream_vla_ros.sim.place import BOWL_COLOURS, PlaceExpert, sample_place_layout
+    from dream_vla_ros.sim.world import PiperWorld
+
+    cfg = load_safety_config()
+    world = PiperWorld(width=160, height=120, bowls=BOWL_COLOURS)
+    limits: dict = {}
+    try:
+        for seed in (1000, 1001):
+            layout = sample_place_layout(seed)
+            source = PlaceExpert(layout, cfg.soft_lower, cfg.soft_upper)
+            monitor, fault = place_servo_rollout(
+                expert_planner(source), world, layout, 0.02, 0.005, 14.0, 0.02, limits=limits
+            )
+            assert fault == "" and monitor.outcome.success, monitor.outcome
+            assert list(monitor.stages) == ["reached", "grasped", "lifted", "placed"]
+    finally:
+        world.close()
+    assert limits["ticks"] > 2000
+    assert limits["limited"] / limits["ticks"] < 0.02, limits
+
+
+def test_the_place_proxy_scores_a_checkpoint_with_stages_and_limited_ticks(tmp_path):
+    from dream_vla_ros.evaluation.place_proxy import run_place_proxy
+    from dream_vla_ros.policy import PolicySettings
+    from dream_vla_ros.sim.world import SHIFTED_POSES, CameraOffset
+
+    shifted = [CameraOffset.parse(p) for p in SHIFTED_POSES[:2]]
+    summary = run_place_proxy(
+        model_path("place_tiny"),
+        [5000, 5001],
+        ProxySettings(timeout_s=3.0, servo=True),
+        PolicySettings(noise_scale=0.5, smooth_degree=4),
+        out=tmp_path,
+        camera_offsets=shifted,
+        log=lambda _: None,
+    )
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert [r["seed"] for r in written["rollouts"]] == [5000, 5001]
+    assert [r["camera_offset"] for r in written["rollouts"]] == [o.as_list() for o in shifted]
+    assert sum(summary["stages"].values()) == 2
+    limits = summary["controller_limits"]
+    assert limits["ticks"] == 2 * 600  # 3 s at 200 Hz each, no fault
+    assert limits["limited_share"] == round(limits["limited"] / limits["ticks"], 3)

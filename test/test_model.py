@@ -798,3 +798,32 @@ def test_fp8_weights_are_refused_on_a_cpu(tmp_path):
     frames = [np.zeros((64, 64, 3), np.uint8)] * 2
     chunk = policy.infer(Observation(frames, "reach", np.zeros(7), 0.0))
     assert np.all(np.isfinite(chunk.actions))
+
+
+def test_chunk_smoothing_keeps_the_course_and_drops_the_jitter(tmp_path):
+    from dream_vla_ros.policy.policy import smooth_chunk
+
+    t = np.linspace(0.0, 1.5, 16)[:, None]
+    course = np.hstack([0.3 * t**2 - 0.1 * t, np.sin(t), 0.02 * t])  # (16, 3), degree <= 4-ish
+    jitter = np.random.default_rng(0).normal(0.0, 0.003, course.shape)
+    fit = smooth_chunk(course + jitter, 4)
+    # the course stays: the fit is nearer to it than the jittered points are
+    assert np.sqrt(np.mean((fit - course) ** 2)) < 0.6 * np.sqrt(np.mean(jitter**2))
+    # the second differences (what the arm feels as acceleration) lose the jitter
+    rough = np.abs(np.diff(jitter, 2, axis=0)).max()
+    assert np.abs(np.diff(fit - course, 2, axis=0)).max() < rough / 3
+    assert np.allclose(smooth_chunk(course, 15), course)  # degree K-1: the points back
+    path = write_random_checkpoint(tmp_path / "flow", head="flow")
+    obs = Observation(_frames(), "Pick up the apple.", np.zeros(7), 1.0)
+    plain = Policy.from_checkpoint(path, settings=PolicySettings(noise_scale=0.0))
+    smooth = Policy.from_checkpoint(path, settings=PolicySettings(noise_scale=0.0, smooth_degree=2))
+    a, b = plain.infer(obs), smooth.infer(obs)
+    assert not np.allclose(a.actions, b.actions)
+    # the published chunk is the fit (clipped to the trusted range like any chunk)
+    inside = np.all(np.abs(b.normalised) < 1.0, axis=0)
+    assert inside.any()
+    fitted = b.normalised[:, inside]
+    assert np.allclose(smooth_chunk(fitted, 2), fitted, atol=1e-9)
+    assert np.allclose(b.actions, smooth.action_stats.unnormalise(b.normalised))
+    with pytest.raises(ValueError, match="smooth_degree must be >= 0"):
+        PolicySettings(smooth_degree=-1)

@@ -138,11 +138,19 @@ def add_parsers(sub) -> None:
     )
     p_proxy.add_argument("checkpoint")
     _evaluation_options(p_proxy, proxy=True)
+    _world_options(p_proxy)
+    p_proxy.add_argument(
+        "--camera-set",
+        choices=("nominal", "shifted"),
+        default="nominal",
+        help="place: the held-out shifted front-camera poses in turn; --camera-offset wins",
+    )
     p_proxy.add_argument("--execute", type=int, default=5, help="actions applied per chunk")
     p_proxy.add_argument(
         "--servo",
         action="store_true",
-        help="through the chunk controller on a virtual clock (re-plan, latency below)",
+        help="through the chunk controller on a virtual clock (re-plan, latency below); "
+        "the place task always is, with physics",
     )
     p_proxy.add_argument("--replan-s", type=float, default=0.2, help="--servo: re-plan period")
     p_proxy.add_argument("--latency-s", type=float, default=0.06, help="--servo: stamp to chunk")
@@ -158,6 +166,7 @@ def add_parsers(sub) -> None:
     policy.add_argument("--prefix-min-weight", type=float, default=1.0)
     policy.add_argument("--guidance", type=float, default=1.0, help="flow_guidance_scale")
     policy.add_argument("--guidance-until", type=float, default=1.0)
+    policy.add_argument("--smooth-degree", type=int, default=0, help="chunk_smooth_degree (0: off)")
     policy.add_argument("--decode-steps", type=int, default=1, help="discrete head")
     policy.add_argument("--decode-algorithm", default="maskgit_plus", help="discrete head")
     policy.add_argument("--decode-temperature", type=float, default=0.0, help="discrete head")
@@ -291,7 +300,7 @@ def _proxy(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     same_names = ("execute", "servo", "replan_s", "latency_s", "lag_s")
     settings = ProxySettings(
-        timeout_s=args.timeout or TIMEOUTS_S["touch"], **{k: getattr(args, k) for k in same_names}
+        timeout_s=args.timeout or TIMEOUTS_S[args.task], **{k: getattr(args, k) for k in same_names}
     )
     policy = PolicySettings(
         decode=DecodeSettings(
@@ -307,8 +316,13 @@ def _proxy(args: argparse.Namespace) -> int:
         noise_scale=args.noise_scale,
         guidance_scale=args.guidance,
         guidance_until=args.guidance_until,
+        smooth_degree=args.smooth_degree,
     )
     torch.set_num_threads(args.threads)
+    if args.task == "place":
+        return _place_proxy(args, settings, policy)
+    if args.camera_offset or args.camera_set != "nominal":
+        raise ValueError("--camera-offset and --camera-set are for --task place in the proxy")
     summary = run_proxy(args.checkpoint, _seeds(args), settings, policy, out=args.out or None)
     print(
         f"proxy: success {summary['successes']} / {len(summary['rollouts'])} "
@@ -321,4 +335,30 @@ def _proxy(args: argparse.Namespace) -> int:
             f"({limits['limited_share']:.0%}): targets outside the soft range "
             f"{limits['clamped']}, slowed by the motion bounds {limits['slowed']}"
         )
+    return 0
+
+
+def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
+    from dream_vla_ros.evaluation.place_proxy import run_place_proxy
+    from dream_vla_ros.sim.world import SHIFTED_POSES, CameraOffset
+
+    if args.camera_offset:
+        offsets = [CameraOffset.parse(args.camera_offset)]
+    else:
+        shifted = args.camera_set == "shifted"
+        offsets = [CameraOffset.parse(p) for p in SHIFTED_POSES] if shifted else [CameraOffset()]
+    summary = run_place_proxy(
+        args.checkpoint, _seeds(args), settings, policy, args.out or None, offsets
+    )
+    stages = ", ".join(f"{k} {v}" for k, v in summary["stages"].items())
+    limits = summary["controller_limits"]
+    print(
+        f"proxy: placed {summary['successes']} / {len(summary['rollouts'])} "
+        f"(furthest stage: {stages}; controller faults {summary['controller_faults']})"
+    )
+    print(
+        f"proxy: the controller limited {limits.get('limited', 0)} of {limits.get('ticks', 0)} "
+        f"ticks ({limits['limited_share']:.0%}): targets outside the soft range "
+        f"{limits.get('clamped', 0)}, slowed by the motion bounds {limits.get('slowed', 0)}"
+    )
     return 0

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dream_vla_ros.control.config import SafetyConfig
-from dream_vla_ros.control.interpolation import HermiteTrajectory, splice
+from dream_vla_ros.control.interpolation import SplicedTrajectory, splice
 from dream_vla_ros.control.safety import FilteredCommand, SafetyFilter, TrackingFault
 from dream_vla_ros.control.validation import ChunkRejected, TimedChunk, validate_chunk
 
@@ -66,7 +66,7 @@ class ChunkController:
         self.mode = Mode.DISABLED
         self.reason = ""
         self.stats = ControllerStats()
-        self._trajectory: HermiteTrajectory | None = None
+        self._trajectory: SplicedTrajectory | None = None
         self._last_chunk_time = -np.inf
         self._last_tick_time: float | None = None
         self._holding = True
@@ -163,7 +163,9 @@ class ChunkController:
                 self.stats.rejections[exc.reason] += 1
                 raise
             t_splice = self._last_tick_time if self._last_tick_time is not None else now_s
-            self._trajectory = splice(chunk, t_splice, self.filter.position, self.filter.velocity)
+            self._trajectory = splice(
+                chunk, t_splice, self.filter.position, self.filter.velocity, self.cfg.amax
+            )
             self._last_chunk_time = now_s
             self._holding = False
             self.stats.chunks_accepted += 1

@@ -1,11 +1,20 @@
 """Time-indexed interpolation of action chunks, with splicing.
 
-A chunk is turned into a piecewise cubic Hermite trajectory on the ROS clock.
-Its first knot is the controller's current command (position and velocity) at
-the splice time, so a new chunk joins the old motion with no jump in position
-or velocity (C1). Points already in the past are dropped; this is how inference
-latency is compensated rather than accumulated. After the last point the
-trajectory holds the last target with zero velocity.
+A chunk is turned into a plan on the ROS clock: a shape-preserving piecewise cubic
+Hermite curve through all its points at their instants (`plan`; zero velocity at the
+last, so without a newer chunk the arm comes to rest where the chunk ends). Points
+are meant for their instants, so inference latency is compensated rather than
+accumulated.
+
+Splicing: the controller's command at the splice time (position and velocity) is
+rarely on the new plan; re-plans land up to 0.1 rad from the plan in progress. The
+spliced trajectory is the plan plus that offset, fading to zero along a cubic
+Hermite over a blend time long enough that the fade needs at most a share of each
+joint's acceleration limit (`blend_time`). It starts exactly at the command (no
+jump in position or velocity) and is the plan itself once the blend is over.
+Joining the offset to the new chunk's next point instead, within the few
+milliseconds to it, asked for far more than the limits allow on nearly every
+re-plan.
 """
 
 from __future__ import annotations
@@ -33,9 +42,11 @@ class HermiteTrajectory:
         return self._times_list[-1]
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Position and velocity (J,) at time t; clamped to the end knots outside the span."""
-        if t <= self._times_list[0]:
-            return self.positions[0].copy(), self.velocities[0].copy()
+        """Position and velocity (J,) at time t; before the first knot along its
+        tangent, after the last knot at rest there."""
+        if t <= self._times_list[0]:  # before the first knot: along its tangent
+            v0 = self.velocities[0]
+            return self.positions[0] + v0 * (t - self._times_list[0]), v0.copy()
         if t >= self._times_list[-1]:
             return self.positions[-1].copy(), np.zeros_like(self.positions[-1])
         i = bisect.bisect_right(self._times_list, t) - 1
@@ -52,10 +63,91 @@ class HermiteTrajectory:
         return q, v
 
 
-def hold(position: np.ndarray, t: float) -> HermiteTrajectory:
-    """A trajectory that stays at `position`."""
-    p = np.asarray(position, dtype=np.float64).reshape(1, -1)
-    return HermiteTrajectory(np.array([t]), p.copy(), np.zeros_like(p))
+def plan(chunk: TimedChunk) -> HermiteTrajectory:
+    """The chunk's points at their instants, shape-preserving: between two points the
+    curve stays between their values (no overshoot a limit would clamp), and it is
+    flat where the points turn. Knot velocities (Fritsch-Carlson, as in PCHIP): the
+    first segment's slope at the first knot; at interior knots zero where the
+    neighbouring slopes differ in sign, else their weighted harmonic mean; zero at the
+    last knot (the arm comes to rest where the chunk ends)."""
+    times, positions = chunk.times_s, chunk.positions  # (K,), (K, J)
+    velocities = np.zeros_like(positions)
+    if len(times) > 1:
+        h = np.diff(times)[:, None]  # (K-1, 1)
+        slopes = np.diff(positions, axis=0) / h  # (K-1, J)
+        velocities[0] = slopes[0]
+        if len(times) > 2:
+            d0, d1 = slopes[:-1], slopes[1:]  # either side of the interior knots
+            h0, h1 = h[:-1], h[1:]
+            w0, w1 = 2.0 * h1 + h0, h1 + 2.0 * h0
+            same = d0 * d1 > 0.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                harmonic = (w0 + w1) / (w0 / d0 + w1 / d1)
+            velocities[1:-1] = np.where(same, harmonic, 0.0)
+    return HermiteTrajectory(times, positions, velocities)
+
+
+# The fade from the command onto a new plan may use this share of each joint's
+# acceleration limit (the plan itself keeps the rest), and lasts within these bounds.
+BLEND_ACCELERATION_SHARE = 0.5
+BLEND_SHORTEST_S = 0.1
+BLEND_LONGEST_S = 1.0
+
+
+def blend_time(
+    offset: np.ndarray,
+    offset_velocity: np.ndarray,
+    amax: np.ndarray,
+    share: float = BLEND_ACCELERATION_SHARE,
+    shortest_s: float = BLEND_SHORTEST_S,
+    longest_s: float = BLEND_LONGEST_S,
+) -> float:
+    """The shortest fade, within [shortest_s, longest_s], whose acceleration stays
+    within `share` of `amax` on every joint.
+
+    The cubic Hermite from (e, e') to (0, 0) over T accelerates by at most
+    6 |e| / T^2 + 4 |e'| / T, which is <= a for T >= (4|e'| + sqrt(16 e'^2 + 24 a |e|)) / 2a.
+    """
+    a = share * np.asarray(amax, dtype=np.float64)
+    e, de = np.abs(offset), np.abs(offset_velocity)
+    needed = (4.0 * de + np.sqrt(16.0 * de * de + 24.0 * a * e)) / (2.0 * a)
+    return float(min(max(float(needed.max(initial=0.0)), shortest_s), longest_s))
+
+
+class SplicedTrajectory:
+    """A plan plus the offset of the command from it at `start_s`, fading out over
+    `blend_s` (cubic Hermite: the offset and its rate at the start, zero at the end)."""
+
+    def __init__(
+        self,
+        plan: HermiteTrajectory,
+        start_s: float,
+        offset: np.ndarray,
+        offset_velocity: np.ndarray,
+        blend_s: float,
+    ) -> None:
+        self.plan = plan
+        self.start_s = start_s
+        self.offset = offset  # (J,)
+        self.offset_velocity = offset_velocity  # (J,)
+        self.blend_s = blend_s
+
+    @property
+    def end_time(self) -> float:
+        return max(self.plan.end_time, self.start_s + self.blend_s)
+
+    def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        q, v = self.plan.sample(t)
+        h = self.blend_s
+        s = (t - self.start_s) / h
+        if s >= 1.0:
+            return q, v
+        s = max(s, 0.0)
+        s2, s3 = s * s, s * s * s
+        h00, h10 = 2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s
+        d00, d10 = 6 * s2 - 6 * s, 3 * s2 - 4 * s + 1
+        e, de = self.offset, self.offset_velocity * h
+        return q + h00 * e + h10 * de, v + (d00 * e + d10 * de) / h
 
 
 def splice(
@@ -63,25 +155,17 @@ def splice(
     now_s: float,
     current_position: np.ndarray,
     current_velocity: np.ndarray,
-    min_lead_s: float = 1e-3,
-) -> HermiteTrajectory:
-    """Trajectory from the current command at `now_s` through the chunk's future points.
-
-    Knot velocities: the current velocity at the splice knot, centred finite
-    differences at interior knots, zero at the last knot (the arm comes to rest
-    where the chunk ends unless a newer chunk arrives first).
-    """
-    keep = chunk.times_s > now_s + min_lead_s
-    t_future = chunk.times_s[keep]  # (K-1,)
-    q_future = chunk.positions[keep]  # (K-1, J)
-    times = np.concatenate(([now_s], t_future))  # (K,)
-    positions = np.vstack((current_position[None, :], q_future))  # (K, J)
-    velocities = np.zeros_like(positions)  # (K, J)
-    velocities[0] = current_velocity
-    if len(times) > 2:
-        dt = (times[2:] - times[:-2])[:, None]  # (K-2, 1)
-        velocities[1:-1] = (positions[2:] - positions[:-2]) / dt
-    return HermiteTrajectory(times, positions, velocities)
+    amax: np.ndarray,
+) -> SplicedTrajectory:
+    """The chunk's plan, joined from the current command at `now_s` by a fade whose
+    acceleration stays within a share of `amax` (see the module docstring)."""
+    p = plan(chunk)
+    q, v = p.sample(now_s)
+    offset = np.asarray(current_position, dtype=np.float64) - q
+    offset_velocity = np.asarray(current_velocity, dtype=np.float64) - v
+    return SplicedTrajectory(
+        p, now_s, offset, offset_velocity, blend_time(offset, offset_velocity, amax)
+    )
 
 
 def minimum_jerk(s: np.ndarray | float) -> np.ndarray:

@@ -18,9 +18,10 @@ Why the real elapsed time: with a fixed per-tick step, a loop that runs at
 the allowed speed, and the arm falls further and further behind the
 time-indexed target. The caller caps `dt` (ChunkController: 10 control
 periods), so after a longer stall the arm still moves less far than the
-elapsed time would allow, which is the safe direction. Braking distances are
-computed with that cap as the step length, so they hold whatever the next
-tick's length turns out to be.
+elapsed time would allow, which is the safe direction. The braking bound at
+the soft limits holds whatever the next ticks' lengths turn out to be (see
+`limit_speed`), and it lets a joint reach a limit exactly: the closed gripper
+sits on its lower limit.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ def braking_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.n
     return np.maximum(np.sqrt(2.0 * amax * d) - amax * period, 0.0)
 
 
+def limit_speed(distance: np.ndarray, amax: np.ndarray, period: float) -> np.ndarray:
+    """Largest speed for a step of `period` towards a limit `distance` away from
+    which the joint can still stop at the limit, whatever the next ticks' lengths.
+
+    Braking by a*T_i on each later tick of length T_i (the acceleration bound) covers
+    sum T_i (v - a (T_1 + ... + T_i)) <= v^2 / (2a): a right Riemann sum of the
+    falling line v - a s, below its integral for any T_i. So the step may go as fast as
+    v T + v^2 / (2a) <= d allows: v = sqrt(a^2 T^2 + 2 a d) - a T. From there the next
+    tick's bound is reachable at any length T' (v_next >= v - a T'), and near the
+    limit the step covers nearly all of d (the gap shrinks quadratically): a joint
+    sent to its limit gets there, not a*T^2/2 short of it.
+    """
+    d = np.maximum(distance, 0.0)
+    aT = amax * period
+    return np.maximum(np.sqrt(aT * aT + 2.0 * amax * d) - aT, 0.0)
+
+
 class SafetyFilter:
     """Limits a stream of position targets; keeps the last command as its state."""
 
@@ -71,7 +89,7 @@ class SafetyFilter:
         if not period_s > 0:
             raise ValueError(f"control period must be > 0, got {period_s}")
         self.period = period_s
-        # the longest step a command may take; also the step the braking bounds assume
+        # the longest step a command may take (a longer stall moves it no further)
         self.max_dt = period_s if max_dt_s is None else max(max_dt_s, period_s)
         self.lower = cfg.soft_lower
         self.upper = cfg.soft_upper
@@ -108,7 +126,6 @@ class SafetyFilter:
         `dt` is the time since the last command [s], clamped to (0, max_dt].
         """
         T = self.period if dt is None else min(max(dt, 1e-4), self.max_dt)
-        Tb = self.max_dt  # braking bounds hold for any next step up to max_dt
         q, v_prev = self.position, self.velocity
         # 1. soft position limits (a clamped target does not move)
         goal = _clip(target, self.lower, self.upper)
@@ -122,8 +139,8 @@ class SafetyFilter:
         reachable = np.maximum(braking_speed(np.abs(error), self.amax, T), self.amax * T)
         correction = np.minimum(np.abs(error) / T, reachable)
         v_want = v_goal + np.sign(error) * correction
-        v_hi = np.minimum(self.vmax, braking_speed(self.upper - q, self.amax, Tb))
-        v_lo = np.maximum(-self.vmax, -braking_speed(q - self.lower, self.amax, Tb))
+        v_hi = np.minimum(self.vmax, limit_speed(self.upper - q, self.amax, T))
+        v_lo = np.maximum(-self.vmax, -limit_speed(q - self.lower, self.amax, T))
         v = _clip(v_want, v_lo, v_hi)
         dv = self.amax * T
         v = _clip(v, v_prev - dv, v_prev + dv)

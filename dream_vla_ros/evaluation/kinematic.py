@@ -129,22 +129,28 @@ def servo_rollout(
         if monitor.touched:
             break
     if limits is not None:
-        s = controller.stats
-        for key, n in (
-            ("ticks", s.ticks),
-            ("limited", s.limited_ticks),
-            ("clamped", s.clamped_ticks),
-            ("slowed", s.slowed_ticks),
-        ):
-            limits[key] = limits.get(key, 0) + n
-        for key, by_joint in (
-            ("clamped_by_joint", s.clamped_by_joint),
-            ("slowed_by_joint", s.slowed_by_joint),
-        ):
-            merged = limits.setdefault(key, {})
-            for name, n in by_joint.items():
-                merged[name] = merged.get(name, 0) + n
+        add_controller_stats(limits, controller)
     return layout, monitor.outcome
+
+
+def add_controller_stats(limits: dict[str, Any], controller) -> None:
+    """Add a ChunkController's tick counts to `limits` (ticks, limited, clamped,
+    slowed and the joints involved), as the controller node reports them."""
+    s = controller.stats
+    for key, n in (
+        ("ticks", s.ticks),
+        ("limited", s.limited_ticks),
+        ("clamped", s.clamped_ticks),
+        ("slowed", s.slowed_ticks),
+    ):
+        limits[key] = limits.get(key, 0) + n
+    for key, by_joint in (
+        ("clamped_by_joint", s.clamped_by_joint),
+        ("slowed_by_joint", s.slowed_by_joint),
+    ):
+        merged = limits.setdefault(key, {})
+        for name, n in by_joint.items():
+            merged[name] = merged.get(name, 0) + n
 
 
 def run_proxy(

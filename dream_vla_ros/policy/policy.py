@@ -74,6 +74,11 @@ class PolicySettings:
     # where the coarse plan forms; later steps follow the instruction's velocity.
     guidance_scale: float = 1.0
     guidance_until: float = 1.0
+    # Fit each chunk with a polynomial of this degree in time, per joint, and publish
+    # the fit (any head; 0: off, the actions as sampled). A sampled chunk carries
+    # independent noise per action that asks the arm for more acceleration than its
+    # limits allow; the fit keeps the plan's course and drops the jitter.
+    smooth_degree: int = 0
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -82,6 +87,8 @@ class PolicySettings:
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.guidance_until <= 1.0:
             raise ValueError(f"guidance_until must be in [0, 1], got {self.guidance_until}")
+        if self.smooth_degree < 0:
+            raise ValueError(f"smooth_degree must be >= 0, got {self.smooth_degree}")
         if self.prefix_actions < 0:
             raise ValueError(f"prefix_actions must be >= 0, got {self.prefix_actions}")
         if not 0.0 <= self.prefix_min_weight <= 1.0:
@@ -271,7 +278,10 @@ class Policy:
         # Continuous heads can leave [-1, 1]; the training data's q01..q99 range is
         # where the policy is trusted, so clip there (the controller still applies
         # the arm's limits). Discrete bins are inside by construction.
-        normalised = np.clip(normed[0].float().cpu().numpy().astype(np.float64), -1.0, 1.0)
+        normalised = normed[0].float().cpu().numpy().astype(np.float64)
+        if self.settings.smooth_degree > 0:
+            normalised = smooth_chunk(normalised, self.settings.smooth_degree)
+        normalised = np.clip(normalised, -1.0, 1.0)
         actions = self.action_stats.unnormalise(normalised)
         end = time.perf_counter()
         chunk = ActionChunk(
@@ -286,6 +296,19 @@ class Policy:
         if episode == self._episode:
             self._previous = chunk
         return chunk
+
+
+def smooth_chunk(actions: np.ndarray, degree: int) -> np.ndarray:
+    """The least-squares polynomial of `degree` in time through each column of
+    `actions` (K, J), evaluated at the K evenly spaced instants; a degree of K - 1 or
+    more gives the actions back."""
+    k = len(actions)
+    if degree >= k - 1:
+        return actions.copy()
+    x = np.linspace(-1.0, 1.0, k)
+    basis = np.polynomial.legendre.legvander(x, degree)  # (K, degree + 1), well conditioned
+    coef, *_ = np.linalg.lstsq(basis, actions, rcond=None)
+    return basis @ coef
 
 
 def _check_guidance(ckpt: LoadedCheckpoint) -> None:

@@ -117,6 +117,13 @@ PARAMETERS = (
         "(0 = noise, 1 = chunk; 1: every step)",
         (0.0, 1.0),
     ),
+    Param(
+        "chunk_smooth_degree",
+        0,
+        "Fit each chunk with a polynomial of this degree in time per joint and publish "
+        "the fit (0: off, the actions as sampled); docs/policy_node.md",
+        (0, 64),
+    ),
     Param("center_crop", False, "Centre-crop images to a square before resizing"),
     Param(
         "cuda_graphs",
@@ -215,6 +222,7 @@ class PolicyNode(Node):
                 noise_scale=p["flow_noise_scale"],
                 guidance_scale=p["flow_guidance_scale"],
                 guidance_until=p["flow_guidance_until"],
+                smooth_degree=p["chunk_smooth_degree"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 weights=p["weights"],

@@ -1,0 +1,228 @@
+"""The place task's closed-loop proxy: the graph's timing and physics without ROS
+(`dream-vla sim proxy --task place`).
+
+A planner (the policy on rendered images, or the place expert streaming its plan as
+the teleop node does) sends chunks to the project's `ChunkController` (splicing, the
+limits of config/piper.yaml) running at 200 Hz on a virtual clock. The arm follows
+the command `lag_s` behind; the gripper is the firmware simulator's `SimGripper`,
+stalled by the object the world reports between the fingers; the physics steps every
+10 ms as the `sim_world` node's does; `PlaceMonitor` judges the stages and success.
+A rollout ends when the cube has rested in the bowl for `SETTLE_S` or at the timeout.
+
+It screens checkpoints and controller changes in seconds a layout; the figure that
+counts is `dream-vla sim evaluate --task place` through the real graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dream_vla_ros.control import JOINT_NAMES, load_safety_config
+from dream_vla_ros.control.controller import ChunkController
+from dream_vla_ros.control.validation import ChunkRejected
+from dream_vla_ros.evaluation.kinematic import ProxySettings, add_controller_stats
+from dream_vla_ros.evaluation.physics import GRIPPER_EFFORT_NM, GRIPPER_SPEED_M_S, reset
+from dream_vla_ros.policy import PolicySettings
+from dream_vla_ros.robot.piper_sim import SimGripper
+from dream_vla_ros.sim.place import STAGES, PlaceLayout, PlaceMonitor, Snapshot
+from dream_vla_ros.sim.world import CameraOffset
+
+SETTLE_S = 0.5  # the cube placed this long ends a rollout (as `sim evaluate`)
+PHYSICS_EVERY_TICKS = 2  # 10 ms physics ticks at 200 Hz control (the node's 100 Hz)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    stamp_s: float
+    times_s: np.ndarray  # (K,) time from the stamp
+    points: np.ndarray  # (K, 7)
+
+
+# A planner gets (now, the measured joints, a function that renders the cameras) and
+# returns a chunk, or None for nothing this time.
+Planner = Callable[[float, np.ndarray, Callable[[], list[np.ndarray]]], Chunk | None]
+
+
+def policy_planner(policy, instruction: str) -> Planner:
+    """The policy node's step: the front and wrist images and the instruction in, its
+    chunk out, stamped with the observation's time."""
+    from dream_vla_ros.policy import Observation
+
+    policy.reset()
+
+    def plan(now: float, q: np.ndarray, render) -> Chunk:
+        c = policy.infer(Observation(render(), instruction, q.copy(), now))
+        times = c.period_s * np.arange(1, len(c.actions) + 1)
+        return Chunk(c.stamp_s, times, np.asarray(c.actions, dtype=np.float64))
+
+    return plan
+
+
+def expert_planner(source, points: int = 10, dt_s: float = 0.02) -> Planner:
+    """The teleop node's step: the source's next `points` targets `dt_s` apart."""
+    horizon = dt_s * np.arange(1, points + 1)
+    started = False
+
+    def plan(now: float, q: np.ndarray, render) -> Chunk | None:
+        nonlocal started
+        if not started:
+            source.start(now, q)
+            started = True
+        future = source.preview(now, now + horizon)
+        return None if future is None else Chunk(now, horizon, np.asarray(future))
+
+    return plan
+
+
+def place_servo_rollout(
+    planner: Planner,
+    world,
+    layout: PlaceLayout,
+    replan_s: float,
+    latency_s: float,
+    timeout_s: float,
+    lag_s: float = 0.0,
+    control_hz: float = 200.0,
+    limits: dict[str, Any] | None = None,
+) -> tuple[PlaceMonitor, str]:
+    """One layout (see the module docstring). Returns the monitor and the controller's
+    fault reason ('' when it ran to the end)."""
+    cfg = load_safety_config()
+    period = 1.0 / control_hz
+    controller = ChunkController(cfg, period)
+    q = reset(world, layout)
+    grip = SimGripper(
+        float(cfg.position_upper[6]), GRIPPER_SPEED_M_S, q[6], q[6], GRIPPER_EFFORT_NM, enabled=True
+    )
+    monitor = PlaceMonitor(layout)
+    t0 = 1.0  # the controller refuses a chunk stamped 0
+    controller.activate(q, t0)
+    replan, delay = max(round(replan_s * control_hz), 1), round(latency_s * control_hz)
+    sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
+    pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
+    physics_dt = PHYSICS_EVERY_TICKS * period
+
+    def render() -> list[np.ndarray]:
+        return [world.render("front"), world.render("wrist")]
+
+    fault = ""
+    for k in range(round(timeout_s * control_hz)):
+        now = t0 + k * period
+        if k % replan == 0:
+            chunk = planner(now, q.copy(), render)
+            if chunk is not None:
+                pending.append((k + delay, chunk))
+        while pending and pending[0][0] <= k:
+            _, c = pending.pop(0)
+            with contextlib.suppress(ChunkRejected):  # counted by the controller
+                controller.submit(
+                    JOINT_NAMES, c.stamp_s, c.times_s.tolist(), c.points.tolist(), now
+                )
+        command = controller.tick(now, q)
+        if command is None:
+            fault = controller.reason
+            break
+        sent = sent[1:] + [command.position.copy()]
+        q[:6] = sent[0][:6]
+        grip.target = float(sent[0][6])
+        if k % PHYSICS_EVERY_TICKS == 0:
+            grip.obstacle_m = world.gripper_obstacle()
+            grip.step(physics_dt)
+            q[6] = grip.position
+            world.step(q, grip.effort_nm, physics_dt)
+            monitor.update(Snapshot.of(world))
+            since = monitor.stages.get("placed")
+            last = monitor.last
+            if since is not None and monitor.placed(last) and last.time_s - since >= SETTLE_S:
+                break
+    if limits is not None:
+        add_controller_stats(limits, controller)
+    return monitor, fault
+
+
+def run_place_proxy(
+    checkpoint: str | Path,
+    seeds: list[int],
+    settings: ProxySettings,
+    policy_settings: PolicySettings | None = None,
+    out: str | Path | None = None,
+    camera_offsets: list[CameraOffset] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """The policy on the place task over `seeds` (each layout's own cube and bowl);
+    rollout k sees the front camera at `camera_offsets[k % len]` (default nominal).
+    Returns (and with `out`, writes results.json) the successes, the furthest stages
+    and the controller's limited ticks."""
+    from dream_vla_ros.policy import Policy
+    from dream_vla_ros.sim.place import BOWL_COLOURS, sample_place_layout
+    from dream_vla_ros.sim.world import PiperWorld
+
+    policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
+    world = PiperWorld(width=settings.width, height=settings.height, bowls=BOWL_COLOURS)
+    offsets = camera_offsets or [CameraOffset()]
+    start = time.monotonic()
+    rollouts = []
+    limits: dict[str, Any] = {}
+    try:
+        for k, seed in enumerate(seeds):
+            layout = sample_place_layout(seed)
+            offset = offsets[k % len(offsets)]
+            world.set_front_offset(offset)
+            monitor, fault = place_servo_rollout(
+                policy_planner(policy, layout.instruction),
+                world,
+                layout,
+                settings.replan_s,
+                settings.latency_s,
+                settings.timeout_s,
+                settings.lag_s,
+                limits=limits,
+            )
+            o = monitor.outcome
+            rollouts.append(
+                {
+                    "seed": seed,
+                    "instruction": layout.instruction,
+                    "success": o.success,
+                    "stage": o.stage,
+                    "detail": o.detail,
+                    "closest_m": round(monitor.closest_m, 4),
+                    "camera_offset": offset.as_list(),
+                    "controller_fault": fault,
+                }
+            )
+            if not o.success:
+                log(
+                    f"seed {seed}: {layout.instruction}: furthest stage {o.stage or 'none'}; "
+                    f"{o.detail}; closest {monitor.closest_m * 100:.1f} cm"
+                    + (f"; controller fault: {fault}" if fault else "")
+                )
+    finally:
+        world.close()
+    stages = Counter(r["stage"] or "none" for r in rollouts)
+    limits["limited_share"] = round(limits.get("limited", 0) / max(limits.get("ticks", 0), 1), 3)
+    summary = {
+        "checkpoint": str(checkpoint),
+        "task": "place",
+        "mode": "servo",
+        "settings": settings.__dict__,
+        "successes": sum(r["success"] for r in rollouts),
+        "stages": {s: stages.get(s, 0) for s in ("none", *STAGES)},
+        "controller_faults": sum(bool(r["controller_fault"]) for r in rollouts),
+        "seconds": round(time.monotonic() - start, 1),
+        "controller_limits": limits,
+        "rollouts": rollouts,
+    }
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
