@@ -99,7 +99,7 @@ def test_small_excursions_beyond_limits_are_clamped_not_rejected():
 def test_splice_is_continuous_in_position_and_velocity():
     c = validate_chunk(*chunk(), 100.0, CFG)
     q, v = Q0 + 0.003, np.r_[[0.4] * 6, 0.0]
-    traj = splice(c, 100.012, q, v, CFG.amax)
+    traj = splice(c, 100.012, q, v, CFG.amax, CFG.soft_lower, CFG.soft_upper)
     q_at, v_at = traj.sample(100.012)
     assert np.allclose(q_at, q) and np.allclose(v_at, v)
     q_eps, _ = traj.sample(100.012 + 1e-6)
@@ -119,7 +119,7 @@ def test_splice_fades_a_replan_offset_within_half_the_acceleration_limit():
     c = validate_chunk(*chunk(h=30), 100.0, CFG)  # a line: the plan does not accelerate
     q = c.positions[0] + np.r_[0.1, -0.1, 0.0, 0.05, 0.0, 0.0, 0.0]
     v = np.r_[0.1, 0.3, 0.2, 0.2, 0.2, 0.2, 0.0]  # the plan moves at 0.2 rad/s
-    traj = splice(c, 100.0, q, v, CFG.amax)
+    traj = splice(c, 100.0, q, v, CFG.amax, CFG.soft_lower, CFG.soft_upper)
     assert 0.1 < traj.blend_s < 1.0
     acc = _accelerations(traj, 100.0, 100.0 + traj.blend_s)
     assert np.all(acc <= 0.5 * CFG.amax + 1e-3), acc.max(axis=0)
@@ -128,12 +128,26 @@ def test_splice_fades_a_replan_offset_within_half_the_acceleration_limit():
             assert np.allclose(traj.sample(float(c.times_s[k]))[0], c.positions[k])
 
 
+def test_the_fade_stays_inside_the_soft_range():
+    """The gripper closing at 0.05 m/s, 2 mm above 0 m, gets a plan that rests at 0 m
+    (its lower limit): turning the command round must not swing it below 0."""
+    names, stamp, tfs, _ = chunk(h=20)
+    points = [list(np.r_[Q0[:6], 0.0])] * len(tfs)
+    c = validate_chunk(names, stamp, tfs, points, 100.0, CFG)
+    q, v = np.r_[Q0[:6], 0.002], np.r_[np.zeros(6), -0.05]
+    traj = splice(c, 100.0, q, v, CFG.amax, CFG.soft_lower, CFG.soft_upper)
+    samples = [traj.sample(100.0 + k * 1e-3) for k in range(int(traj.blend_s * 1e3) + 10)]
+    grip = np.array([p[6] for p, _ in samples])
+    assert grip.min() == 0.0 and np.all(grip >= 0.0)
+    assert all(v[6] == 0.0 for p, v in samples if p[6] == 0.0)  # resting on the limit
+
+
 def test_late_chunk_is_followed_at_its_instants_latency_compensation():
     # observation at t=100.0, chunk arrives 0.12 s later: its points stay meant for
     # their instants (100.05 and 100.10 already passed); the arm is where the chunk
     # says it should be at each instant once the fade from the command is over
     c = validate_chunk(*chunk(h=30), 100.12, CFG)
-    traj = splice(c, 100.12, Q0, np.zeros(7), CFG.amax)
+    traj = splice(c, 100.12, Q0, np.zeros(7), CFG.amax, CFG.soft_lower, CFG.soft_upper)
     end = 100.12 + traj.blend_s
     later = [k for k in range(len(c.times_s)) if c.times_s[k] >= end]
     assert later, "the fade outlasts the chunk"

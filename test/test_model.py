@@ -827,3 +827,28 @@ def test_chunk_smoothing_keeps_the_course_and_drops_the_jitter(tmp_path):
     assert np.allclose(b.actions, smooth.action_stats.unnormalise(b.normalised))
     with pytest.raises(ValueError, match="smooth_degree must be >= 0"):
         PolicySettings(smooth_degree=-1)
+
+
+def test_temporal_ensembling_averages_the_draws_for_the_same_instant(tmp_path):
+    path = write_random_checkpoint(tmp_path / "flow", head="flow")
+    frames, text = _frames(), "Pick up the apple."
+    plain = Policy.from_checkpoint(path)
+    ensembled = Policy.from_checkpoint(path, settings=PolicySettings(ensemble_chunks=2))
+    period = plain.cfg.action.action_period_s
+    stamps = (1.0, 1.0 + period, 1.0 + 2 * period)
+    draws = [plain.infer(Observation(frames, text, np.zeros(7), t)).normalised for t in stamps]
+    out = [ensembled.infer(Observation(frames, text, np.zeros(7), t)) for t in stamps]
+    assert np.allclose(out[0].normalised, draws[0])  # nothing earlier to average with
+    # one action period later: action k was drawn for the instant of the first chunk's
+    # action k + 1; the last one has no earlier draw
+    assert np.allclose(out[1].normalised[:-1], (draws[1][:-1] + draws[0][1:]) / 2)
+    assert np.allclose(out[1].normalised[-1], draws[1][-1])
+    # the third averages with the two before it (the draws, not the averages)
+    third = (draws[2][:-2] + draws[1][1:-1] + draws[0][2:]) / 3
+    assert np.allclose(out[2].normalised[:-2], third)
+    assert np.allclose(out[2].actions, ensembled.action_stats.unnormalise(out[2].normalised))
+    ensembled.reset()  # a new episode forgets the draws
+    again = ensembled.infer(Observation(frames, text, np.zeros(7), 5.0))
+    assert np.allclose(again.normalised, draws[0])
+    with pytest.raises(ValueError, match="ensemble_chunks must be >= 0"):
+        PolicySettings(ensemble_chunks=-1)

@@ -167,6 +167,7 @@ def add_parsers(sub) -> None:
     policy.add_argument("--guidance", type=float, default=1.0, help="flow_guidance_scale")
     policy.add_argument("--guidance-until", type=float, default=1.0)
     policy.add_argument("--smooth-degree", type=int, default=0, help="chunk_smooth_degree (0: off)")
+    policy.add_argument("--ensemble", type=int, default=0, help="chunk_ensemble (0: off)")
     policy.add_argument("--decode-steps", type=int, default=1, help="discrete head")
     policy.add_argument("--decode-algorithm", default="maskgit_plus", help="discrete head")
     policy.add_argument("--decode-temperature", type=float, default=0.0, help="discrete head")
@@ -317,6 +318,7 @@ def _proxy(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         guidance_until=args.guidance_until,
         smooth_degree=args.smooth_degree,
+        ensemble_chunks=args.ensemble,
     )
     torch.set_num_threads(args.threads)
     if args.task == "place":

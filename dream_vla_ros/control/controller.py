@@ -164,7 +164,13 @@ class ChunkController:
                 raise
             t_splice = self._last_tick_time if self._last_tick_time is not None else now_s
             self._trajectory = splice(
-                chunk, t_splice, self.filter.position, self.filter.velocity, self.cfg.amax
+                chunk,
+                t_splice,
+                self.filter.position,
+                self.filter.velocity,
+                self.cfg.amax,
+                self.cfg.soft_lower,
+                self.cfg.soft_upper,
             )
             self._last_chunk_time = now_s
             self._holding = False

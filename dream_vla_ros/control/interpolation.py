@@ -116,7 +116,10 @@ def blend_time(
 
 class SplicedTrajectory:
     """A plan plus the offset of the command from it at `start_s`, fading out over
-    `blend_s` (cubic Hermite: the offset and its rate at the start, zero at the end)."""
+    `blend_s` (cubic Hermite: the offset and its rate at the start, zero at the end).
+    The fade stays inside [lower, upper] (the soft range, where the plan and the
+    command are): a command moving towards a limit the plan rests on would otherwise
+    swing past it while the fade turns it round."""
 
     def __init__(
         self,
@@ -125,12 +128,15 @@ class SplicedTrajectory:
         offset: np.ndarray,
         offset_velocity: np.ndarray,
         blend_s: float,
+        lower: np.ndarray,
+        upper: np.ndarray,
     ) -> None:
         self.plan = plan
         self.start_s = start_s
         self.offset = offset  # (J,)
         self.offset_velocity = offset_velocity  # (J,)
         self.blend_s = blend_s
+        self.lower, self.upper = lower, upper  # (J,)
 
     @property
     def end_time(self) -> float:
@@ -147,7 +153,10 @@ class SplicedTrajectory:
         h00, h10 = 2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s
         d00, d10 = 6 * s2 - 6 * s, 3 * s2 - 4 * s + 1
         e, de = self.offset, self.offset_velocity * h
-        return q + h00 * e + h10 * de, v + (d00 * e + d10 * de) / h
+        q_faded = q + h00 * e + h10 * de
+        v_faded = v + (d00 * e + d10 * de) / h
+        inside = np.minimum(np.maximum(q_faded, self.lower), self.upper)
+        return inside, np.where(inside == q_faded, v_faded, 0.0)
 
 
 def splice(
@@ -156,16 +165,18 @@ def splice(
     current_position: np.ndarray,
     current_velocity: np.ndarray,
     amax: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
 ) -> SplicedTrajectory:
     """The chunk's plan, joined from the current command at `now_s` by a fade whose
-    acceleration stays within a share of `amax` (see the module docstring)."""
+    acceleration stays within a share of `amax` and which stays inside [lower, upper]
+    (see the module docstring)."""
     p = plan(chunk)
     q, v = p.sample(now_s)
     offset = np.asarray(current_position, dtype=np.float64) - q
     offset_velocity = np.asarray(current_velocity, dtype=np.float64) - v
-    return SplicedTrajectory(
-        p, now_s, offset, offset_velocity, blend_time(offset, offset_velocity, amax)
-    )
+    blend = blend_time(offset, offset_velocity, amax)
+    return SplicedTrajectory(p, now_s, offset, offset_velocity, blend, lower, upper)
 
 
 def minimum_jerk(s: np.ndarray | float) -> np.ndarray:

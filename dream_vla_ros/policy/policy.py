@@ -79,6 +79,11 @@ class PolicySettings:
     # independent noise per action that asks the arm for more acceleration than its
     # limits allow; the fit keeps the plan's course and drops the jitter.
     smooth_degree: int = 0
+    # Average each action with what the last `ensemble_chunks` chunks of the episode
+    # sampled for the same instant (temporal ensembling, uniform weights; interpolated
+    # on their stamps; 0: off). Successive re-plans are independent draws: averaged,
+    # their noise shrinks and the plan changes less from one chunk to the next.
+    ensemble_chunks: int = 0
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -87,6 +92,8 @@ class PolicySettings:
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.guidance_until <= 1.0:
             raise ValueError(f"guidance_until must be in [0, 1], got {self.guidance_until}")
+        if self.ensemble_chunks < 0:
+            raise ValueError(f"ensemble_chunks must be >= 0, got {self.ensemble_chunks}")
         if self.smooth_degree < 0:
             raise ValueError(f"smooth_degree must be >= 0, got {self.smooth_degree}")
         if self.prefix_actions < 0:
@@ -126,6 +133,8 @@ class Policy:
         if self._guided:
             _check_guidance(ckpt)
         self._previous: ActionChunk | None = None
+        # (action instants (K,), normalised draws (K, D)) of the episode's last chunks
+        self._draws: list[tuple[np.ndarray, np.ndarray]] = []
         self._episode = 0  # bumped by reset(): a chunk inferred across it is not kept
         self.reset()
 
@@ -152,6 +161,7 @@ class Policy:
         next chunk is not tied to the previous one."""
         self.generator.manual_seed(self.settings.seed)
         self._previous = None
+        self._draws = []
         self._episode += 1
         self._clock_origin: float | None = None  # the first observation's stamp after this
 
@@ -189,6 +199,22 @@ class Policy:
             torch.tensor(rows[None], dtype=torch.float32, device=self.device),
             torch.tensor(weights, dtype=torch.float32, device=self.device),
         )
+
+    def _ensemble(self, stamp_s: float, draw: np.ndarray, episode: int) -> np.ndarray:
+        """`draw` (K, D) averaged, per instant, with the episode's earlier draws that
+        cover it; this draw joins them (at most `ensemble_chunks` are kept)."""
+        times = stamp_s + self.cfg.action.action_period_s * np.arange(1, len(draw) + 1)
+        total, count = draw.copy(), np.ones((len(draw), 1))
+        for planned, old in self._draws:
+            cover = (times >= planned[0] - 1e-9) & (times <= planned[-1] + 1e-9)
+            if not cover.any() or not stamp_s > planned[0] - self.cfg.action.action_period_s:
+                continue
+            for j in range(draw.shape[1]):
+                total[cover, j] += np.interp(times[cover], planned, old[:, j])
+            count[cover] += 1.0
+        if episode == self._episode:
+            self._draws = [*self._draws, (times, draw)][-self.settings.ensemble_chunks :]
+        return total / count
 
     def _start_noise(self) -> torch.Tensor | None:
         """Start noise whose rows share `noise_correlation` of their variance (None:
@@ -282,6 +308,8 @@ class Policy:
         if self.settings.smooth_degree > 0:
             normalised = smooth_chunk(normalised, self.settings.smooth_degree)
         normalised = np.clip(normalised, -1.0, 1.0)
+        if self.settings.ensemble_chunks > 0:
+            normalised = self._ensemble(float(obs.stamp_s), normalised, episode)
         actions = self.action_stats.unnormalise(normalised)
         end = time.perf_counter()
         chunk = ActionChunk(

@@ -124,6 +124,13 @@ PARAMETERS = (
         "the fit (0: off, the actions as sampled); docs/policy_node.md",
         (0, 64),
     ),
+    Param(
+        "chunk_ensemble",
+        0,
+        "Average each action with what the last N chunks sampled for the same instant "
+        "(temporal ensembling; 0: off; reset on enable and instruction)",
+        (0, 64),
+    ),
     Param("center_crop", False, "Centre-crop images to a square before resizing"),
     Param(
         "cuda_graphs",
@@ -223,6 +230,7 @@ class PolicyNode(Node):
                 guidance_scale=p["flow_guidance_scale"],
                 guidance_until=p["flow_guidance_until"],
                 smooth_degree=p["chunk_smooth_degree"],
+                ensemble_chunks=p["chunk_ensemble"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 weights=p["weights"],
