@@ -142,6 +142,22 @@ def test_the_fade_stays_inside_the_soft_range():
     assert all(v[6] == 0.0 for p, v in samples if p[6] == 0.0)  # resting on the limit
 
 
+def test_a_plan_that_starts_too_fast_does_not_swing_the_fade_off():
+    """Jumpy points (a random policy: 0.19 rad between the first two actions 50 ms
+    apart, 3.8 rad/s) ask for a velocity the fade cannot match within its budget; it
+    matches what it can and stays near the plan, and the filter limits the rest. A
+    fade that matched it all swung the command 0.5 rad off, so far that the next
+    chunks were refused as jumps."""
+    names, stamp, tfs, _ = chunk(h=8)
+    points = [list(Q0 + np.r_[0.0 if k == 0 else 0.19, np.zeros(6)]) for k in range(8)]
+    c = validate_chunk(names, stamp, tfs, points, 100.02, CFG)
+    traj = splice(c, 100.02, Q0, np.zeros(7), CFG.amax, CFG.soft_lower, CFG.soft_upper)
+    times = np.arange(100.02, 100.02 + traj.blend_s, 1e-3)
+    off = max(abs(traj.sample(float(t))[0][0] - traj.plan.sample(float(t))[0][0]) for t in times)
+    e0 = abs(traj.offset[0])
+    assert off <= e0 + 4 / 27 * traj.blend_s * 0.5 + 1e-9, (off, e0)
+
+
 def test_late_chunk_is_followed_at_its_instants_latency_compensation():
     # observation at t=100.0, chunk arrives 0.12 s later: its points stay meant for
     # their instants (100.05 and 100.10 already passed); the arm is where the chunk

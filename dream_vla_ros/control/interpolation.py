@@ -174,7 +174,13 @@ def splice(
     p = plan(chunk)
     q, v = p.sample(now_s)
     offset = np.asarray(current_position, dtype=np.float64) - q
-    offset_velocity = np.asarray(current_velocity, dtype=np.float64) - v
+    # The fade takes up the difference in velocity only as far as its acceleration
+    # budget allows within the longest blend (4 |e'| / T <= share * amax). A plan that
+    # starts faster than that (jumpy points: steep first segments) asks for what the
+    # arm cannot do; matching it would swing the command far off, so the filter limits
+    # the rest at the acceleration bound instead.
+    most = BLEND_ACCELERATION_SHARE * np.asarray(amax, dtype=np.float64) * BLEND_LONGEST_S / 4.0
+    offset_velocity = np.clip(np.asarray(current_velocity, dtype=np.float64) - v, -most, most)
     blend = blend_time(offset, offset_velocity, amax)
     return SplicedTrajectory(p, now_s, offset, offset_velocity, blend, lower, upper)
 
