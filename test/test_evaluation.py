@@ -93,13 +93,15 @@ def test_the_place_proxy_runs_the_expert_through_the_controller_and_the_physics(
 
     cfg = load_safety_config()
     world = PiperWorld(width=160, height=120, bowls=BOWL_COLOURS)
+    # the teleop node's stream: a chunk every 20 ms, 5 ms late; the arm 20 ms behind
+    timing = ProxySettings(timeout_s=14.0, servo=True, replan_s=0.02, latency_s=0.005, lag_s=0.02)
     limits: dict = {}
     try:
         for seed in (1000, 1001):
             layout = sample_place_layout(seed)
             source = PlaceExpert(layout, cfg.soft_lower, cfg.soft_upper)
             monitor, fault = place_servo_rollout(
-                expert_planner(source), world, layout, 0.02, 0.005, 14.0, 0.02, limits=limits
+                expert_planner(source), world, layout, timing, limits=limits
             )
             assert fault == "" and monitor.outcome.success, monitor.outcome
             assert list(monitor.stages) == ["reached", "grasped", "lifted", "placed"]

@@ -87,15 +87,14 @@ def place_servo_rollout(
     planner: Planner,
     world,
     layout: PlaceLayout,
-    replan_s: float,
-    latency_s: float,
-    timeout_s: float,
-    lag_s: float = 0.0,
+    timing: ProxySettings,
     control_hz: float = 200.0,
     limits: dict[str, Any] | None = None,
 ) -> tuple[PlaceMonitor, str]:
-    """One layout (see the module docstring). Returns the monitor and the controller's
-    fault reason ('' when it ran to the end)."""
+    """One layout (see the module docstring) with the re-plan period, latency, arm lag
+    and timeout of `timing`. Returns the monitor and the controller's fault reason
+    ('' when it ran to the end)."""
+    replan_s, latency_s, lag_s = timing.replan_s, timing.latency_s, timing.lag_s
     cfg = load_safety_config()
     period = 1.0 / control_hz
     controller = ChunkController(cfg, period)
@@ -115,7 +114,7 @@ def place_servo_rollout(
         return [world.render("front"), world.render("wrist")]
 
     fault = ""
-    for k in range(round(timeout_s * control_hz)):
+    for k in range(round(timing.timeout_s * control_hz)):
         now = t0 + k * period
         if k % replan == 0:
             chunk = planner(now, q.copy(), render)
@@ -181,10 +180,7 @@ def run_place_proxy(
                 policy_planner(policy, layout.instruction),
                 world,
                 layout,
-                settings.replan_s,
-                settings.latency_s,
-                settings.timeout_s,
-                settings.lag_s,
+                settings,
                 limits=limits,
             )
             o = monitor.outcome
