@@ -138,10 +138,6 @@ class SplicedTrajectory:
         self.blend_s = blend_s
         self.lower, self.upper = lower, upper  # (J,)
 
-    @property
-    def end_time(self) -> float:
-        return max(self.plan.end_time, self.start_s + self.blend_s)
-
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:
         q, v = self.plan.sample(t)
         h = self.blend_s

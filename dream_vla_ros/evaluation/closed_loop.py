@@ -45,10 +45,12 @@ from dream_vla_ros.graphs import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.sim.place import (
     BOWL_COLOURS,
+    SETTLE_S,
     PlaceExpert,
     PlaceLayout,
     PlaceMonitor,
     Snapshot,
+    placed_for,
     sample_place_layout,
 )
 from dream_vla_ros.sim.task import (
@@ -67,7 +69,6 @@ from dream_vla_ros.sim.world import CameraOffset, random_offset
 __all__ = ["GraphError", "Rollout", "collect", "evaluate"]
 
 TASKS = ("touch", "place")
-SETTLE_S = 0.5  # place: the cube placed this long ends a rollout early
 
 
 def check_task(task: str) -> str:
@@ -96,18 +97,6 @@ def track_objects(client: GraphDriver, layout: PlaceLayout) -> PlaceMonitor:
 
     client.on_objects = hook
     return monitor
-
-
-def placed_for(monitor: PlaceMonitor, seconds: float) -> bool:
-    """The named cube has rested in the named bowl for `seconds` (snapshot time)."""
-    last = monitor.last
-    since = monitor.stages.get("placed")
-    return (
-        last is not None
-        and since is not None
-        and monitor.placed(last)
-        and last.time_s - since >= seconds
-    )
 
 
 def start_recording(client: GraphDriver, timeout_s: float = 60.0) -> None:

@@ -33,10 +33,16 @@ from dream_vla_ros.evaluation.kinematic import ProxySettings, add_controller_sta
 from dream_vla_ros.evaluation.physics import GRIPPER_EFFORT_NM, GRIPPER_SPEED_M_S, reset
 from dream_vla_ros.policy import PolicySettings
 from dream_vla_ros.robot.piper_sim import SimGripper
-from dream_vla_ros.sim.place import STAGES, PlaceLayout, PlaceMonitor, Snapshot
+from dream_vla_ros.sim.place import (
+    SETTLE_S,
+    STAGES,
+    PlaceLayout,
+    PlaceMonitor,
+    Snapshot,
+    placed_for,
+)
 from dream_vla_ros.sim.world import CameraOffset
 
-SETTLE_S = 0.5  # the cube placed this long ends a rollout (as `sim evaluate`)
 PHYSICS_EVERY_TICKS = 2  # 10 ms physics ticks at 200 Hz control (the node's 100 Hz)
 
 
@@ -139,9 +145,7 @@ def place_servo_rollout(
             q[6] = grip.position
             world.step(q, grip.effort_nm, physics_dt)
             monitor.update(Snapshot.of(world))
-            since = monitor.stages.get("placed")
-            last = monitor.last
-            if since is not None and monitor.placed(last) and last.time_s - since >= SETTLE_S:
+            if placed_for(monitor, SETTLE_S):
                 break
     if limits is not None:
         add_controller_stats(limits, controller)

@@ -51,6 +51,7 @@ CUBE_SEPARATION_M = 0.08
 REACH_M = 0.03
 LIFT_M = 0.02
 STILL_M_S = 0.02
+SETTLE_S = 0.5  # the cube placed this long ends an evaluation's rollout early
 
 # The expert's poses: fingertip heights above the table [m] and gripper openings
 GRASP_TIP_Z = 0.012  # the closed fingers' tips 1.2 cm above the table, astride the cube
@@ -243,6 +244,18 @@ class PlaceMonitor:
         else:
             detail = f"the {lay.cube} cube is on the table, in no bowl"
         return PlaceOutcome(success, stage, detail)
+
+
+def placed_for(monitor: PlaceMonitor, seconds: float) -> bool:
+    """The named cube has rested in the named bowl for `seconds` (snapshot time)."""
+    last = monitor.last
+    since = monitor.stages.get("placed")
+    return (
+        last is not None
+        and since is not None
+        and monitor.placed(last)
+        and last.time_s - since >= seconds
+    )
 
 
 # -- the expert ---------------------------------------------------------------------------
