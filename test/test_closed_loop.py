@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.control.kinematics import DHChain
 from dream_vla_ros.data.bags import _messages, connections, iter_images, open_bag
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
@@ -19,8 +20,8 @@ from dream_vla_ros.evaluation.driver import GraphError, faulted
 from dream_vla_ros.evaluation.physics import reset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
 from dream_vla_ros.ros.client import GraphClient
-from dream_vla_ros.sim.place import BOWL_COLOURS
-from dream_vla_ros.sim.task import COLOURS, HOME, sample_layout, start_pose
+from dream_vla_ros.sim.place import BOWL_COLOURS, Miss
+from dream_vla_ros.sim.task import COLOURS, HOME, fingertip, sample_layout, start_pose
 from dream_vla_ros.sim.world import CameraOffset, PiperWorld
 
 pytestmark = pytest.mark.ros
@@ -91,11 +92,14 @@ def fault_the_first(client, k: int) -> None:
 def test_the_place_expert_grasps_through_the_graph_with_a_stalled_gripper(tmp_path):
     """The place task through the graph: the gripper's CAN commands and 0x2A8 feedback
     (position and effort) in the recorded /joint_states, the world's success check,
-    and a camera offset that reaches the world."""
-    summary = _collect(tmp_path, 1, task="place", camera_offset="0.02,0,0,0,3,0")
+    a camera offset that reaches the world, and a demonstration that first misses
+    the cube."""
+    summary = _collect(tmp_path, 1, task="place", camera_offset="0.02,0,0,0,3,0", miss_radius=0.04)
     assert summary["expert_success_rate"] == 1.0, summary
     layout = place_naming(1000, 0)
     result = summary["results"][0]
+    miss = Miss.draw(1000 * 16, 0.04)
+    assert result["miss"] == miss.text() and summary["miss_radius"] == 0.04
     assert (result["target"], result["bowl"], result["stage"]) == (
         layout.cube,
         layout.bowl,
@@ -105,9 +109,9 @@ def test_the_place_expert_grasps_through_the_graph_with_a_stalled_gripper(tmp_pa
     assert read_meta(folder).instruction == layout.instruction
     with open_bag(folder) as reader:
         conns = connections(reader, "/joint_states")
-        rows = np.array(
-            [(m.position[6], m.effort[6]) for _, m in _messages(reader, conns, "")], dtype=float
-        )
+        states = [m for _, m in _messages(reader, conns, "")]
+        rows = np.array([(m.position[6], m.effort[6]) for m in states], dtype=float)
+        joints = np.array([m.position for m in states], dtype=float)
         _, first = next(iter_images(reader, "/camera/front/image_raw", {0}))
     opening, effort = rows[:, 0], rows[:, 1]
     squeezing = effort > 0
@@ -118,6 +122,12 @@ def test_the_place_expert_grasps_through_the_graph_with_a_stalled_gripper(tmp_pa
     assert np.all((opening[squeezing] > 0.024) & (opening[squeezing] < 0.0305))
     # ... and opened again to let go: the episode ends open, with no effort
     assert opening[-1] > 0.06 and effort[-1] == 0.0
+    # the teleop node's expert missed as the collection drew it: the fingertip passed
+    # the point beside the cube
+    chain = DHChain.load()
+    tips = np.array([fingertip(chain, q)[0] for q in joints])
+    beside = np.r_[layout.cubes[layout.cube][:2] + (miss.dx, miss.dy), miss.z]
+    assert np.linalg.norm(tips - beside, axis=1).min() < 0.005
     # the first front image is the layout at home seen from the offset camera
     world = PiperWorld(width=96, height=72, bowls=BOWL_COLOURS)
     reset(world, layout)

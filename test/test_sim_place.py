@@ -13,7 +13,9 @@ from dream_vla_ros.sim.place import (
     BOWL_SEPARATION_M,
     CUBE_BOWL_SEPARATION_M,
     CUBE_SEPARATION_M,
+    MISS_HEIGHTS_M,
     OPEN_M,
+    Miss,
     PlaceExpert,
     PlaceMonitor,
     Snapshot,
@@ -154,6 +156,49 @@ def test_the_expert_lifts_the_cube_in_its_fingers_and_places_it(expert_run):
             assert np.linalg.norm(run.cubes[-1][colour] - layout.cubes[colour]) < 1e-3
     # once released, nothing squeezes and the gripper is open again
     assert run.efforts[-1] == 0.0 and run.joints[-1][6] == pytest.approx(OPEN_M, abs=1e-3)
+
+
+def test_an_expert_that_first_misses_goes_beside_the_cube_then_over_it_and_places(world):
+    """A demonstration with a miss: the fingertip first stops beside the cube at the
+    miss's height, then over the cube at that height, then the usual grasp."""
+    from dream_vla_ros.control.kinematics import DHChain
+    from dream_vla_ros.sim.task import fingertip
+
+    chain = DHChain.load()
+    layout = sample_place_layout(7)
+    cube = layout.cubes[layout.cube]
+    miss = Miss(0.03, -0.02, 0.08)
+    expert = PlaceExpert(layout, LOWER, UPPER, chain=chain, miss=miss)
+    expert.start(0.0, reset(world, layout))
+    run = rollout(world, layout, expert, duration_s=expert.duration_s + 1.5)
+    assert [p[0] for p in expert.poses[:3]] == ["approach", "correct", "descend"]
+    assert run.monitor.outcome.success, run.monitor.outcome
+    ends = {}
+    for name, _, t1, _, _ in expert._segments[:2]:
+        i = int(np.searchsorted(run.times, t1))
+        ends[name] = fingertip(chain, run.joints[i])[0]
+    assert ends["approach"] == pytest.approx([cube[0] + 0.03, cube[1] - 0.02, 0.08], abs=2e-3)
+    assert ends["correct"] == pytest.approx([cube[0], cube[1], 0.08], abs=2e-3)
+    # without a miss the same layout's plan goes straight above the cube
+    assert [p[0] for p in PlaceExpert(layout, LOWER, UPPER).poses[:2]] == ["approach", "descend"]
+
+
+def test_misses_are_seeded_bounded_and_refused_in_one_sentence():
+    draws = [Miss.draw(seed, 0.04) for seed in range(200)]
+    assert Miss.draw(5, 0.04) == draws[5]  # seeded
+    radii = np.array([np.hypot(m.dx, m.dy) for m in draws])
+    heights = np.array([m.z for m in draws])
+    assert radii.min() >= 0.01 - 1e-4 and radii.max() <= 0.04 + 1e-4
+    assert MISS_HEIGHTS_M[0] <= heights.min() and heights.max() <= MISS_HEIGHTS_M[1]
+    assert Miss.parse(draws[3].text()) == draws[3] and Miss.parse("") is None
+    for text, words in (
+        ("0.1,0,0.08", "at most 0.06 m sideways"),
+        ("0.01,0,0.03", "height must be"),
+        ("0.01,0.08", "'DX,DY,Z'"),
+        ("nan,0,0.08", "finite"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            Miss.parse(text)
 
 
 def test_front_images_follow_the_cube_the_fingers_move(world, expert_run):

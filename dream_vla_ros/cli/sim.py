@@ -29,6 +29,13 @@ def _collection_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="more episodes per layout from random poses over the table (0-6)",
     )
+    p.add_argument(
+        "--miss-radius",
+        type=float,
+        default=0.0,
+        help="[m] place: each demonstration first approaches up to this far beside the "
+        "cube, then moves over it (sim/place.py Miss; 0-0.06); 0: straight above it",
+    )
 
 
 def _evaluation_options(p: argparse.ArgumentParser, proxy: bool = False) -> None:
@@ -231,6 +238,7 @@ def _collect(args: argparse.Namespace) -> int:
         task=args.task,
         camera_offset=args.camera_offset,
         camera_randomise=args.camera_randomise,
+        miss_radius=args.miss_radius,
     )
     print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
     return 0
@@ -284,6 +292,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         task=args.task,
         camera_randomise=args.camera_randomise,
+        miss_radius=args.miss_radius,
         shifted_eval=args.shifted_eval,
     )
     run_pipeline(GraphClient, args.out, settings)

@@ -45,7 +45,9 @@ from dream_vla_ros.graphs import COLLECT_WORLD, SIM_WORLD, parse_arguments
 from dream_vla_ros.launcher import Launcher
 from dream_vla_ros.sim.place import (
     BOWL_COLOURS,
+    MISS_MAX_M,
     SETTLE_S,
+    Miss,
     PlaceExpert,
     PlaceLayout,
     PlaceMonitor,
@@ -212,6 +214,7 @@ def collect(
     task: str = "touch",
     camera_offset: str = "",
     camera_randomise: bool = False,
+    miss_radius: float = 0.0,
 ) -> dict[str, Any]:
     """Record `episodes` expert episodes: layout seeds seed0, seed0 + 1, ..., each
     demonstrated `per_layout` times (1-3) from home with a different named cube,
@@ -227,8 +230,15 @@ def collect(
     cube placed once the expert's plan has ended). `camera_offset` moves the front
     camera for the whole collection (sim/world.py CameraOffset); `camera_randomise`
     draws a new offset for every episode instead (`random_offset(episode seed)`,
-    within CAMERA_JITTER)."""
+    within CAMERA_JITTER). `miss_radius` > 0 (place): each episode's expert first
+    approaches beside the cube, `Miss.draw(episode seed, miss_radius)`, then moves
+    over it and goes on (sim/place.py Miss)."""
     check_task(task)
+    if not 0.0 <= miss_radius <= MISS_MAX_M or (miss_radius > 0 and task != "place"):
+        raise ValueError(
+            f"miss_radius must be 0-{MISS_MAX_M} m, and only the place task has one; "
+            f"got {miss_radius} for {task}"
+        )
     namings = len(COLOURS) if task == "touch" else len(COLOURS) * len(BOWL_COLOURS)
     if not 1 <= per_layout <= namings:
         raise ValueError(f"per_layout must be 1 to {namings}, got {per_layout}")
@@ -313,7 +323,9 @@ def collect(
             before = controller_counts(client, fresh=False)
             if isinstance(layout, PlaceLayout):
                 place_monitor = track_objects(client, layout)
-                plan = PlaceExpert(layout, limits.soft_lower, limits.soft_upper)
+                miss = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
+                client.set_param("teleop", "task.miss", miss.text() if miss else "")
+                plan = PlaceExpert(layout, limits.soft_lower, limits.soft_upper, miss=miss)
                 measured = client.measured()
                 plan.start(0.0, HOME if measured is None else measured)
                 start_recording(client)
@@ -328,7 +340,12 @@ def collect(
                 place = place_monitor.outcome
                 client.on_objects = None
                 ok, how = place.success, place.stage or "nothing"
-                record = {"bowl": layout.bowl, "stage": place.stage, "detail": place.detail}
+                record = {
+                    "bowl": layout.bowl,
+                    "stage": place.stage,
+                    "detail": place.detail,
+                    "miss": miss.text() if miss else "",
+                }
             else:
                 monitor, _ = track(client, layout)
                 start_recording(client)
@@ -375,6 +392,7 @@ def collect(
         "task": task,
         "camera_offset": camera_offset,
         "camera_randomise": camera_randomise,
+        "miss_radius": miss_radius,
         "episodes": episodes,
         "per_layout": per_layout,
         "random_starts": random_starts,

@@ -35,6 +35,7 @@ class PipelineSettings:
     progress: bool = True
     task: str = "touch"
     camera_randomise: bool = False
+    miss_radius: float = 0.0  # place: demonstrations that first miss the cube (closed_loop.collect)
     shifted_eval: bool = False  # also evaluate on sim/world.py SHIFTED_POSES
 
 
@@ -58,6 +59,7 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
         random_starts=s.random_starts,
         task=s.task,
         camera_randomise=s.camera_randomise,
+        miss_radius=s.miss_radius,
     )
     times["collect_s"] = time.monotonic() - start
     t = time.monotonic()
@@ -96,6 +98,7 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
     final = {
         "task": s.task,
         "camera_randomise": s.camera_randomise,
+        "miss_radius": s.miss_radius,
         "expert_success_rate": expert["expert_success_rate"],
         "policy_success_rate": summary["success_rate"],
         "limited_ticks_share": summary["limited_ticks"]["share"],

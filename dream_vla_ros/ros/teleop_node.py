@@ -89,6 +89,14 @@ PARAMETERS = (
         "own. Takes effect with the next task.seed",
         dynamic=True,
     ),
+    Param(
+        "task.miss",
+        "",
+        "place_expert: 'DX,DY,Z' [m], a first approach beside the cube at height Z, then "
+        "over it (sim/place.py Miss); empty: straight above it. Takes effect with the "
+        "next task.seed",
+        dynamic=True,
+    ),
 )
 
 
@@ -107,6 +115,7 @@ class TeleopNode(Node):
                 str(self.get_parameter("task.target").value),
                 int(self.get_parameter("task.start_seed").value),
                 str(self.get_parameter("task.bowl").value),
+                str(self.get_parameter("task.miss").value),
             )
             self.add_on_set_parameters_callback(self._on_set)
         elif p["source"] == "scripted":
@@ -145,16 +154,19 @@ class TeleopNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _expert(self, seed: int, target: str, start_seed: int, bowl: str) -> TeleopSource:
+    def _expert(
+        self, seed: int, target: str, start_seed: int, bowl: str, miss: str = ""
+    ) -> TeleopSource:
         from dream_vla_ros.sim.task import TouchExpert, sample_layout, start_pose
 
         lower, upper = self.cfg.soft_lower, self.cfg.soft_upper
         rest = None if start_seed < 0 else start_pose(start_seed, lower, upper)
         if self.kind == "place_expert":
-            from dream_vla_ros.sim.place import PlaceExpert, sample_place_layout
+            from dream_vla_ros.sim.place import Miss, PlaceExpert, sample_place_layout
 
             if seed >= 0:
-                return PlaceExpert(sample_place_layout(seed, target, bowl), lower, upper)
+                layout = sample_place_layout(seed, target, bowl)
+                return PlaceExpert(layout, lower, upper, miss=Miss.parse(miss))
             return PlaceExpert(None, lower, upper, rest=rest)
         if seed >= 0:
             return TouchExpert(sample_layout(seed, target), lower, upper)
@@ -162,13 +174,14 @@ class TeleopNode(Node):
 
     def _on_set(self, params) -> SetParametersResult:
         new = {p.name: p.value for p in params}
-        if {"task.target", "task.bowl"} & set(new) and "task.seed" not in new:
-            from dream_vla_ros.sim.place import BOWL_COLOURS, check_choice
+        if {"task.target", "task.bowl", "task.miss"} & set(new) and "task.seed" not in new:
+            from dream_vla_ros.sim.place import BOWL_COLOURS, Miss, check_choice
             from dream_vla_ros.sim.task import check_target
 
             try:
                 check_target(str(new.get("task.target", "")))
                 check_choice(str(new.get("task.bowl", "")), BOWL_COLOURS, "bowl")
+                Miss.parse(str(new.get("task.miss", "")))
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
         for param in params:
@@ -176,8 +189,11 @@ class TeleopNode(Node):
                 target = new.get("task.target", self.get_parameter("task.target").value)
                 start = new.get("task.start_seed", self.get_parameter("task.start_seed").value)
                 bowl = new.get("task.bowl", self.get_parameter("task.bowl").value)
+                miss = new.get("task.miss", self.get_parameter("task.miss").value)
                 try:
-                    source = self._expert(int(param.value), str(target), int(start), str(bowl))
+                    source = self._expert(
+                        int(param.value), str(target), int(start), str(bowl), str(miss)
+                    )
                 except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
                     return SetParametersResult(successful=False, reason=str(exc))
                 self.source.close()

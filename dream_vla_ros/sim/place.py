@@ -20,10 +20,14 @@ above the table while grasped), *placed* (success).
 
 The expert (`PlaceExpert`, a teleop source) plans in joint space with the touch
 task's inverse kinematics, fingers pointing down and closing across the cube's
-faces: open -> above the cube -> down to the grasp pose -> close (the gripper
+faces: open -> above the cube (or, with a `Miss`, first beside it, then over it)
+-> down to the grasp pose -> close (the gripper
 stalls on the cube and squeezes) -> lift -> carry over the bowl -> lower ->
 open -> up. Each move is a minimum-jerk profile whose joints peak at 0.7 rad/s
 and whose gripper peaks at 0.08 m/s, inside the controller's limits.
+
+The layouts, the success check and the expert are in this one module (longer than
+most): they share the task's geometry (cube, bowl and fingertip heights).
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ OPEN_M = 0.065  # the fingers' inner faces 7.5 cm apart around a 4 cm cube
 CLOSED_M = 0.0  # commanded closed: the gripper stalls on the cube and squeezes
 PEAK_JOINT_RAD_S = 0.7
 PEAK_GRIPPER_M_S = 0.08
+# A first approach that misses (Miss): heights where the open fingertips clear a 4 cm
+# cube by 3 cm or more, and the largest sideways miss
+MISS_HEIGHTS_M = (0.07, ABOVE_TIP_Z)
+MISS_MAX_M = 0.06
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,64 @@ class PlaceLayout:
             "bowls": {c: p.tolist() for c, p in self.bowls.items()},
             "yaws": self.yaws,
         }
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A first approach that misses the cube: the fingertip (dx, dy) [m] beside the
+    point above it, at height z [m] above the table. The expert then moves over the
+    cube at that height and descends from there, so that a demonstration shows
+    what to do when the fingers are beside the cube, where a policy's errors take
+    them (the images show the cube off the fingers' axis)."""
+
+    dx: float
+    dy: float
+    z: float
+
+    def __post_init__(self) -> None:
+        if (
+            not np.isfinite([self.dx, self.dy, self.z]).all()
+            or np.hypot(self.dx, self.dy) > MISS_MAX_M + 1e-9
+        ):
+            raise ValueError(
+                f"a miss must be finite and at most {MISS_MAX_M} m sideways, "
+                f"got dx {self.dx}, dy {self.dy}"
+            )
+        lo, hi = MISS_HEIGHTS_M
+        if not lo - 1e-9 <= self.z <= hi + 1e-9:
+            raise ValueError(
+                f"a miss's height must be {lo}-{hi} m (the open fingers clear the "
+                f"cube), got {self.z}"
+            )
+
+    @classmethod
+    def draw(cls, seed: int, radius_m: float) -> Miss:
+        """A seeded miss: a uniform direction, a distance uniform in 0.25-1 x
+        `radius_m`, a height uniform in MISS_HEIGHTS_M."""
+        rng = np.random.default_rng([seed, 7919])
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        r = radius_m * rng.uniform(0.25, 1.0)
+        return cls(
+            round(float(r * np.cos(angle)), 4),
+            round(float(r * np.sin(angle)), 4),
+            round(float(rng.uniform(*MISS_HEIGHTS_M)), 4),
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Miss | None:
+        """'DX,DY,Z' in metres; '' is no miss."""
+        if not text.strip():
+            return None
+        try:
+            dx, dy, z = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(
+                f"a miss is 'DX,DY,Z' in metres (e.g. '0.03,-0.01,0.08'), got '{text}'"
+            ) from None
+        return cls(dx, dy, z)
+
+    def text(self) -> str:
+        return f"{self.dx},{self.dy},{self.z}"
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -305,8 +371,10 @@ class PlaceExpert:
         upper: np.ndarray,
         chain: DHChain | None = None,
         rest: np.ndarray | None = None,
+        miss: Miss | None = None,
     ) -> None:
         self.layout = layout
+        self.miss = miss
         self.chain = chain or DHChain.load()
         self.lower, self.upper = np.asarray(lower)[:6], np.asarray(upper)[:6]
         self.rest = rest_pose(rest)
@@ -321,12 +389,22 @@ class PlaceExpert:
         natural = solve_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], HOME, lo, hi)
         axis = _face_axis(ik, natural, lay.yaws.get(lay.cube, 0.0))
         above = solve_grasp_ik(ik, np.r_[c[:2], ABOVE_TIP_Z], axis, natural, lo, hi)
+        approach = [("approach", np.r_[above, OPEN_M], 1.4)]
+        if self.miss is not None:
+            m = self.miss
+            beside = np.r_[c[:2] + (m.dx, m.dy), m.z]
+            wrong = solve_grasp_ik(ik, beside, axis, natural, lo, hi)
+            above = solve_grasp_ik(ik, np.r_[c[:2], m.z], axis, wrong, lo, hi)
+            approach = [
+                ("approach", np.r_[wrong, OPEN_M], 1.4),
+                ("correct", np.r_[above, OPEN_M], 0.6),
+            ]
         grasp = solve_grasp_ik(ik, np.r_[c[:2], GRASP_TIP_Z], axis, above, lo, hi)
         lift = solve_grasp_ik(ik, np.r_[c[:2], CARRY_TIP_Z], axis, grasp, lo, hi)
         carry = solve_ik(ik, np.r_[b[:2], CARRY_TIP_Z], lift, lo, hi)
         lower = solve_ik(ik, np.r_[b[:2], RELEASE_TIP_Z], carry, lo, hi)
         return [
-            ("approach", np.r_[above, OPEN_M], 1.4),
+            *approach,
             ("descend", np.r_[grasp, OPEN_M], 1.0),
             ("close", np.r_[grasp, CLOSED_M], 0.6),
             ("hold", np.r_[grasp, CLOSED_M], 0.3),
