@@ -53,37 +53,12 @@ def test_token_labels_mark_the_pixels_of_each_cube(limits):
             assert dominance.max() > 40, f"scene {i}: token {token} shows no {colour} pixel"
         # table position target: inside the scaled cube region
         assert scenes.cube_xy[i].abs().max() <= 1.0 + 1e-6
-    # the wrist camera's targets: the objects' offsets from the camera, one per object
-    assert scenes.wrist_xy.shape == (6, 3, 2)
-    assert not torch.equal(scenes.wrist_xy[0], scenes.wrist_xy[1])
     # a different layout moves the labels
     assert not torch.equal(scenes.coverage[0, :64], scenes.coverage[1, :64])
     # the scaled target comes from the layout itself
     red_x = sample_layout(10000).cubes["red"][0]
     scaled = (red_x - X_RANGE[0]) / (X_RANGE[1] - X_RANGE[0]) * 2 - 1
     assert scenes.cube_xy[0, 0, 0] == pytest.approx(scaled, abs=1e-5)
-
-
-def test_wrist_targets_are_offsets_in_the_camera_frame():
-    """A point on the wrist camera's axis is at (0, 0) whatever the arm's pose; one
-    3 cm to the image's right and 2 cm up is at (0.03, 0.02) / WRIST_SCALE_M."""
-    from dream_vla_ros.finetune.grounding import WRIST_SCALE_M, camera_xy
-    from dream_vla_ros.sim.task import HOME
-    from dream_vla_ros.sim.world import PiperWorld
-
-    world = PiperWorld(width=64, height=48)
-    try:
-        for q in (HOME, HOME + np.r_[0.3, -0.2, 0.1, 0.2, 0.3, -0.4, 0.0]):
-            world.set_joints(q)
-            cam = world.model.camera("wrist").id
-            pos, rot = world.data.cam_xpos[cam].copy(), world.data.cam_xmat[cam].reshape(3, 3)
-            ahead = pos - 0.1 * rot[:, 2]  # MuJoCo cameras look along their -z
-            assert camera_xy(world, "wrist", ahead) == pytest.approx([0.0, 0.0], abs=1e-9)
-            beside = ahead + 0.03 * rot[:, 0] + 0.02 * rot[:, 1]
-            expected = np.array([0.03, 0.02]) / WRIST_SCALE_M
-            assert camera_xy(world, "wrist", beside) == pytest.approx(expected, abs=1e-9)
-    finally:
-        world.close()
 
 
 def test_a_short_grounding_run_learns_and_writes_a_usable_base(tmp_path, limits):

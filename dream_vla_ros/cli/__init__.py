@@ -8,7 +8,7 @@
     dream-vla train RECIPE | merge       finetuning; LoRA -> merged weights
     dream-vla convert | export SRC DST   official checkpoints -> this layout and back
     dream-vla sim ground|collect|evaluate|pipeline|proxy
-                                         the touch-the-cube task in the MuJoCo world
+                                         the touch and place tasks in the MuJoCo world
 
 An error the user can cause ends in one line on stderr and exit status 2.
 """

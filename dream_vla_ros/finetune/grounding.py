@@ -59,11 +59,6 @@ from dream_vla_ros.sim.world import PiperWorld
 
 CAMERAS = ("front", "wrist")
 PRESENT = 0.02  # a token "shows" an object when it covers >= 2 % of its pixels
-# The wrist camera's tokens learn where an object is relative to the camera (x right,
-# y up in its image plane, metres / WRIST_SCALE_M): the table position is not in that
-# view (it moves with the arm), the offset from the fingers is, and it is what a
-# final approach corrects.
-WRIST_SCALE_M = 0.15
 
 
 @dataclass(frozen=True)
@@ -127,7 +122,6 @@ class Scenes:
     images: torch.Tensor  # (N, cameras, 3, S, S) uint8, as the policy resizes them
     coverage: torch.Tensor  # (N, cameras * T, objects): pixel fraction per merged token
     cube_xy: torch.Tensor  # (N, objects, 2): object centres, table region scaled to [-1, 1]
-    wrist_xy: torch.Tensor  # (N, objects, 2): object centres in the wrist camera's frame
     task: SceneTask = SCENE_TASKS["touch"]
 
     def __len__(self) -> int:
@@ -146,14 +140,6 @@ def xy_metres(err: torch.Tensor, task: SceneTask = SCENE_TASKS["touch"]) -> torc
     xr, yr = task.x_range, task.y_range
     half = torch.tensor([(xr[1] - xr[0]) / 2, (yr[1] - yr[0]) / 2])
     return (err * half).norm(dim=-1)
-
-
-def camera_xy(world: PiperWorld, camera: str, p: np.ndarray) -> np.ndarray:
-    """A point [m, world frame] in `camera`'s frame as the world is now: (x right, y
-    up) [m] / WRIST_SCALE_M."""
-    cam = world.model.camera(camera).id
-    rel = world.data.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(p) - world.data.cam_xpos[cam])
-    return rel[:2] / WRIST_SCALE_M
 
 
 def scene_pose(rng: np.random.Generator, layout, lower, upper, chain: DHChain) -> np.ndarray:
@@ -213,7 +199,7 @@ def render_scenes(
     rng = np.random.default_rng(rng_seed)
     grid = pre.size // (pre.patch * pre.merge)
     block = pre.patch * pre.merge
-    images, coverage, cube_xy, wrist_xy = [], [], [], []
+    images, coverage, cube_xy = [], [], []
     renderer = world.renderer
     for seed in seeds:
         if task.bowls:
@@ -224,12 +210,6 @@ def render_scenes(
             world.set_joints(scene_pose(rng, layout, lower, upper, world.chain))
             centres = layout.cubes
         rgb = [world.render(cam) for cam in CAMERAS]
-        wrist_xy.append(
-            torch.tensor(
-                np.stack([camera_xy(world, "wrist", centres[c]) for c in objects]),
-                dtype=torch.float32,
-            )
-        )
         renderer.enable_segmentation_rendering()
         try:
             cov = []
@@ -252,13 +232,7 @@ def render_scenes(
                 np.stack([table_xy(centres[c], task) for c in objects]), dtype=torch.float32
             )
         )
-    return Scenes(
-        torch.stack(images),
-        torch.stack(coverage),
-        torch.stack(cube_xy),
-        torch.stack(wrist_xy),
-        task,
-    )
+    return Scenes(torch.stack(images), torch.stack(coverage), torch.stack(cube_xy), task)
 
 
 def _lr(settings: GroundingSettings, step: int, steps: int) -> float:
@@ -296,28 +270,18 @@ class VisionStage:
         detect = F.binary_cross_entropy_with_logits(
             out[:, :n], present, pos_weight=torch.tensor(20.0)
         )
-        # where the object shown is (coverage-weighted), on tokens that show one: its
-        # table position on the front camera's, its offset from the camera on the
-        # wrist camera's; tokens come per scene, front then wrist
-        per_camera = cov.shape[0] // (len(idx) * len(CAMERAS))
-        xy = torch.stack([scenes.cube_xy[idx], scenes.wrist_xy[idx]], 1)  # (b, 2, n, 2)
-        xy = xy.repeat_interleave(per_camera, 1).reshape(-1, n, 2)  # (tokens, n, 2)
+        # the cube's table position, on tokens that show one cube (coverage-weighted)
+        tokens_per_scene = cov.shape[0] // len(idx)
+        xy = scenes.cube_xy[idx].repeat_interleave(tokens_per_scene, 0)  # (tokens, n, 2)
         weight = cov / cov.sum(-1, keepdim=True).clamp_min(1e-6)
         target = (weight[..., None] * xy).sum(1)
         shows = (cov.sum(-1) > PRESENT).float()
         err = out[:, n:] - target
         where = ((err**2).sum(-1) * shows).sum() / shows.sum().clamp_min(1)
-        front = torch.arange(len(CAMERAS) * per_camera).repeat(len(idx)) < per_camera
-        front_shows, wrist_shows = shows * front, shows * ~front
-        wrist_m = err.detach().norm(dim=-1) * WRIST_SCALE_M
         metrics = {
             **_detection(out[:, :n], present),
             "xy_error_m": float(
-                (xy_metres(err.detach(), self.task) * front_shows).sum()
-                / front_shows.sum().clamp_min(1)
-            ),
-            "wrist_xy_error_m": float(
-                (wrist_m * wrist_shows).sum() / wrist_shows.sum().clamp_min(1)
+                (xy_metres(err.detach(), self.task) * shows).sum() / shows.sum().clamp_min(1)
             ),
         }
         return detect + where, metrics
