@@ -19,6 +19,7 @@ from dream_vla_ros.sim.place import (
     PlaceExpert,
     PlaceMonitor,
     Snapshot,
+    expert_with_miss,
     sample_place_layout,
 )
 from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE
@@ -199,6 +200,21 @@ def test_misses_are_seeded_bounded_and_refused_in_one_sentence():
     ):
         with pytest.raises(ValueError, match=words):
             Miss.parse(text)
+
+
+def test_a_miss_out_of_reach_is_demonstrated_without_it():
+    """Beside a far corner the point of a miss can be out of the arm's reach (layout
+    1035, blue cube: 0.41 m out at -0.23 m): the expert then goes straight above
+    the cube, and says so."""
+    layout = sample_place_layout(1035, "blue", "purple")
+    far = Miss(0.0395, -0.031, 0.0879)
+    with pytest.raises(RuntimeError, match="IK did not reach"):
+        PlaceExpert(layout, LOWER, UPPER, miss=far)
+    expert, used = expert_with_miss(layout, LOWER, UPPER, far)
+    assert used is None and [p[0] for p in expert.poses[:2]] == ["approach", "descend"]
+    near = Miss(0.01, 0.01, 0.08)
+    expert, used = expert_with_miss(layout, LOWER, UPPER, near)
+    assert used == near and expert.poses[1][0] == "correct"
 
 
 def test_front_images_follow_the_cube_the_fingers_move(world, expert_run):

@@ -48,10 +48,10 @@ from dream_vla_ros.sim.place import (
     MISS_MAX_M,
     SETTLE_S,
     Miss,
-    PlaceExpert,
     PlaceLayout,
     PlaceMonitor,
     Snapshot,
+    expert_with_miss,
     placed_for,
     sample_place_layout,
 )
@@ -323,9 +323,14 @@ def collect(
             before = controller_counts(client, fresh=False)
             if isinstance(layout, PlaceLayout):
                 place_monitor = track_objects(client, layout)
-                miss = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
+                drawn = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
+                plan, miss = expert_with_miss(layout, limits.soft_lower, limits.soft_upper, drawn)
+                if drawn is not None and miss is None:
+                    log(
+                        f"collect: episode {i + 1}: the point beside the cube "
+                        f"({drawn.text()}) is out of reach; demonstrated without a miss"
+                    )
                 client.set_param("teleop", "task.miss", miss.text() if miss else "")
-                plan = PlaceExpert(layout, limits.soft_lower, limits.soft_upper, miss=miss)
                 measured = client.measured()
                 plan.start(0.0, HOME if measured is None else measured)
                 start_recording(client)

@@ -21,10 +21,10 @@ above the table while grasped), *placed* (success).
 The expert (`PlaceExpert`, a teleop source) plans in joint space with the touch
 task's inverse kinematics, fingers pointing down and closing across the cube's
 faces: open -> above the cube (or, with a `Miss`, first beside it, then over it)
--> down to the grasp pose -> close (the gripper
-stalls on the cube and squeezes) -> lift -> carry over the bowl -> lower ->
-open -> up. Each move is a minimum-jerk profile whose joints peak at 0.7 rad/s
-and whose gripper peaks at 0.08 m/s, inside the controller's limits.
+-> down to the grasp pose -> close (the gripper stalls on the cube and squeezes)
+-> lift -> carry over the bowl -> lower -> open -> up. Each move is a minimum-jerk
+profile whose joints peak at 0.7 rad/s and whose gripper peaks at 0.08 m/s, inside
+the controller's limits.
 
 The layouts, the success check and the expert are in this one module (longer than
 most): they share the task's geometry (cube, bowl and fingertip heights).
@@ -456,3 +456,18 @@ class PlaceExpert:
 
     def close(self) -> None:
         self._segments = []
+
+
+def expert_with_miss(
+    layout: PlaceLayout, lower: np.ndarray, upper: np.ndarray, miss: Miss | None
+) -> tuple[PlaceExpert, Miss | None]:
+    """The expert for `layout` with `miss`, or without one when the point beside the
+    cube is out of the arm's reach (its inverse kinematics fails there; about 1 in
+    600 draws at the largest radius, beside a far corner). Returns the expert and
+    the miss it demonstrates."""
+    if miss is not None:
+        try:
+            return PlaceExpert(layout, lower, upper, miss=miss), miss
+        except RuntimeError:
+            pass
+    return PlaceExpert(layout, lower, upper), None
