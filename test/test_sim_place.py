@@ -205,7 +205,8 @@ def test_misses_are_seeded_bounded_and_refused_in_one_sentence():
 def test_a_miss_out_of_reach_is_demonstrated_without_it():
     """Beside a far corner the point of a miss can be out of the arm's reach (layout
     1035, blue cube: 0.41 m out at -0.23 m): the expert then goes straight above
-    the cube, and says so."""
+    the cube, and the caller learns that no miss is demonstrated (the collector
+    logs it)."""
     layout = sample_place_layout(1035, "blue", "purple")
     far = Miss(0.0395, -0.031, 0.0879)
     with pytest.raises(RuntimeError, match="IK did not reach"):
