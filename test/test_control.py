@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -483,3 +484,147 @@ def test_smooth_plans_are_followed_and_jittery_ones_are_limited():
     3 mrad of noise per action ask for more than 4 rad/s^2 at most 50 ms points."""
     assert _limited_share(0.0) < 0.02
     assert _limited_share(0.003) > 0.75
+
+
+# the workspace floor (config/piper.yaml `workspace:`): joint2 from 2.0 to 2.4 rad
+# with the others fixed moves the tool point from 6.7 cm above the table to 5.9 cm
+# below it
+Q_ABOVE = np.array([0.0, 2.0, -1.2, 0.0, 1.0, 0.0, 0.03])
+
+
+def _descent(t0: float, n: int = 20) -> tuple[list[float], list[list[float]]]:
+    offsets = [0.05 * (k + 1) for k in range(n)]
+    pts = [list(Q_ABOVE + np.r_[0.0, 0.4 * (k + 1) / n, 0, 0, 0, 0, 0]) for k in range(n)]
+    return offsets, pts
+
+
+def _run(
+    c: ChunkController, t0: float, seconds: float, plan: tuple | None = None
+) -> list[np.ndarray]:
+    """Tick for `seconds`; `plan` (offsets from t0, points) is sent again every 0.1 s
+    (what is still ahead of it), as a policy re-plans, so the watchdog does not hold."""
+    out, t = [], t0
+    for i in range(int(round(seconds / T))):
+        if plan is not None and i % 20 == 19:
+            ahead = [(t0 + o - t, p) for o, p in zip(*plan) if t0 + o > t]
+            if ahead:
+                c.submit(NAMES, t, [o for o, _ in ahead], [p for _, p in ahead], t)
+        t += T
+        cmd = c.tick(t, None)
+        assert cmd is not None, c.reason
+        out.append(cmd.position)
+    return out
+
+
+def test_targets_below_the_workspace_floor_are_lifted_onto_it():
+    ws = CFG.workspace
+    assert ws is not None and ws.floor_z_m == 0.005
+    offsets, pts = _descent(100.0)
+    heights = [ws.tool_height(np.array(p)) for p in pts]
+    assert heights[0] > ws.floor_z_m and min(heights) < -0.05
+    c = ChunkController(CFG, T)
+    c.activate(Q_ABOVE, 100.0)
+    accepted = c.submit(NAMES, 100.0, offsets, pts, 100.0)
+    below = [k for k, z in enumerate(heights) if z < ws.floor_z_m]
+    assert c.stats.floor_lifted_points == len(below) > 10
+    for k, q in enumerate(accepted.positions):
+        if k in below:
+            assert ws.tool_height(q) == pytest.approx(ws.floor_z_m, abs=1e-4)
+            assert q[6] == pts[k][6]  # the gripper is not touched
+        else:
+            assert np.array_equal(q, pts[k])  # targets above the floor stay as sent
+    commands = _run(c, 100.0, 1.5, (offsets, pts))
+    lowest = min(ws.tool_height(q) for q in commands)
+    # the command follows the lifted targets through the joint-space interpolation and
+    # the motion limits (the turn from the descent onto the floor is smoothed): it
+    # dips at most 2 mm below the floor, far inside the fault margin
+    assert ws.floor_z_m - 2e-3 < lowest < ws.floor_z_m
+    assert ws.tool_height(commands[-1]) == pytest.approx(ws.floor_z_m, abs=1e-4)
+    assert c.mode is Mode.RUNNING
+    # without the floor the same chunk drives the tool point 6 cm into the table
+    bare = ChunkController(replace(CFG, workspace=None), T)
+    bare.activate(Q_ABOVE, 100.0)
+    bare.submit(NAMES, 100.0, offsets, pts, 100.0)
+    assert min(ws.tool_height(q) for q in _run(bare, 100.0, 1.5, (offsets, pts))) < -0.05
+
+
+def test_a_target_no_joint_change_lifts_onto_the_floor_rejects_the_chunk():
+    high = replace(CFG, workspace=replace(CFG.workspace, floor_z_m=2.0))  # out of reach
+    c = ChunkController(high, T)
+    c.activate(Q_ABOVE, 100.0)
+    with pytest.raises(ChunkRejected, match="below the workspace floor") as info:
+        c.submit(NAMES, 100.0, *_descent(100.0), 100.0)
+    assert info.value.reason == "below_floor" and c.stats.rejections["below_floor"] == 1
+    assert c.mode is Mode.RUNNING and c.holding  # nothing of it reaches the arm
+
+
+def test_an_arm_below_the_floor_holds_and_rises_but_never_moves_further_down():
+    ws = CFG.workspace
+    low = Q_ABOVE + np.r_[0.0, 0.3, 0, 0, 0, 0, 0]  # tool point 3 cm below the table
+    z_low = ws.tool_height(low)
+    assert z_low < ws.floor_z_m - ws.fault_margin_m
+    # the rule itself: moving down there is a fault; holding or rising is not
+    deeper = low + np.r_[0.0, 0.01, 0, 0, 0, 0, 0]
+    assert "below the workspace floor" in ws.fault(low, deeper)
+    assert ws.fault(low, low) == "" and ws.fault(deeper, low) == ""
+    c = ChunkController(CFG, T)
+    c.activate(low, 100.0)
+    held = _run(c, 100.0, 0.1)
+    assert np.allclose(held[-1], low) and c.mode is Mode.RUNNING
+    # a chunk further down is lifted onto the floor: the arm rises to it
+    offsets = [0.05 * (k + 1) for k in range(20)]
+    pts = [list(deeper) for _ in offsets]
+    c.submit(NAMES, 100.1, offsets, pts, 100.1)
+    commands = _run(c, 100.1, 1.0, (offsets, pts))
+    heights = [ws.tool_height(q) for q in commands]
+    assert min(heights) >= z_low - 1e-9
+    assert heights[-1] == pytest.approx(ws.floor_z_m, abs=1e-4)
+    assert c.mode is Mode.RUNNING
+
+
+def test_workspace_config_errors_name_the_key(tmp_path):
+    good = config_path("piper.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.replace("  tool_offset_m: 0.06\n", "  tool_offset_m: -0.06\n"))
+    with pytest.raises(ConfigError, match=r"bad.yaml: workspace.tool_offset_m must be >= 0"):
+        load_safety_config(bad)
+    bad.write_text(good.replace("  fault_margin_m: 0.01\n", ""))
+    with pytest.raises(ConfigError, match=r"bad.yaml: 'workspace' must be a mapping"):
+        load_safety_config(bad)
+    bad.write_text(good.replace("  floor_z_m: 0.005\n", "  floor_z_m: .nan\n"))
+    with pytest.raises(ConfigError, match=r"workspace.floor_z_m must be a finite number"):
+        load_safety_config(bad)
+    # without the section the controller keeps to the joint limits
+    start = good.index("# The workspace floor")
+    end = good.index("# Kinematics")
+    bad.write_text(good[:start] + good[end:])
+    assert load_safety_config(bad).workspace is None
+
+
+def test_a_plan_that_passes_below_the_floor_between_its_targets_is_lifted_per_tick():
+    """Both targets are 1.5 cm above the floor, fingers tilted 0.5 rad either way; the
+    wrist turning between them points the fingers straight down on the way, 4 mm
+    below the floor. No target is lifted; the ticks on the way are."""
+    ws = CFG.workspace
+    vertical = np.array([0.0, 2.1774, -1.2, 0.0, 0.6807, 0.0, 0.03])
+    tilt = np.r_[0.0, 0, 0, 0, 0.5, 0, 0]
+    a, b = vertical + tilt, vertical - tilt
+    assert min(ws.tool_height(a), ws.tool_height(b)) > ws.floor_z_m + 0.01
+    assert ws.tool_height(vertical) < ws.floor_z_m - 0.003
+    lowest = {}
+    for name, cfg in (("floor", CFG), ("bare", replace(CFG, workspace=None))):
+        c = ChunkController(cfg, T)
+        c.activate(a, 100.0)
+        commands, t = [], 100.0
+        for _ in range(8):  # re-planned every 0.1 s from the command, as a policy does
+            here = list(c.last_command[0])
+            c.submit(NAMES, t, [0.01, 100.8 - t], [here, list(b)], t)
+            commands += _run(c, t, 0.1)
+            t += 0.1
+        # the wrist turned through the vertical
+        assert commands[-1][4] < vertical[4] - 0.3 and c.mode is Mode.RUNNING
+        lowest[name] = min(ws.tool_height(q) for q in commands)
+        if name == "floor":
+            assert c.stats.floor_lifted_points == 0 and c.stats.floor_ticks > 10
+    assert lowest["bare"] < ws.floor_z_m - 0.003
+    assert lowest["floor"] > ws.floor_z_m - 1e-3, lowest

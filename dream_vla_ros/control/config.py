@@ -10,12 +10,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from dream_vla_ros.paths import config_path
+
+if TYPE_CHECKING:
+    from dream_vla_ros.control.workspace import Workspace
 
 ARM_JOINTS: tuple[str, ...] = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 GRIPPER = "gripper"
@@ -52,6 +55,8 @@ class SafetyConfig:
     out_of_range_tolerance: tuple[float, ...]
     max_start_jump_rad: float
     chunk_timeout_s: float
+    # the floor under the tool point (config `workspace:`; None: joint limits only)
+    workspace: Workspace | None = None
 
     def __post_init__(self) -> None:
         n = len(self.joint_names)
@@ -188,6 +193,7 @@ def load_safety_config(path: str | Path | None = None) -> SafetyConfig:
     for name, pair in zip(names, limits):
         if not (isinstance(pair, list | tuple) and len(pair) == 2):
             raise ConfigError(f"{src}: position_limits.{name} must be [lower, upper]")
+    workspace = _workspace(doc, src)
     try:
         return SafetyConfig(
             joint_names=names,
@@ -208,7 +214,21 @@ def load_safety_config(path: str | Path | None = None) -> SafetyConfig:
             out_of_range_tolerance=tuple(_split(chunks, "out_of_range_tolerance", names, src)),
             max_start_jump_rad=_number(chunks, "max_start_jump_rad", src),
             chunk_timeout_s=_number(chunks, "timeout_s", src),
+            workspace=workspace,
         )
+    except ConfigError as exc:
+        raise ConfigError(f"{src}: {exc}") from None
+
+
+def _workspace(doc: Mapping[str, Any], src: Path) -> Workspace | None:
+    if "workspace" not in doc:
+        return None
+    from dream_vla_ros.control.kinematics import DHChain
+    from dream_vla_ros.control.workspace import load_workspace
+
+    chain = DHChain.load(src)  # its errors name the file
+    try:
+        return load_workspace(doc["workspace"], chain)
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None
 

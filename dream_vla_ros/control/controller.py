@@ -55,6 +55,10 @@ class ControllerStats:
     clamped_by_joint: Counter = field(default_factory=Counter)
     slowed_by_joint: Counter = field(default_factory=Counter)
     watchdog_holds: int = 0
+    # chunk targets lifted onto the workspace floor (control/workspace.py)
+    floor_lifted_points: int = 0
+    # ticks whose plan passed below the floor and whose target was lifted onto it
+    floor_ticks: int = 0
 
 
 class ChunkController:
@@ -159,6 +163,7 @@ class ChunkController:
                     self.cfg,
                     reference=self.filter.position,
                 )
+                chunk = self._onto_floor(chunk)
             except ChunkRejected as exc:
                 self.stats.rejections[exc.reason] += 1
                 raise
@@ -177,6 +182,48 @@ class ChunkController:
             self.stats.chunks_accepted += 1
             return chunk
 
+    def _onto_floor(self, chunk: TimedChunk) -> TimedChunk:
+        """The chunk with every target below the workspace floor lifted onto it."""
+        ws = self.cfg.workspace
+        if ws is None:
+            return chunk
+        lower, upper = self.cfg.soft_lower, self.cfg.soft_upper
+        positions, lifted = None, 0
+        for k, q in enumerate(chunk.positions):
+            up = ws.lift(q, lower, upper)
+            if up is None:
+                raise ChunkRejected(
+                    "below_floor",
+                    f"point {k} puts the tool point {ws.floor_z_m - ws.tool_height(q):.3f} m "
+                    f"below the workspace floor (z {ws.floor_z_m} m) and no joint change "
+                    "within the soft limits lifts it there",
+                )
+            if up is not q:
+                if positions is None:
+                    positions = chunk.positions.copy()
+                positions[k] = up
+                lifted += 1
+        if positions is None:
+            return chunk
+        self.stats.floor_lifted_points += lifted
+        positions.setflags(write=False)
+        return TimedChunk(chunk.stamp_s, chunk.times_s, positions)
+
+    def _above_floor(
+        self, target: np.ndarray, target_velocity: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The sampled target lifted onto the workspace floor (at rest there) when the
+        plan passes below it: the targets of a chunk are on or above the floor, but
+        the splice's fading offset and the curve between them need not be."""
+        ws = self.cfg.workspace
+        if ws is None:
+            return target, target_velocity
+        up = ws.lift(target, self.cfg.soft_lower, self.cfg.soft_upper)
+        if up is None or up is target:
+            return target, target_velocity
+        self.stats.floor_ticks += 1
+        return up, None
+
     def tick(self, now_s: float, measured_position: np.ndarray | None) -> FilteredCommand | None:
         """One control step: the command to send now, or None when nothing may be sent."""
         with self._lock:
@@ -192,12 +239,22 @@ class ChunkController:
                 target, target_velocity = self.filter.position, None
             else:
                 target, target_velocity = self._trajectory.sample(now_s)
+                target, target_velocity = self._above_floor(target, target_velocity)
+            previous = self.filter.position
             try:
                 dt = None if self._last_tick_time is None else now_s - self._last_tick_time
                 command = self.filter.step(target, target_velocity, measured_position, dt)
             except TrackingFault as exc:
                 self.mode = Mode.FAULT
                 self.reason = f"tracking fault: {exc}"
+                self._trajectory = None
+                return None
+            ws = self.cfg.workspace
+            problem = "" if ws is None else ws.fault(previous, command.position)
+            if problem:
+                # the filter's state moved; nothing is sent and FAULT holds the arm
+                self.mode = Mode.FAULT
+                self.reason = f"workspace floor: {problem}"
                 self._trajectory = None
                 return None
             self._last_tick_time = now_s

@@ -149,19 +149,29 @@ def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
 
 
 def _counts(status: dict[str, str]) -> np.ndarray:
-    keys = ("ticks", "limited_ticks", "limited_clamped_ticks", "limited_slowed_ticks")
+    keys = (
+        "ticks",
+        "limited_ticks",
+        "limited_clamped_ticks",
+        "limited_slowed_ticks",
+        "floor_lifted_points",
+        "floor_ticks",
+    )
     return np.array([int(status.get(k, 0)) for k in keys])
 
 
 def limited_ticks(totals: np.ndarray) -> dict[str, float]:
-    """The controller's ticks during the rollouts and the share its limits changed."""
-    ticks, limited, clamped, slowed = (int(v) for v in totals)
+    """The controller's ticks during the rollouts and the share its limits changed;
+    the chunk targets it lifted onto the workspace floor."""
+    ticks, limited, clamped, slowed, floor, floor_ticks = (int(v) for v in totals)
     return {
         "ticks": ticks,
         "limited": limited,
         "clamped": clamped,
         "slowed": slowed,
         "share": limited / ticks if ticks else 0.0,
+        "floor_lifted_points": floor,
+        "floor_ticks": floor_ticks,
     }
 
 
@@ -262,7 +272,7 @@ def collect(
     client.watch()
     results = []
     faults = 0
-    totals = np.zeros(4, dtype=int)  # the controller's counters over the episodes
+    totals = np.zeros(6, dtype=int)  # the controller's counters over the episodes
 
     def expert_home() -> None:
         client.set_param("teleop", "task.start_seed", -1)
@@ -457,7 +467,7 @@ def evaluate(
     rollouts: list[Rollout] = []
     gif_frames: list[np.ndarray] = []
     faults = 0
-    totals = np.zeros(4, dtype=int)  # the controller's counters over the rollouts
+    totals = np.zeros(6, dtype=int)  # the controller's counters over the rollouts
     try:
         client.wait(lambda: client.measured() is not None, 120, "/joint_states")
         client.wait(

@@ -142,6 +142,8 @@ def add_controller_stats(limits: dict[str, Any], controller) -> None:
         ("limited", s.limited_ticks),
         ("clamped", s.clamped_ticks),
         ("slowed", s.slowed_ticks),
+        ("floor_lifted_points", s.floor_lifted_points),
+        ("floor_ticks", s.floor_ticks),
     ):
         limits[key] = limits.get(key, 0) + n
     for key, by_joint in (
