@@ -447,6 +447,41 @@ def test_the_simulated_gripper_stalls_on_the_reported_object_and_reports_its_eff
     assert proc.alive() and rec.latest_diag().get("mode") == "running"
 
 
+# a pose with the tool point 6.7 cm above the table; joint2 2.0 -> 2.4 takes it 5.9 cm
+# below (test_control.py)
+NEAR_TABLE = np.array([0.0, 2.0, -1.2, 0.0, 1.0, 0.0, 0.03])
+
+
+@pytest.mark.parametrize(
+    "controller", [{"sim.initial_positions": NEAR_TABLE.tolist()}], indirect=True
+)
+def test_a_descent_into_the_table_stops_on_the_workspace_floor(controller):
+    """Chunks that drive the tool point 6 cm into the table, sent from another
+    process: the node lifts their targets onto the floor of config/piper.yaml, the
+    arm stops there within the motion limits, and /diagnostics counts the lifts."""
+    client, rec, _ = controller
+    ws = CFG.workspace
+    start = rec.latest_state()
+    t0 = client.now() + 0.05
+
+    def descent(t: float) -> np.ndarray:
+        share = min(max(0.0, t - t0) / 1.5, 1.0)
+        return start + np.r_[0.0, 0.4 * share, 0, 0, 0, 0, 0]
+
+    assert ws.tool_height(descent(t0 + 2.0)) < -0.05
+    publish_profile(client, descent, duration=2.5)
+    wait_for(lambda: int(rec.latest_diag().get("floor_lifted_points", 0)) > 0, 2.0, "lifts")
+    with rec.lock:
+        commands = [c for c in rec.commands if c[0] > t0]
+        measured = [q for t, q in rec.states if t > t0]
+    heights = np.array([ws.tool_height(q) for _, q, _ in commands])
+    assert heights.min() > ws.floor_z_m - 2e-3, heights.min()
+    assert heights[-1] == pytest.approx(ws.floor_z_m, abs=1e-3)  # it went down to it
+    assert min(ws.tool_height(q) for q in measured) > ws.floor_z_m - 5e-3
+    assert rec.latest_diag().get("mode") == "running"
+    check_limits(commands)
+
+
 def test_can_feedback_loss_faults_and_stops(controller):
     client, rec, _ = controller
     ramp = slow_ramp(client.now())
