@@ -486,9 +486,10 @@ def test_smooth_plans_are_followed_and_jittery_ones_are_limited():
     assert _limited_share(0.003) > 0.75
 
 
-# the workspace floor (config/piper.yaml `workspace:`): joint2 from 2.0 to 2.4 rad
-# with the others fixed moves the tool point from 6.7 cm above the table to 5.9 cm
-# below it
+# the workspace floor (config/piper.yaml `workspace:`), here at 5 mm whatever the file
+# says: joint2 from 2.0 to 2.4 rad with the others fixed moves the tool point from
+# 6.7 cm above the table to 5.9 cm below it
+FLOORED = replace(CFG, workspace=replace(CFG.workspace, floor_z_m=0.005))
 Q_ABOVE = np.array([0.0, 2.0, -1.2, 0.0, 1.0, 0.0, 0.03])
 
 
@@ -517,12 +518,11 @@ def _run(
 
 
 def test_targets_below_the_workspace_floor_are_lifted_onto_it():
-    ws = CFG.workspace
-    assert ws is not None and ws.floor_z_m == 0.005
+    ws = FLOORED.workspace
     offsets, pts = _descent(100.0)
     heights = [ws.tool_height(np.array(p)) for p in pts]
     assert heights[0] > ws.floor_z_m and min(heights) < -0.05
-    c = ChunkController(CFG, T)
+    c = ChunkController(FLOORED, T)
     c.activate(Q_ABOVE, 100.0)
     accepted = c.submit(NAMES, 100.0, offsets, pts, 100.0)
     below = [k for k, z in enumerate(heights) if z < ws.floor_z_m]
@@ -542,14 +542,14 @@ def test_targets_below_the_workspace_floor_are_lifted_onto_it():
     assert ws.tool_height(commands[-1]) == pytest.approx(ws.floor_z_m, abs=1e-4)
     assert c.mode is Mode.RUNNING
     # without the floor the same chunk drives the tool point 6 cm into the table
-    bare = ChunkController(replace(CFG, workspace=None), T)
+    bare = ChunkController(replace(FLOORED, workspace=None), T)
     bare.activate(Q_ABOVE, 100.0)
     bare.submit(NAMES, 100.0, offsets, pts, 100.0)
     assert min(ws.tool_height(q) for q in _run(bare, 100.0, 1.5, (offsets, pts))) < -0.05
 
 
 def test_a_target_no_joint_change_lifts_onto_the_floor_rejects_the_chunk():
-    high = replace(CFG, workspace=replace(CFG.workspace, floor_z_m=2.0))  # out of reach
+    high = replace(FLOORED, workspace=replace(FLOORED.workspace, floor_z_m=2.0))  # out of reach
     c = ChunkController(high, T)
     c.activate(Q_ABOVE, 100.0)
     with pytest.raises(ChunkRejected, match="below the workspace floor") as info:
@@ -559,7 +559,7 @@ def test_a_target_no_joint_change_lifts_onto_the_floor_rejects_the_chunk():
 
 
 def test_an_arm_below_the_floor_holds_and_rises_but_never_moves_further_down():
-    ws = CFG.workspace
+    ws = FLOORED.workspace
     low = Q_ABOVE + np.r_[0.0, 0.3, 0, 0, 0, 0, 0]  # tool point 3 cm below the table
     z_low = ws.tool_height(low)
     assert z_low < ws.floor_z_m - ws.fault_margin_m
@@ -567,7 +567,7 @@ def test_an_arm_below_the_floor_holds_and_rises_but_never_moves_further_down():
     deeper = low + np.r_[0.0, 0.01, 0, 0, 0, 0, 0]
     assert "below the workspace floor" in ws.fault(low, deeper)
     assert ws.fault(low, low) == "" and ws.fault(deeper, low) == ""
-    c = ChunkController(CFG, T)
+    c = ChunkController(FLOORED, T)
     c.activate(low, 100.0)
     held = _run(c, 100.0, 0.1)
     assert np.allclose(held[-1], low) and c.mode is Mode.RUNNING
@@ -591,7 +591,7 @@ def test_workspace_config_errors_name_the_key(tmp_path):
     bad.write_text(good.replace("  fault_margin_m: 0.01\n", ""))
     with pytest.raises(ConfigError, match=r"bad.yaml: 'workspace' must be a mapping"):
         load_safety_config(bad)
-    bad.write_text(good.replace("  floor_z_m: 0.005\n", "  floor_z_m: .nan\n"))
+    bad.write_text(good.replace("  floor_z_m: 0.01\n", "  floor_z_m: .nan\n"))
     with pytest.raises(ConfigError, match=r"workspace.floor_z_m must be a finite number"):
         load_safety_config(bad)
     # without the section the controller keeps to the joint limits
@@ -605,14 +605,14 @@ def test_a_plan_that_passes_below_the_floor_between_its_targets_is_lifted_per_ti
     """Both targets are 1.5 cm above the floor, fingers tilted 0.5 rad either way; the
     wrist turning between them points the fingers straight down on the way, 4 mm
     below the floor. No target is lifted; the ticks on the way are."""
-    ws = CFG.workspace
+    ws = FLOORED.workspace
     vertical = np.array([0.0, 2.1774, -1.2, 0.0, 0.6807, 0.0, 0.03])
     tilt = np.r_[0.0, 0, 0, 0, 0.5, 0, 0]
     a, b = vertical + tilt, vertical - tilt
     assert min(ws.tool_height(a), ws.tool_height(b)) > ws.floor_z_m + 0.01
     assert ws.tool_height(vertical) < ws.floor_z_m - 0.003
     lowest = {}
-    for name, cfg in (("floor", CFG), ("bare", replace(CFG, workspace=None))):
+    for name, cfg in (("floor", FLOORED), ("bare", replace(FLOORED, workspace=None))):
         c = ChunkController(cfg, T)
         c.activate(a, 100.0)
         commands, t = [], 100.0
