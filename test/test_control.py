@@ -535,10 +535,9 @@ def test_targets_below_the_workspace_floor_are_lifted_onto_it():
             assert np.array_equal(q, pts[k])  # targets above the floor stay as sent
     commands = _run(c, 100.0, 1.5, (offsets, pts))
     lowest = min(ws.tool_height(q) for q in commands)
-    # the command follows the lifted targets through the joint-space interpolation and
-    # the motion limits (the turn from the descent onto the floor is smoothed): it
-    # dips at most 2 mm below the floor, far inside the fault margin
-    assert ws.floor_z_m - 2e-3 < lowest < ws.floor_z_m
+    # the filter brakes the descent onto the floor (braking_m_s2): the command stops on
+    # it, not below it (float noise: micrometres)
+    assert ws.floor_z_m - 1e-4 < lowest < ws.floor_z_m + 1e-4
     assert ws.tool_height(commands[-1]) == pytest.approx(ws.floor_z_m, abs=1e-4)
     assert c.mode is Mode.RUNNING
     # without the floor the same chunk drives the tool point 6 cm into the table
@@ -625,6 +624,6 @@ def test_a_plan_that_passes_below_the_floor_between_its_targets_is_lifted_per_ti
         assert commands[-1][4] < vertical[4] - 0.3 and c.mode is Mode.RUNNING
         lowest[name] = min(ws.tool_height(q) for q in commands)
         if name == "floor":
-            assert c.stats.floor_lifted_points == 0 and c.stats.floor_ticks > 10
+            assert c.stats.floor_lifted_points == 0 and c.stats.floor_ticks > 0
     assert lowest["bare"] < ws.floor_z_m - 0.003
-    assert lowest["floor"] > ws.floor_z_m - 1e-3, lowest
+    assert lowest["floor"] > ws.floor_z_m - 1e-4, lowest

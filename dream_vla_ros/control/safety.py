@@ -10,7 +10,10 @@ in this order:
    and near the target so the joint can always brake in time at the allowed
    deceleration: a limited command never overshoots a limit or oscillates
    around a target;
-3. maximum deviation from the measured position: a violation is a *fault*
+3. the workspace floor (config `workspace:`, control/workspace.py): the tool
+   point's downward speed is bounded so that `braking_m_s2` stops it on the floor,
+   by the smallest change of the joint velocities, within the limits of 2;
+4. maximum deviation from the measured position: a violation is a *fault*
    (the caller stops the arm), never a clamp.
 
 Why the real elapsed time: with a fixed per-tick step, a loop that runs at
@@ -98,6 +101,7 @@ class SafetyFilter:
         self.tracking_mask = cfg.arm_joint_mask
         self.max_tracking_error = cfg.max_tracking_error_rad
         self.joint_names = cfg.joint_names
+        self.workspace = cfg.workspace
         self.position = np.zeros(len(cfg.joint_names))
         self.velocity = np.zeros(len(cfg.joint_names))
 
@@ -110,6 +114,23 @@ class SafetyFilter:
         """
         self.position = np.asarray(measured_position, dtype=np.float64).copy()
         self.velocity = np.zeros_like(self.position)
+
+    def _floor_braking(self, q: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
+        """`v` with the tool point's downward speed at most what `braking_m_s2` stops
+        on the floor from the height of `q` (`limit_speed`, as at the joint limits;
+        nothing downward below the floor): the smallest change, along the height's
+        joint gradient."""
+        ws = self.workspace
+        assert ws is not None
+        z, grad = ws.height_and_gradient(q)
+        down = float(grad @ v[:6])
+        allowed = -float(limit_speed(np.array(z - ws.floor_z_m), np.array(ws.braking_m_s2), period))
+        g2 = float(grad @ grad)
+        if down >= allowed or g2 < 1e-12:
+            return v
+        out = v.copy()
+        out[:6] += grad * ((allowed - down) / g2)
+        return out
 
     def step(
         self,
@@ -144,10 +165,13 @@ class SafetyFilter:
         v = _clip(v_want, v_lo, v_hi)
         dv = self.amax * T
         v = _clip(v, v_prev - dv, v_prev + dv)
+        # 3. the tool point's descent towards the workspace floor
+        if self.workspace is not None:
+            v = _clip(_clip(self._floor_braking(q, v, T), v_lo, v_hi), v_prev - dv, v_prev + dv)
         # inside the soft range stay inside; outside it, only move towards it
         new_q = _clip(q + v * T, np.minimum(self.lower, q), np.maximum(self.upper, q))
         v = (new_q - q) / T
-        # 3. deviation from the measured position is a fault
+        # 4. deviation from the measured position is a fault
         if measured is not None:
             deviation = np.abs(new_q - measured) * self.tracking_mask
             j = int(np.argmax(deviation))

@@ -3,19 +3,20 @@
 Joint limits alone let a policy drive the fingertips into the table the arm stands
 on (a 1 cm error in how the joints combine is enough). The floor is a Cartesian
 rule on the tool point (the flange's origin plus `tool_offset_m` along its z axis),
-applied in two places (docs/controller.md, "The workspace floor"):
+applied in three places (docs/controller.md, "The workspace floor"):
 
-1. every accepted chunk: a target that puts the tool point below `floor_z_m` is
-   lifted onto the floor by the smallest joint change (Gauss-Newton on the height
-   alone); a target that no such change lifts rejects the chunk;
-2. every tick: a command that moves the tool point down to more than
-   `fault_margin_m` below the floor is a fault. The interpolation between lifted
-   targets stays within millimetres of them, so only a motion that the first rule
-   did not shape (a bug, or a floor changed under a running chunk) gets there. A
-   command that does not move down never faults: an arm that starts below the
-   floor may hold there and rise.
+1. every accepted chunk (ChunkController.submit): a target that puts the tool point
+   below `floor_z_m` is lifted onto it by the smallest joint change (Gauss-Newton on
+   the height alone); a target that no such change lifts rejects the chunk;
+2. every tick (ChunkController.tick): a sampled target below the floor (the plan
+   between targets, the splice's fading offset) is lifted onto it, and the safety
+   filter bounds the tool point's downward speed so that `braking_m_s2` stops it on
+   the floor (SafetyFilter, rule 3);
+3. every command: one that moves the tool point down to more than `fault_margin_m`
+   below the floor is a fault, the last line. A command that does not move down
+   never faults: an arm that starts below the floor may hold there and rise.
 
-No ROS imports; the tool point's height costs one forward-kinematics pass (~30 us).
+No ROS imports; the height and its joint gradient cost one forward-kinematics pass.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ class Workspace:
     tool_offset_m: float  # tool point: this far along the flange's z axis [m]
     floor_z_m: float  # lowest height of the tool point in the base frame [m]
     fault_margin_m: float  # a command moving down this far below the floor faults [m]
+    # the deceleration the safety filter allows the tool point towards the floor
+    # [m/s^2]: its downward speed at a height d above it is at most what stops it there
+    braking_m_s2: float = 0.5
 
     def __post_init__(self) -> None:
-        for key in ("tool_offset_m", "floor_z_m", "fault_margin_m"):
+        for key in ("tool_offset_m", "floor_z_m", "fault_margin_m", "braking_m_s2"):
             value = getattr(self, key)
             if isinstance(value, bool) or not (
                 isinstance(value, int | float) and math.isfinite(value)
@@ -54,15 +58,16 @@ class Workspace:
                 f"workspace.tool_offset_m must be >= 0 (metres along the flange's z axis), "
                 f"got {self.tool_offset_m}"
             )
-        if self.fault_margin_m <= 0:
-            raise ConfigError(f"workspace.fault_margin_m must be > 0, got {self.fault_margin_m}")
+        for key in ("fault_margin_m", "braking_m_s2"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"workspace.{key} must be > 0, got {getattr(self, key)}")
 
     def tool_height(self, q: np.ndarray) -> float:
         """Height of the tool point [m] in the base frame for joints q[:6]."""
         pose = self.chain.end_effector(q)
         return float(pose[2, 3] + self.tool_offset_m * pose[2, 2])
 
-    def _height_and_gradient(self, q: np.ndarray) -> tuple[float, np.ndarray]:
+    def height_and_gradient(self, q: np.ndarray) -> tuple[float, np.ndarray]:
         """The tool point's height and its derivative by each arm joint: joint j turns
         about the z axis of frame j + 1, so the point moves by axis x (point - origin)."""
         frames = self.chain.frames(q)
@@ -82,7 +87,7 @@ class Workspace:
             return q
         out = np.array(q, dtype=np.float64)
         for _ in range(LIFT_ITERATIONS):
-            z, grad = self._height_and_gradient(out)
+            z, grad = self.height_and_gradient(out)
             gap = self.floor_z_m - z  # an overshoot (gap < 0) is taken back
             if abs(gap) < 1e-6:
                 break
@@ -112,7 +117,7 @@ class Workspace:
 def load_workspace(section: object, chain: DHChain) -> Workspace:
     """The `workspace:` section of the limits file (the caller adds the file's name
     to an error)."""
-    keys = ("tool_offset_m", "floor_z_m", "fault_margin_m")
+    keys = ("tool_offset_m", "floor_z_m", "fault_margin_m", "braking_m_s2")
     if not isinstance(section, dict) or set(section) != set(keys):
         raise ConfigError(f"'workspace' must be a mapping with exactly the keys {list(keys)}")
     return Workspace(chain, *(section[k] for k in keys))
