@@ -64,19 +64,62 @@ class Workspace:
 
     def tool_height(self, q: np.ndarray) -> float:
         """Height of the tool point [m] in the base frame for joints q[:6]."""
-        pose = self.chain.end_effector(q)
-        return float(pose[2, 3] + self.tool_offset_m * pose[2, 2])
+        return self._chain_z(q)[0]
 
     def height_and_gradient(self, q: np.ndarray) -> tuple[float, np.ndarray]:
         """The tool point's height and its derivative by each arm joint: joint j turns
         about the z axis of frame j + 1, so the point moves by axis x (point - origin)."""
-        frames = self.chain.frames(q)
-        tool = frames[-1, :3, 3] + self.tool_offset_m * frames[-1, :3, 2]
-        axes, origins = frames[1:, :3, 2], frames[1:, :3, 3]
-        lever = tool - origins
-        # z component of axis x lever, per joint
-        grad = axes[:, 0] * lever[:, 1] - axes[:, 1] * lever[:, 0]
-        return float(tool[2]), grad
+        z, axes, origins, tool = self._chain_z(q, gradient=True)
+        grad = np.array(
+            [ax * (tool[1] - o[1]) - ay * (tool[0] - o[0]) for (ax, ay), o in zip(axes, origins)]
+        )
+        return z, grad
+
+    def _chain_z(self, q: np.ndarray, gradient: bool = False) -> tuple:
+        """The DH chain in plain floats (each tick calls it; numpy's per-call overhead
+        on 4x4 matrices made it 2x slower): the tool point's height, and with
+        `gradient` each joint's axis (x, y), origin (x, y) and the tool point (x, y)."""
+        chain = self.chain
+        # the running pose's top three rows, row-major
+        r00, r01, r02, r03 = 1.0, 0.0, 0.0, 0.0
+        r10, r11, r12, r13 = 0.0, 1.0, 0.0, 0.0
+        r20, r21, r22, r23 = 0.0, 0.0, 1.0, 0.0
+        axes, origins = [], []
+        for i in range(6):
+            th = float(q[i]) + float(chain.theta_offset[i])
+            ct, st = math.cos(th), math.sin(th)
+            al = float(chain.alpha[i])
+            ca, sa = math.cos(al), math.sin(al)
+            a, d = float(chain.a[i]), float(chain.d[i])
+            # link: rows (ct, -st, 0, a), (st ca, ct ca, -sa, -sa d), (st sa, ct sa, ca, ca d)
+            m10, m11, m12, m13 = st * ca, ct * ca, -sa, -sa * d
+            m20, m21, m22, m23 = st * sa, ct * sa, ca, ca * d
+            r00, r01, r02, r03 = (
+                r00 * ct + r01 * m10 + r02 * m20,
+                -r00 * st + r01 * m11 + r02 * m21,
+                r01 * m12 + r02 * m22,
+                r00 * a + r01 * m13 + r02 * m23 + r03,
+            )
+            r10, r11, r12, r13 = (
+                r10 * ct + r11 * m10 + r12 * m20,
+                -r10 * st + r11 * m11 + r12 * m21,
+                r11 * m12 + r12 * m22,
+                r10 * a + r11 * m13 + r12 * m23 + r13,
+            )
+            r20, r21, r22, r23 = (
+                r20 * ct + r21 * m10 + r22 * m20,
+                -r20 * st + r21 * m11 + r22 * m21,
+                r21 * m12 + r22 * m22,
+                r20 * a + r21 * m13 + r22 * m23 + r23,
+            )
+            if gradient:
+                axes.append((r02, r12))
+                origins.append((r03, r13))
+        off = self.tool_offset_m
+        z = r23 + off * r22
+        if not gradient:
+            return (z,)
+        return z, axes, origins, (r03 + off * r02, r13 + off * r12)
 
     def lift(self, q: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray | None:
         """`q` (>= 6 values) with the arm joints moved the least (in the joint-space
