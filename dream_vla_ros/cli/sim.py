@@ -344,7 +344,8 @@ def _proxy(args: argparse.Namespace) -> int:
         print(
             f"proxy: the controller limited {limits['limited']} of {limits['ticks']} ticks "
             f"({limits['limited_share']:.0%}): targets outside the soft range "
-            f"{limits['clamped']}, slowed by the motion bounds {limits['slowed']}"
+            f"{limits['clamped']}, slowed by the motion bounds {limits['slowed']}; "
+            f"targets lifted onto the workspace floor {limits.get('floor_lifted_points', 0)}"
         )
     return 0
 
@@ -370,6 +371,7 @@ def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
     print(
         f"proxy: the controller limited {limits.get('limited', 0)} of {limits.get('ticks', 0)} "
         f"ticks ({limits['limited_share']:.0%}): targets outside the soft range "
-        f"{limits.get('clamped', 0)}, slowed by the motion bounds {limits.get('slowed', 0)}"
+        f"{limits.get('clamped', 0)}, slowed by the motion bounds {limits.get('slowed', 0)}; "
+        f"targets lifted onto the workspace floor {limits.get('floor_lifted_points', 0)}"
     )
     return 0
