@@ -10,23 +10,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
 
+from dream_vla_ros.control.errors import ConfigError
+from dream_vla_ros.control.kinematics import DHChain
+from dream_vla_ros.control.workspace import Workspace, load_workspace
 from dream_vla_ros.paths import config_path
-
-if TYPE_CHECKING:
-    from dream_vla_ros.control.workspace import Workspace
 
 ARM_JOINTS: tuple[str, ...] = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6")
 GRIPPER = "gripper"
 JOINT_NAMES: tuple[str, ...] = (*ARM_JOINTS, GRIPPER)
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message says why."""
 
 
 def _vec(values: tuple[float, ...]) -> np.ndarray:
@@ -223,9 +219,6 @@ def load_safety_config(path: str | Path | None = None) -> SafetyConfig:
 def _workspace(doc: Mapping[str, Any], src: Path) -> Workspace | None:
     if "workspace" not in doc:
         return None
-    from dream_vla_ros.control.kinematics import DHChain
-    from dream_vla_ros.control.workspace import load_workspace
-
     chain = DHChain.load(src)  # its errors name the file
     try:
         return load_workspace(doc["workspace"], chain)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dream_vla_ros.control.config import ConfigError
+from dream_vla_ros.control.errors import ConfigError
 from dream_vla_ros.paths import config_path
 
 _KEYS = ("dh_a_m", "dh_alpha_rad", "dh_theta_offset_rad", "dh_d_m")

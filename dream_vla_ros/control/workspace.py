@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dream_vla_ros.control.config import ConfigError
+from dream_vla_ros.control.errors import ConfigError
 from dream_vla_ros.control.kinematics import DHChain
 
 # Gauss-Newton iterations that lift one target onto the floor (the height is close
@@ -77,7 +77,7 @@ class Workspace:
 
     def _chain_z(self, q: np.ndarray, gradient: bool = False) -> tuple:
         """The DH chain in plain floats (each tick calls it; numpy's per-call overhead
-        on 4x4 matrices made it 2x slower): the tool point's height, and with
+        on 4x4 matrices made it 5x slower): the tool point's height, and with
         `gradient` each joint's axis (x, y), origin (x, y) and the tool point (x, y)."""
         chain = self.chain
         # the running pose's top three rows, row-major

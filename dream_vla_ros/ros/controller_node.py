@@ -344,8 +344,7 @@ class ControllerNode(Node):
             "clamped_by_joint": _counts(stats.clamped_by_joint),
             "slowed_by_joint": _counts(stats.slowed_by_joint),
             "watchdog_holds": str(stats.watchdog_holds),
-            # chunk targets lifted onto the workspace floor (config/piper.yaml)
-            "floor_lifted_points": str(stats.floor_lifted_points),
+            "floor_lifted_points": str(stats.floor_lifted_points),  # workspace floor
             "floor_ticks": str(stats.floor_ticks),
             "loop_overruns": str(self.loop.overruns),
             # process stalls seen by the driver (its feedback silence clock restarted)
