@@ -581,19 +581,27 @@ def test_an_arm_below_the_floor_holds_and_rises_but_never_moves_further_down():
     assert c.mode is Mode.RUNNING
 
 
-def test_workspace_config_errors_name_the_key(tmp_path):
+@pytest.mark.parametrize(
+    "line, replacement, message",
+    [
+        ("tool_offset_m: 0.06", "tool_offset_m: -0.06", r"workspace.tool_offset_m must be >= 0"),
+        ("fault_margin_m: 0.01", "", r"'workspace' must be a mapping with exactly the keys"),
+        ("floor_z_m: 0.01", "floor_z_m: .nan", r"workspace.floor_z_m must be a finite number"),
+        ("braking_m_s2: 0.5", "braking_m_s2: 0", r"workspace.braking_m_s2 must be > 0"),
+    ],
+)
+def test_workspace_config_errors_name_the_file_and_key(tmp_path, line, replacement, message):
+    good = config_path("piper.yaml").read_text()
+    assert f"  {line}\n" in good
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.replace(f"  {line}\n", f"  {replacement}\n" if replacement else ""))
+    with pytest.raises(ConfigError, match=r"bad.yaml: " + message):
+        load_safety_config(bad)
+
+
+def test_a_limits_file_without_a_workspace_section_has_no_floor(tmp_path):
     good = config_path("piper.yaml").read_text()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(good.replace("  tool_offset_m: 0.06\n", "  tool_offset_m: -0.06\n"))
-    with pytest.raises(ConfigError, match=r"bad.yaml: workspace.tool_offset_m must be >= 0"):
-        load_safety_config(bad)
-    bad.write_text(good.replace("  fault_margin_m: 0.01\n", ""))
-    with pytest.raises(ConfigError, match=r"bad.yaml: 'workspace' must be a mapping"):
-        load_safety_config(bad)
-    bad.write_text(good.replace("  floor_z_m: 0.01\n", "  floor_z_m: .nan\n"))
-    with pytest.raises(ConfigError, match=r"workspace.floor_z_m must be a finite number"):
-        load_safety_config(bad)
-    # without the section the controller keeps to the joint limits
     start = good.index("# The workspace floor")
     end = good.index("# Kinematics")
     bad.write_text(good[:start] + good[end:])
