@@ -517,6 +517,23 @@ def _run(
     return out
 
 
+def test_the_floor_s_plain_float_kinematics_agree_with_the_dh_chain():
+    """The workspace computes the tool point's height in plain floats (speed); it must
+    be the DH chain's, and its gradient the height's finite differences."""
+    ws = FLOORED.workspace
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q = rng.uniform(CFG.soft_lower, CFG.soft_upper)
+        pose = ws.chain.end_effector(q)
+        expected = pose[2, 3] + ws.tool_offset_m * pose[2, 2]
+        assert ws.tool_height(q) == pytest.approx(expected, abs=1e-12)
+        z, grad = ws.height_and_gradient(q)
+        assert z == pytest.approx(expected, abs=1e-12)
+        step = 1e-7
+        numeric = [(ws.tool_height(q + step * np.eye(7)[j]) - z) / step for j in range(6)]
+        assert grad == pytest.approx(numeric, abs=1e-6)
+
+
 def test_targets_below_the_workspace_floor_are_lifted_onto_it():
     ws = FLOORED.workspace
     offsets, pts = _descent(100.0)
