@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -515,6 +516,75 @@ def _run(
         assert cmd is not None, c.reason
         out.append(cmd.position)
     return out
+
+
+def test_lifting_a_chunk_onto_the_floor_does_not_hold_up_the_ticks(monkeypatch):
+    """`submit` lifts targets outside the controller's lock: while one is being lifted
+    the ticks go on; a fault (or a re-activation) meanwhile discards the chunk."""
+    workspace = type(FLOORED.workspace)
+    real_lift = workspace.lift
+    lifting, release = threading.Event(), threading.Event()
+    submitter: list[threading.Thread] = []
+
+    def slow_lift(self, q, lower, upper):
+        if submitter and threading.current_thread() is submitter[0]:
+            lifting.set()
+            release.wait(10.0)
+        return real_lift(self, q, lower, upper)
+
+    monkeypatch.setattr(workspace, "lift", slow_lift)
+    offsets, pts = _descent(100.0)
+
+    def submit_in_thread(c: ChunkController, result: dict) -> threading.Thread:
+        def run() -> None:
+            try:
+                result["chunk"] = c.submit(NAMES, 100.0, offsets, pts, 100.0)
+            except ChunkRejected as exc:
+                result["rejected"] = exc
+
+        lifting.clear()
+        release.clear()
+        submitter[:] = [threading.Thread(target=run)]
+        submitter[0].start()
+        assert lifting.wait(10.0)
+        return submitter[0]
+
+    c = ChunkController(FLOORED, T)
+    c.activate(Q_ABOVE, 100.0)
+    result: dict = {}
+    thread = submit_in_thread(c, result)
+    ticks: list = []
+    ticker = threading.Thread(
+        target=lambda: ticks.extend(c.tick(100.0 + k * T, None) for k in (1, 2))
+    )
+    ticker.start()
+    ticker.join(5.0)
+    assert not ticker.is_alive() and thread.is_alive()  # ticked while the lift waits
+    assert all(cmd is not None for cmd in ticks)
+    assert np.allclose(ticks[-1].position, Q_ABOVE)  # still holding: nothing spliced yet
+    release.set()
+    thread.join(10.0)
+    assert "chunk" in result and c.stats.floor_lifted_points > 10
+    assert c.stats.chunks_accepted == 1
+
+    result = {}
+    thread = submit_in_thread(c, result)
+    c.fault("test fault while lifting")
+    release.set()
+    thread.join(10.0)
+    assert result["rejected"].reason == "not_running"
+    assert c.stats.chunks_accepted == 1 and c.stats.rejections["not_running"] == 1
+
+    assert c.reset_fault()
+    c.activate(Q_ABOVE, 101.0)
+    result = {}
+    thread = submit_in_thread(c, result)
+    c.deactivate()
+    c.activate(Q_ABOVE, 101.0)
+    release.set()
+    thread.join(10.0)
+    assert "re-activated" in str(result["rejected"])
+    assert c.stats.rejections["not_running"] == 2
 
 
 def test_the_floor_s_plain_float_kinematics_agree_with_the_dh_chain():

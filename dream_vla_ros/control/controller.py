@@ -74,6 +74,7 @@ class ChunkController:
         self._last_chunk_time = -np.inf
         self._last_tick_time: float | None = None
         self._holding = True
+        self._activations = 0  # a chunk checked before a re-activation is not spliced
         self._lock = threading.Lock()
 
     # -- mode changes -----------------------------------------------------------------
@@ -88,6 +89,7 @@ class ChunkController:
             self._last_chunk_time = -np.inf
             self._last_tick_time = None
             self._holding = True
+            self._activations += 1
             self.mode = Mode.RUNNING
             self.reason = ""
 
@@ -149,11 +151,16 @@ class ChunkController:
         points: Sequence[Sequence[float]],
         now_s: float,
     ) -> TimedChunk:
-        """Validate a chunk and splice it onto the active motion, or raise ChunkRejected."""
+        """Validate a chunk and splice it onto the active motion, or raise ChunkRejected.
+
+        Lifting targets onto the workspace floor (up to ~0.3 ms a target) runs outside
+        the lock, so a long chunk below the floor never delays a tick; validation
+        (against the command of that moment) and the splice (onto the motion of the
+        moment it ends) hold it."""
         with self._lock:
             try:
-                if self.mode is not Mode.RUNNING:
-                    raise ChunkRejected("not_running", f"controller is {self.mode.value}")
+                self._check_running()
+                activation = self._activations
                 chunk = validate_chunk(
                     joint_names,
                     stamp_s,
@@ -163,10 +170,30 @@ class ChunkController:
                     self.cfg,
                     reference=self.filter.position,
                 )
-                chunk = self._onto_floor(chunk)
             except ChunkRejected as exc:
                 self.stats.rejections[exc.reason] += 1
                 raise
+        try:
+            chunk, lifted = self._onto_floor(chunk)
+        except ChunkRejected as exc:
+            with self._lock:
+                self.stats.rejections[exc.reason] += 1
+            raise
+        with self._lock:
+            try:
+                # a fault, an e-stop or a re-activation while the targets were lifted
+                # discards the chunk (it was checked against a command that is gone)
+                self._check_running()
+                if self._activations != activation:
+                    raise ChunkRejected(
+                        "not_running",
+                        "the controller was re-activated while the chunk "
+                        "was checked; send it again",
+                    )
+            except ChunkRejected as exc:
+                self.stats.rejections[exc.reason] += 1
+                raise
+            self.stats.floor_lifted_points += lifted
             t_splice = self._last_tick_time if self._last_tick_time is not None else now_s
             self._trajectory = splice(
                 chunk,
@@ -182,11 +209,16 @@ class ChunkController:
             self.stats.chunks_accepted += 1
             return chunk
 
-    def _onto_floor(self, chunk: TimedChunk) -> TimedChunk:
-        """The chunk with every target below the workspace floor lifted onto it."""
+    def _check_running(self) -> None:
+        if self.mode is not Mode.RUNNING:
+            raise ChunkRejected("not_running", f"controller is {self.mode.value}")
+
+    def _onto_floor(self, chunk: TimedChunk) -> tuple[TimedChunk, int]:
+        """The chunk with every target below the workspace floor lifted onto it, and
+        how many were lifted (reads only the configuration: runs without the lock)."""
         ws = self.cfg.workspace
         if ws is None:
-            return chunk
+            return chunk, 0
         lower, upper = self.cfg.soft_lower, self.cfg.soft_upper
         positions, lifted = None, 0
         for k, q in enumerate(chunk.positions):
@@ -204,10 +236,9 @@ class ChunkController:
                 positions[k] = up
                 lifted += 1
         if positions is None:
-            return chunk
-        self.stats.floor_lifted_points += lifted
+            return chunk, 0
         positions.setflags(write=False)
-        return TimedChunk(chunk.stamp_s, chunk.times_s, positions)
+        return TimedChunk(chunk.stamp_s, chunk.times_s, positions), lifted
 
     def _above_floor(
         self, target: np.ndarray, target_velocity: np.ndarray | None
