@@ -919,6 +919,24 @@ def test_a_checkpoint_base_keeps_its_backbone_and_gets_a_new_head(toy, tmp_path)
     assert chunk.actions.shape == (8, 7) and np.all(np.isfinite(chunk.actions))
 
 
+def test_the_base_sets_the_input_size_of_the_cached_frames_and_of_the_checkpoint(toy, tmp_path):
+    from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
+
+    base = write_random_checkpoint(tmp_path / "base", "tiny", seed=3, image_size=336)
+    r = recipe(toy, tmp_path / "run", f"model.base={base}", "train.steps=1")
+    trainer = Trainer(r, progress=False, log=lambda _: None)
+    result = trainer.run()
+    assert trainer.data.preprocessor.size == 336
+    frames = next(iter(trainer.data.episodes.values())).frames
+    assert frames.shape[-2:] == (336, 336)
+    policy = Policy.from_checkpoint(result.final)
+    assert policy.cfg.image_size == 336 and policy.images.tokens_per_image == 144
+    chunk = policy.infer(
+        Observation([np.zeros((72, 96, 3), np.uint8)] * 2, "reach the red cube", np.zeros(7))
+    )
+    assert np.all(np.isfinite(chunk.actions))
+
+
 def test_gradient_accumulation_steps_the_optimizer_once_per_group(toy, tmp_path):
     r = recipe(toy, tmp_path / "run", "train.steps=2", "train.grad_accum=3", "train.batch_size=2")
     trainer = Trainer(r, progress=False, log=lambda _: None)

@@ -107,6 +107,12 @@ def add_parsers(sub) -> None:
     p_ground.add_argument(
         "--task", choices=("touch", "place"), default="touch", help="the world's task"
     )
+    p_ground.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="the model's input size in pixels, a multiple of 28 (224: 64 tokens an image)",
+    )
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
     p_pipe.add_argument(
@@ -208,10 +214,18 @@ def _ground(args: argparse.Namespace) -> int:
         refer_steps=args.refer_steps,
         seed=args.seed,
         task=args.task,
+        image_size=args.image_size,
     )
     if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
         print(
             "dream-vla sim ground: --layouts, --vision-steps and --refer-steps must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.image_size < 28 or settings.image_size % 28:
+        print(
+            f"dream-vla sim ground: --image-size {settings.image_size} is not a multiple of "
+            "28 pixels (the tiny preset's merged token); use 224, 336 or 448",
             file=sys.stderr,
         )
         return 2

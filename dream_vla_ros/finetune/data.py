@@ -15,12 +15,13 @@ Actions and states are normalised to [-1, 1] with per-dimension q01/q99 of the
 resumed run reuses the stored values). Splits are by episode, seeded, so no
 frame of a validation episode is ever trained on.
 
-Frames are decoded once, resized to the model's 224x224 input exactly as the
-policy does at run time (`ImagePreprocessor.resize`, optional centre crop) and
-cached as uint8. Augmentation (training only) is a random resized crop of that
-224x224 frame (area fraction in `crop_scale`, square) and colour jitter
-(brightness, contrast, saturation), drawn from a generator seeded per sample
-and epoch, so a resumed run sees the same pixels.
+Frames are decoded once, resized to the model's input (`image_size` of the base's
+config, 224x224 by default) exactly as the policy does at run time
+(`ImagePreprocessor.resize`, optional centre crop) and cached as uint8.
+Augmentation (training only) is a random resized crop of that frame (area
+fraction in `crop_scale`, square) and colour jitter (brightness, contrast,
+saturation), drawn from a generator seeded per sample and epoch, so a resumed run
+sees the same pixels.
 """
 
 from __future__ import annotations

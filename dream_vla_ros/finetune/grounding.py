@@ -110,6 +110,7 @@ class GroundingSettings:
     seed: int = 0
     width: int = 320  # the sim graphs' camera size
     height: int = 240
+    image_size: int = 224  # the model's input (DreamVLAConfig.image_size)
     # the base's action head shape (the finetune recipe may change it)
     action_dim: int = 7
     chunk: int = 16
@@ -433,6 +434,7 @@ def build_base(
         proprio_dim=0,
         action_period_s=s.action_period_s,
     )
+    cfg = replace(cfg, image_size=s.image_size)
     model = DreamVLA(cfg)
     model.train()
     task = SCENE_TASKS[s.task]
@@ -440,6 +442,7 @@ def build_base(
         cfg.newline_token_id + 1, instruction_words(task.instructions()), cfg.base_vocab_size
     )
     pre = ImagePreprocessor(
+        size=cfg.image_size,
         patch_size=cfg.vision.patch_size,
         merge_size=cfg.vision.spatial_merge_size,
         temporal_patch_size=cfg.vision.temporal_patch_size,

@@ -41,6 +41,7 @@ class BatchEncoder:
         self.cfg = cfg
         self.prompts = prompts
         self.images = ImagePreprocessor(
+            size=cfg.image_size,
             patch_size=cfg.vision.patch_size,
             merge_size=cfg.vision.spatial_merge_size,
             temporal_patch_size=cfg.vision.temporal_patch_size,

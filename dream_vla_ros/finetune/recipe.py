@@ -77,7 +77,7 @@ class DataConfig:
     split_seed: int = 0
     center_crop: bool = False  # must match the policy node's model.center_crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_cache_gb: float = 8.0  # decoded 224x224 frames are cached in memory
+    max_cache_gb: float = 8.0  # decoded frames (224x224 by default) are cached in memory
     # normalisation bounds: the norm_quantile and 1 - norm_quantile quantiles of the
     # training episodes (0.01: the official q01/q99); targets are clipped to them, so
     # the policy never commands what lies outside: 0 (min/max) where the extremes

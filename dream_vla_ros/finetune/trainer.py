@@ -135,6 +135,13 @@ class Trainer:
             return None
         return load_norm_stats(self.resume, load_config(self.resume))
 
+    def _image_size(self) -> int:
+        """The base's input size (its config.json; a preset's default)."""
+        base = self.recipe.model.base
+        if base in PRESETS:
+            return preset(base).image_size
+        return load_config(Path(base), self.recipe.model.unnorm_key).image_size
+
     def _build_model(self, data: DemoData) -> tuple[DreamVLA, Path | None, Any]:
         """Model with the recipe's head; returns (model, base dir or None, tokenizer)."""
         r = self.recipe
@@ -292,7 +299,7 @@ class Trainer:
         self.accelerator = accelerator
         main = accelerator.is_main_process
         started = time.perf_counter()
-        self.data = data = DemoData(r.data, stats=self._stats())
+        self.data = data = DemoData(r.data, image_size=self._image_size(), stats=self._stats())
         if not data.windows["train"]:
             raise TrainingError("the training split has no windows (episodes too short?)")
         self.out.mkdir(parents=True, exist_ok=True)

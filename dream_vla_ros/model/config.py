@@ -80,7 +80,11 @@ class DreamVLAConfig:
     # just below this one inside the text vocabulary (151923: the Dream tokenizer's
     # 151667 entries plus the 256 action tokens the official finetuning adds)
     action_token_end: int = 0
-    # how frames that are not 224x224 are resized: "torch" (PyTorch's bicubic with
+    # every camera frame is resized to image_size x image_size pixels, a multiple of
+    # patch_size * spatial_merge_size (224: 64 tokens per image, as the official
+    # finetuning; 336: 144; 448: 256)
+    image_size: int = 224
+    # how frames of another size are resized: "torch" (PyTorch's bicubic with
     # antialiasing, fast) or "pil" (PIL's bicubic, as the official image processor)
     image_resize: str = "torch"
     rope_theta: float = 1_000_000.0
@@ -126,6 +130,9 @@ class DreamVLAConfig:
             problems.append(f"projector_hidden_act must be one of {PROJECTOR_ACTS}")
         if self.image_resize not in RESIZES:
             problems.append(f"image_resize must be one of {RESIZES}")
+        token_px = self.vision.patch_size * self.vision.spatial_merge_size
+        if self.image_size < token_px or self.image_size % token_px:
+            problems.append(f"image_size must be a positive multiple of {token_px} pixels")
         if self.action_token_end and not (
             self.action.n_bins < self.action_token_end <= self.base_vocab_size
         ):

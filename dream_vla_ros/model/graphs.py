@@ -4,7 +4,8 @@ At batch 1 the 7B model is bound by the CPU launching kernels, not by the GPU
 running them (bench/model_latency.py: a backbone pass takes 24 ms of launches for
 about 10 ms of GPU work; the vision tower 22 ms for a few). A captured graph replays
 every kernel of the call with one launch. Shapes must repeat for that to pay: the
-images are always 224x224, and the prompt length is fixed for one instruction, so
+images have the checkpoint's one size (`image_size`, 224 by default), and the
+prompt length is fixed for one instruction, so
 an episode captures once and replays from then on.
 
 Rules a captured call must keep, and how this module keeps them:

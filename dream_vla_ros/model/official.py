@@ -51,7 +51,14 @@ PROCESSOR_FILES = (
     "generation_config.json",
 )
 # this project's config keys that are not the official config's
-OURS_ONLY = ("action_config", "base_vocab_size", "action_token_end", "image_resize", "official")
+OURS_ONLY = (
+    "action_config",
+    "base_vocab_size",
+    "action_token_end",
+    "image_size",
+    "image_resize",
+    "official",
+)
 
 
 class OfficialLayoutError(ValueError):

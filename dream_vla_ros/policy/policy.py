@@ -119,6 +119,7 @@ class Policy:
         if self.device.type == "cuda":
             self.model.use_cuda_graphs(self.settings.cuda_graphs)
         self.images = ImagePreprocessor(
+            size=self.cfg.image_size,
             center_crop=self.settings.center_crop,
             patch_size=self.cfg.vision.patch_size,
             merge_size=self.cfg.vision.spatial_merge_size,

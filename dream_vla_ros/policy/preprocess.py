@@ -7,6 +7,8 @@ patch size (2) and order the 14x14 patches merge-window by merge-window, giving
 image (64 tokens after the 2x2 merge). Frames of any size are first resized to
 224x224 (bicubic with antialiasing on uint8 pixels, as an image library
 would; within a few levels of PIL's bicubic), optionally after a centre crop to a square.
+Other sizes (`size`, the checkpoint's `image_size`) patchify the same way: 336 gives
+a (1, 24, 24) grid and 144 tokens.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ and benchmarks. Its actions are meaningless but well-formed."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ def write_random_checkpoint(
     preset_name: str = "tiny",
     seed: int = 0,
     action_box: tuple[Sequence[float], Sequence[float]] | None = None,
+    image_size: int = 224,
     **action: object,
 ) -> Path:
     """`action_box` = (centre, half_width) per action dimension confines the
@@ -29,7 +31,7 @@ def write_random_checkpoint(
     default: the PiPER's soft limits, so every decoded action is in range. The
     proprio bounds: the soft limits for a 7-value state, 0-3 s for the episode clock
     (`clock_input=True`)."""
-    cfg = preset(preset_name, **action)
+    cfg = replace(preset(preset_name, **action), image_size=image_size)
     torch.manual_seed(seed)
     model = DreamVLA(cfg).eval()
     limits = load_safety_config()
