@@ -61,6 +61,8 @@ CASES = [
     ("sim proxy missing", ["sim", "proxy", "{bad}/no_config"]),
     ("sim proxy bad option", ["sim", "proxy", "models/touch_tiny", "--execute", "0"]),
     ("sim ground", ["sim", "ground", "{out}", "--layouts", "0"]),
+    ("sim ground image size", ["sim", "ground", "{out}", "--image-size", "300"]),
+    ("sim ground vision width", ["sim", "ground", "{out}", "--vision-width", "40"]),
     # an official finetune output without its merged weights
     ("convert no weights", ["convert", "test/data/official/finetune_l1", "{out}"]),
     ("convert bad chunk", ["convert", "test/data/official/base", "{out}", "--chunk", "0"]),

@@ -80,6 +80,28 @@ def test_a_short_grounding_run_learns_and_writes_a_usable_base(tmp_path, limits)
     assert (tmp_path / "base" / "tokenizer.json").exists()
 
 
+def test_the_base_takes_its_input_size_and_vision_tower_from_the_settings(tmp_path, limits):
+    settings = GroundingSettings(
+        layouts=4,
+        test_layouts=2,
+        vision_steps=2,
+        refer_steps=2,
+        batch_size=2,
+        image_size=280,
+        vision_depth=3,
+        vision_width=48,
+    )
+    build_base(tmp_path / "base", settings, *limits, log=lambda _: None)
+    cfg = load_config(tmp_path / "base")
+    assert cfg.image_size == 280
+    assert (cfg.vision.depth, cfg.vision.embed_dim, cfg.vision.num_heads) == (3, 48, 3)
+    model = DreamVLA(cfg)
+    assert "backbone" in load_base_weights(model, tmp_path / "base")
+    # the preset's own tower when the settings leave it
+    default = GroundingSettings()
+    assert (default.vision_depth, default.vision_width, default.image_size) == (0, 0, 224)
+
+
 def test_the_shipped_base_is_grounded_and_the_touch_recipe_finds_it(tmp_path, monkeypatch):
     base = model_path("tiny_grounded")
     report = json.loads((base / "grounding.json").read_text())

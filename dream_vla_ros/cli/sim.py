@@ -113,6 +113,15 @@ def add_parsers(sub) -> None:
         default=224,
         help="the model's input size in pixels, a multiple of 28 (224: 64 tokens an image)",
     )
+    p_ground.add_argument(
+        "--vision-depth", type=int, default=0, help="the vision tower's layers (0: 2)"
+    )
+    p_ground.add_argument(
+        "--vision-width",
+        type=int,
+        default=0,
+        help="the vision tower's width, a multiple of 16 (0: 32)",
+    )
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
     p_pipe.add_argument(
@@ -215,10 +224,19 @@ def _ground(args: argparse.Namespace) -> int:
         seed=args.seed,
         task=args.task,
         image_size=args.image_size,
+        vision_depth=args.vision_depth,
+        vision_width=args.vision_width,
     )
     if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
         print(
             "dream-vla sim ground: --layouts, --vision-steps and --refer-steps must be >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.vision_depth < 0 or settings.vision_width < 0 or settings.vision_width % 16:
+        print(
+            "dream-vla sim ground: --vision-depth must be >= 0 and --vision-width a "
+            "multiple of 16 (0 keeps the tiny preset's)",
             file=sys.stderr,
         )
         return 2

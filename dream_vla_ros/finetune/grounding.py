@@ -111,6 +111,9 @@ class GroundingSettings:
     width: int = 320  # the sim graphs' camera size
     height: int = 240
     image_size: int = 224  # the model's input (DreamVLAConfig.image_size)
+    # the vision tower's layers and width (0: the preset's); heads of 16 channels
+    vision_depth: int = 0
+    vision_width: int = 0
     # the base's action head shape (the finetune recipe may change it)
     action_dim: int = 7
     chunk: int = 16
@@ -434,7 +437,15 @@ def build_base(
         proprio_dim=0,
         action_period_s=s.action_period_s,
     )
-    cfg = replace(cfg, image_size=s.image_size)
+    vision = replace(
+        cfg.vision,
+        depth=s.vision_depth or cfg.vision.depth,
+        embed_dim=s.vision_width or cfg.vision.embed_dim,
+        num_heads=max(1, (s.vision_width or cfg.vision.embed_dim) // 16),
+    )
+    if not s.vision_width:
+        vision = replace(vision, num_heads=cfg.vision.num_heads)
+    cfg = replace(cfg, image_size=s.image_size, vision=vision)
     model = DreamVLA(cfg)
     model.train()
     task = SCENE_TASKS[s.task]
