@@ -278,6 +278,18 @@ def test_exporting_a_model_the_official_code_cannot_run_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_with_another_input_size_is_not_exported(tmp_path, converted):
+    data = json.loads((converted["l1"] / "config.json").read_text())
+    del data["official"]
+    data["image_size"] = 336
+    fresh = tmp_path / "trained"
+    shutil.copytree(converted["l1"], fresh)
+    (fresh / "config.json").write_text(json.dumps(data))
+    with pytest.raises(OfficialLayoutError, match="reads 336-pixel images"):
+        export(fresh, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------- refusals
 
 

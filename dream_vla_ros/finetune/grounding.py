@@ -437,14 +437,11 @@ def build_base(
         proprio_dim=0,
         action_period_s=s.action_period_s,
     )
-    vision = replace(
-        cfg.vision,
-        depth=s.vision_depth or cfg.vision.depth,
-        embed_dim=s.vision_width or cfg.vision.embed_dim,
-        num_heads=max(1, (s.vision_width or cfg.vision.embed_dim) // 16),
-    )
-    if not s.vision_width:
-        vision = replace(vision, num_heads=cfg.vision.num_heads)
+    vision = cfg.vision
+    if s.vision_width:
+        vision = replace(vision, embed_dim=s.vision_width, num_heads=s.vision_width // 16)
+    if s.vision_depth:
+        vision = replace(vision, depth=s.vision_depth)
     cfg = replace(cfg, image_size=s.image_size, vision=vision)
     model = DreamVLA(cfg)
     model.train()

@@ -283,6 +283,8 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
         problems.append(
             "its proprio token carries the episode clock, which the official code does not feed"
         )
+    if cfg.image_size != 224:
+        problems.append(f"it reads {cfg.image_size}-pixel images; the official code resizes to 224")
     if problems:
         raise OfficialLayoutError(f"{src} cannot run in the official code: " + "; ".join(problems))
     original = data.get("official", {})
