@@ -81,15 +81,9 @@ def test_a_short_grounding_run_learns_and_writes_a_usable_base(tmp_path, limits)
 
 
 def test_the_base_takes_its_input_size_and_vision_tower_from_the_settings(tmp_path, limits):
+    short = {"layouts": 4, "test_layouts": 2, "vision_steps": 2, "refer_steps": 2}
     settings = GroundingSettings(
-        layouts=4,
-        test_layouts=2,
-        vision_steps=2,
-        refer_steps=2,
-        batch_size=2,
-        image_size=280,
-        vision_depth=3,
-        vision_width=48,
+        **short, batch_size=2, image_size=280, vision_depth=3, vision_width=48
     )
     build_base(tmp_path / "base", settings, *limits, log=lambda _: None)
     cfg = load_config(tmp_path / "base")
