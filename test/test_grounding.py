@@ -94,6 +94,9 @@ def test_the_base_takes_its_input_size_and_vision_tower_from_the_settings(tmp_pa
     # the preset's own tower when the settings leave it
     default = GroundingSettings()
     assert (default.vision_depth, default.vision_width, default.image_size) == (0, 0, 224)
+    assert default.problem() == "" and settings.problem() == ""
+    assert "--image-size 300" in GroundingSettings(image_size=300).problem()
+    assert "--vision-width" in GroundingSettings(vision_width=40).problem()
 
 
 def test_the_shipped_base_is_grounded_and_the_touch_recipe_finds_it(tmp_path, monkeypatch):

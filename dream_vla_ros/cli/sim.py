@@ -227,25 +227,9 @@ def _ground(args: argparse.Namespace) -> int:
         vision_depth=args.vision_depth,
         vision_width=args.vision_width,
     )
-    if min(settings.layouts, settings.vision_steps, settings.refer_steps) < 1:
-        print(
-            "dream-vla sim ground: --layouts, --vision-steps and --refer-steps must be >= 1",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.vision_depth < 0 or settings.vision_width < 0 or settings.vision_width % 16:
-        print(
-            "dream-vla sim ground: --vision-depth must be >= 0 and --vision-width a "
-            "multiple of 16 (0 keeps the tiny preset's)",
-            file=sys.stderr,
-        )
-        return 2
-    if settings.image_size < 28 or settings.image_size % 28:
-        print(
-            f"dream-vla sim ground: --image-size {settings.image_size} is not a multiple of "
-            "28 pixels (the tiny preset's merged token); use 224, 336 or 448",
-            file=sys.stderr,
-        )
+    problem = settings.problem()
+    if problem:
+        print(f"dream-vla sim ground: {problem}", file=sys.stderr)
         return 2
     build_base(args.out, settings)
     return 0

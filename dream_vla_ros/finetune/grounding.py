@@ -120,6 +120,22 @@ class GroundingSettings:
     action_period_s: float = 0.1
     task: str = "touch"  # touch | place (SCENE_TASKS)
 
+    def problem(self) -> str:
+        """What is wrong with these settings, in a sentence naming the option ("": none)."""
+        if min(self.layouts, self.vision_steps, self.refer_steps) < 1:
+            return "--layouts, --vision-steps and --refer-steps must be >= 1"
+        if self.vision_depth < 0 or self.vision_width < 0 or self.vision_width % 16:
+            return (
+                "--vision-depth must be >= 0 and --vision-width a multiple of 16 "
+                "(0 keeps the tiny preset's)"
+            )
+        if self.image_size < 28 or self.image_size % 28:
+            return (
+                f"--image-size {self.image_size} is not a multiple of 28 pixels (the tiny "
+                "preset's merged token); use 224, 336 or 448"
+            )
+        return ""
+
 
 @dataclass
 class Scenes:
