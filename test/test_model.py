@@ -27,7 +27,6 @@ from dream_vla_ros.model import (
 )
 from dream_vla_ros.model.checkpoint import load_config
 from dream_vla_ros.model.heads import euler_integrate
-from dream_vla_ros.paths import model_path
 from dream_vla_ros.policy import (
     ImagePreprocessor,
     Observation,
@@ -576,17 +575,19 @@ def test_policy_reads_the_episode_clock_from_the_observation_stamps(tmp_path):
 def test_the_input_size_sets_the_tokens_per_image_and_old_configs_read_as_224(tmp_path):
     """`image_size` travels in config.json: a 336-pixel checkpoint gives 144 tokens an
     image (24 x 24 patches merged 2 x 2) from frames of any size; a config.json
-    without the key (the shipped and the published ones) reads as 224."""
+    without the key reads as 224."""
     big = Policy.from_checkpoint(write_random_checkpoint(tmp_path / "big", image_size=336))
     assert big.images.size == 336 and big.images.tokens_per_image == 144
     frames = [np.zeros((240, 320, 3), np.uint8), np.zeros((72, 96, 3), np.uint8)]
     chunk = big.infer(Observation(frames, "reach the red cube", np.zeros(7)))
     assert np.all(np.isfinite(chunk.actions))
     assert json.loads((tmp_path / "big" / "config.json").read_text())["image_size"] == 336
-    for name in ("touch_tiny", "place_tiny"):
-        written = json.loads((model_path(name) / "config.json").read_text())
-        assert "image_size" not in written
-        assert load_config(model_path(name)).image_size == 224
+    old = write_random_checkpoint(tmp_path / "old", image_size=336)
+    data = json.loads((old / "config.json").read_text())
+    del data["image_size"]  # as config.json files written before the key, and published ones
+    (old / "config.json").write_text(json.dumps(data))
+    assert load_config(old).image_size == 224
+    assert Policy.from_checkpoint(old).images.tokens_per_image == 64
     for size in (0, 300):
         with pytest.raises(ModelConfigError, match="image_size must be a positive multiple of 28"):
             dataclasses.replace(preset("tiny"), image_size=size)
