@@ -56,6 +56,15 @@ CASES = [
     ("train bad override", ["train", "config/finetune/touch_tiny_cpu.yaml", "train.lr=-1"]),
     ("merge", ["merge", "{bad}/no_config", "{out}"]),
     ("sim collect", ["sim", "collect", "{out}", "--per-layout", "7"]),
+    ("sim collect offline touch", ["sim", "collect", "{out}", "--offline"]),
+    (
+        "sim collect offline random starts",
+        ["sim", "collect", "{out}", "--task", "place", "--offline", "--random-starts", "1"],
+    ),
+    (
+        "sim collect offline miss",
+        ["sim", "collect", "{out}", "--task", "place", "--offline", "--miss-radius", "0.2"],
+    ),
     ("sim evaluate", ["sim", "evaluate", "{bad}/no_config", "{out}"]),
     ("sim pipeline", ["sim", "pipeline", "{out}", "--recipe", "{bad}/recipe.yaml"]),
     ("sim proxy missing", ["sim", "proxy", "{bad}/no_config"]),

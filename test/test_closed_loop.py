@@ -15,12 +15,12 @@ from dream_vla_ros.data.bags import _messages, connections, iter_images, open_ba
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
-from dream_vla_ros.evaluation.closed_loop import collect, evaluate, place_naming
+from dream_vla_ros.evaluation.closed_loop import collect, evaluate
 from dream_vla_ros.evaluation.driver import GraphError, faulted
 from dream_vla_ros.evaluation.physics import reset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
 from dream_vla_ros.ros.client import GraphClient
-from dream_vla_ros.sim.place import BOWL_COLOURS, Miss
+from dream_vla_ros.sim.place import BOWL_COLOURS, Miss, place_naming
 from dream_vla_ros.sim.task import COLOURS, HOME, fingertip, sample_layout, start_pose
 from dream_vla_ros.sim.world import CameraOffset, PiperWorld
 

@@ -52,6 +52,7 @@ from dream_vla_ros.sim.place import (
     PlaceMonitor,
     Snapshot,
     expert_with_miss,
+    place_naming,
     placed_for,
     sample_place_layout,
 )
@@ -77,15 +78,6 @@ def check_task(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose one of {list(TASKS)}")
     return task
-
-
-def place_naming(seed: int, j: int) -> PlaceLayout:
-    """Layout `seed` with its j-th naming: j 0 the seed's own cube and bowl, j 1-5
-    the other five (cube and bowl both change with each j)."""
-    own = sample_place_layout(seed)
-    cube = COLOURS[(COLOURS.index(own.cube) + j) % len(COLOURS)]
-    bowl = BOWL_COLOURS[(BOWL_COLOURS.index(own.bowl) + j) % len(BOWL_COLOURS)]
-    return sample_place_layout(seed, cube, bowl)
 
 
 def track_objects(client: GraphDriver, layout: PlaceLayout) -> PlaceMonitor:

@@ -37,6 +37,7 @@ class PipelineSettings:
     camera_randomise: bool = False
     miss_radius: float = 0.0  # place: demonstrations that first miss the cube (closed_loop.collect)
     shifted_eval: bool = False  # also evaluate on sim/world.py SHIFTED_POSES
+    offline: bool = False  # place: collect without ROS into the dataset (place_collect.py)
 
 
 def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> dict[str, Any]:
@@ -49,26 +50,42 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
     recipe = load_recipe(s.recipe, overrides)  # a bad recipe stops it before collection
     start = time.monotonic()
     times: dict[str, float] = {}
-    expert = collect(
-        connect,
-        out / "episodes",
-        s.episodes,
-        s.seed0,
-        s.camera,
-        per_layout=s.per_layout,
-        random_starts=s.random_starts,
-        task=s.task,
-        camera_randomise=s.camera_randomise,
-        miss_radius=s.miss_radius,
-    )
-    times["collect_s"] = time.monotonic() - start
-    t = time.monotonic()
-    settings = BuildSettings(
-        fps=s.fps, image_tolerance_s=s.image_tolerance_s, state_tolerance_s=s.state_tolerance_s
-    )
-    report = build_dataset(out / "episodes", out / "dataset", settings)
-    print(report.summary())
-    times["build_s"] = time.monotonic() - t
+    if s.offline:
+        from dream_vla_ros.evaluation.place_collect import collect_offline
+
+        expert = collect_offline(
+            out / "dataset",
+            s.episodes,
+            s.seed0,
+            s.camera,
+            per_layout=s.per_layout,
+            camera_randomise=s.camera_randomise,
+            miss_radius=s.miss_radius,
+            fps=s.fps,
+        )
+        times["collect_s"] = time.monotonic() - start
+        times["build_s"] = 0.0
+    else:
+        expert = collect(
+            connect,
+            out / "episodes",
+            s.episodes,
+            s.seed0,
+            s.camera,
+            per_layout=s.per_layout,
+            random_starts=s.random_starts,
+            task=s.task,
+            camera_randomise=s.camera_randomise,
+            miss_radius=s.miss_radius,
+        )
+        times["collect_s"] = time.monotonic() - start
+        t = time.monotonic()
+        settings = BuildSettings(
+            fps=s.fps, image_tolerance_s=s.image_tolerance_s, state_tolerance_s=s.state_tolerance_s
+        )
+        report = build_dataset(out / "episodes", out / "dataset", settings)
+        print(report.summary())
+        times["build_s"] = time.monotonic() - t
     t = time.monotonic()
     result = Trainer(recipe, progress=s.progress).run()
     times["train_s"] = time.monotonic() - t
@@ -99,6 +116,7 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
         "task": s.task,
         "camera_randomise": s.camera_randomise,
         "miss_radius": s.miss_radius,
+        "collection": "offline" if s.offline else "graph",
         "expert_success_rate": expert["expert_success_rate"],
         "policy_success_rate": summary["success_rate"],
         "limited_ticks_share": summary["limited_ticks"]["share"],

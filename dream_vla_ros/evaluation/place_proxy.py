@@ -44,6 +44,7 @@ from dream_vla_ros.sim.place import (
 from dream_vla_ros.sim.world import CameraOffset
 
 PHYSICS_EVERY_TICKS = 2  # 10 ms physics ticks at 200 Hz control (the node's 100 Hz)
+START_S = 1.0  # a rollout's first tick (the controller refuses a chunk stamped 0)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,14 @@ def place_servo_rollout(
     timing: ProxySettings,
     control_hz: float = 200.0,
     limits: dict[str, Any] | None = None,
+    observe: Callable[[float, np.ndarray], None] | None = None,
+    done: Callable[[float, PlaceMonitor], bool] | None = None,
 ) -> tuple[PlaceMonitor, str]:
     """One layout (see the module docstring) with the re-plan period, latency, arm lag
-    and timeout of `timing`. Returns the monitor and the controller's fault reason
-    ('' when it ran to the end)."""
+    and timeout of `timing`. After every physics tick `observe(now, measured joints)`
+    runs (the world is then current), and the rollout ends when `done(now, monitor)`
+    (default: the cube has rested in the bowl for `SETTLE_S`). Returns the monitor and
+    the controller's fault reason ('' when it ran to the end)."""
     replan_s, latency_s, lag_s = timing.replan_s, timing.latency_s, timing.lag_s
     cfg = load_safety_config()
     period = 1.0 / control_hz
@@ -109,7 +114,7 @@ def place_servo_rollout(
         float(cfg.position_upper[6]), GRIPPER_SPEED_M_S, q[6], q[6], GRIPPER_EFFORT_NM, enabled=True
     )
     monitor = PlaceMonitor(layout)
-    t0 = 1.0  # the controller refuses a chunk stamped 0
+    t0 = START_S
     controller.activate(q, t0)
     replan, delay = max(round(replan_s * control_hz), 1), round(latency_s * control_hz)
     sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
@@ -145,7 +150,9 @@ def place_servo_rollout(
             q[6] = grip.position
             world.step(q, grip.effort_nm, physics_dt)
             monitor.update(Snapshot.of(world))
-            if placed_for(monitor, SETTLE_S):
+            if observe is not None:
+                observe(now, q.copy())
+            if done(now, monitor) if done is not None else placed_for(monitor, SETTLE_S):
                 break
     if limits is not None:
         add_controller_stats(limits, controller)

@@ -192,6 +192,15 @@ def sample_place_layout(seed: int, cube: str = "", bowl: str = "") -> PlaceLayou
 
 
 # -- stages and success -------------------------------------------------------------------
+def place_naming(seed: int, j: int) -> PlaceLayout:
+    """Layout `seed` with its j-th naming: j 0 the seed's own cube and bowl, j 1-5
+    the other five (cube and bowl both change with each j)."""
+    own = sample_place_layout(seed)
+    cube = COLOURS[(COLOURS.index(own.cube) + j) % len(COLOURS)]
+    bowl = BOWL_COLOURS[(BOWL_COLOURS.index(own.bowl) + j) % len(BOWL_COLOURS)]
+    return sample_place_layout(seed, cube, bowl)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What the success check needs of the world at one instant."""

@@ -1,0 +1,72 @@
+"""The place expert's demonstrations collected without ROS into a LeRobot dataset
+(evaluation/place_collect.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from dream_vla_ros.data.lerobot import LeRobotDataset
+from dream_vla_ros.evaluation import place_collect
+from dream_vla_ros.sim.place import BOWL_COLOURS, place_naming, sample_place_layout
+from dream_vla_ros.sim.task import HOME
+from dream_vla_ros.sim.world import random_offset
+
+FRONT, WRIST = "observation.images.front", "observation.images.wrist"
+
+
+def test_the_offline_collection_writes_the_placed_demonstrations_and_lists_every_episode(
+    tmp_path, monkeypatch
+):
+    """Three episodes, the second demonstrated into the other bowl: the dataset holds
+    the two placed ones, with the measured joints (the gripper stalled on the cube)
+    and the expert's targets (the gripper commanded shut) on the 10 Hz grid and both
+    cameras; collect.json lists all three, the failure named in its sentence."""
+    real = place_collect.expert_with_miss
+
+    def wrong_bowl_on_the_second(layout, lower, upper, miss):
+        if layout.seed == 1001:
+            other = BOWL_COLOURS[1 - BOWL_COLOURS.index(layout.bowl)]
+            layout = sample_place_layout(layout.seed, layout.cube, other)
+        return real(layout, lower, upper, miss)
+
+    monkeypatch.setattr(place_collect, "expert_with_miss", wrong_bowl_on_the_second)
+    out = tmp_path / "dataset"
+    log: list[str] = []
+    summary = place_collect.collect_offline(
+        out, 3, seed0=1000, camera=(160, 120), camera_randomise=True, log=log.append
+    )
+
+    assert summary["written"] == 2 and summary["expert_success_rate"] == 2 / 3
+    results = json.loads((out / "meta" / "collect.json").read_text())["results"]
+    assert [r["success"] for r in results] == [True, False, True]
+    assert "not the" in results[1]["detail"] and "bowl" in results[1]["detail"]
+    assert "FAILED" in log[1] and "success" in log[2]
+    assert [r["camera_offset"] for r in results] == [
+        random_offset(seed * 16).text() for seed in (1000, 1001, 1002)
+    ]
+    assert summary["controller_limits"]["limited_share"] < 0.02
+
+    ds = LeRobotDataset(out)
+    assert ds.fps == 10 and sorted(ds.camera_keys) == [FRONT, WRIST]
+    assert [e.task for e in ds.episodes] == [
+        place_naming(1000, 0).instruction,
+        place_naming(1002, 0).instruction,
+    ]
+    for info, result in zip(ds.episodes, (results[0], results[2]), strict=True):
+        cols = ds.frames(info)
+        state, action = np.asarray(cols["state"]), np.asarray(cols["action"])
+        assert info.length == result["frames"] and state.shape == action.shape == (info.length, 7)
+        np.testing.assert_allclose(state[0, :6], HOME[:6], atol=1e-6)
+        # the plan (about 9.5 s) and the second after it, sampled at 10 Hz
+        assert 10.0 <= info.length / 10 <= 13.5
+        closed = action[:, 6] < 1e-6
+        assert closed.any()
+        # commanded shut, the measured gripper stops on the 4 cm cube (squeezed 1-2 mm)
+        held = state[closed, 6][5:]
+        assert held.size and 0.024 < np.median(held) < 0.032, np.median(held)
+        front, wrist = ds.images(info, FRONT), ds.images(info, WRIST)
+        assert front.shape == wrist.shape == (info.length, 120, 160, 3)
+        # the cube leaves the table: the front view changes where it stood
+        assert np.abs(front[0].astype(int) - front[-1].astype(int)).mean() > 1.0
