@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
-from dream_vla_ros.data.lerobot import DatasetError
+from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.finetune.adapters import (
     apply_lora,
     head_modules,
@@ -355,6 +355,40 @@ def test_cached_frames_are_the_policys_pixels_and_augmentation_is_training_only(
     assert diff > 1.0  # augmented
     assert torch.equal(plain[i]["images"], data.sample("train", i)["images"])
     assert torch.equal(a["actions"], plain[i]["actions"])  # only pixels change
+
+
+def test_a_frame_cache_on_disk_gives_the_same_samples_and_is_reused(toy, tmp_path, monkeypatch):
+    """data.frame_cache: the frames go to disk, memory-mapped, past max_cache_gb; the
+    samples are the in-memory ones; a second run reads them without decoding; another
+    input size gets its own files."""
+    memory = DemoData(DataConfig(dataset=str(toy), chunk=4))
+    cache = tmp_path / "frames"
+    cfg = DataConfig(dataset=str(toy), chunk=4, frame_cache=str(cache), max_cache_gb=1e-6)
+    disk = DemoData(cfg)
+    assert isinstance(disk.episodes[0].frames, np.ndarray)  # memory-mapped, not loaded
+    files = sorted(cache.rglob("*.npy"))
+    assert len(files) == len(memory.episodes)
+    for i in (0, 7, len(memory.windows["train"]) - 1):
+        a, b = memory.sample("train", i), disk.sample("train", i)
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["actions"], b["actions"])
+    augment = memory.cfg.augment
+    i = len(memory.windows["train"]) // 2
+    assert torch.equal(
+        WindowDataset(memory, "train", augment)[(i, 3)]["images"],
+        WindowDataset(disk, "train", augment)[(i, 3)]["images"],
+    )
+
+    def no_decoding(*_):
+        raise AssertionError("decoded although the cache holds the frames")
+
+    monkeypatch.setattr(LeRobotDataset, "images", no_decoding)
+    again = DemoData(cfg)
+    assert torch.equal(again.sample("val", 0)["images"], memory.sample("val", 0)["images"])
+    monkeypatch.undo()
+    DemoData(cfg, image_size=112)
+    assert len(list(cache.iterdir())) == 2  # one folder per input size
+    with pytest.raises(DatasetError, match="data.frame_cache"):
+        DemoData(DataConfig(dataset=str(toy), chunk=4, max_cache_gb=1e-6))
 
 
 def test_proprio_noise_perturbs_the_training_state_only(toy):

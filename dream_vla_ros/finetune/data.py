@@ -17,7 +17,10 @@ frame of a validation episode is ever trained on.
 
 Frames are decoded once, resized to the model's input (`image_size` of the base's
 config, 224x224 by default) exactly as the policy does at run time
-(`ImagePreprocessor.resize`, optional centre crop) and cached as uint8.
+(`ImagePreprocessor.resize`, optional centre crop) and cached as uint8: in memory,
+or with `data.frame_cache` on disk, memory-mapped and reused by later runs on the
+same dataset (keyed by its path, its meta/info.json and the cameras, input size and
+crop).
 Augmentation (training only) is a random resized crop of that frame (area
 fraction in `crop_scale`, square) and colour jitter (brightness, contrast,
 saturation), drawn from a generator seeded per sample and epoch, so a resumed run
@@ -26,8 +29,12 @@ sees the same pixels.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +86,7 @@ class Episode:
     task: str
     state: np.ndarray  # (n, P) SI
     action: np.ndarray  # (n, D) SI
-    frames: torch.Tensor  # (n, cameras, 3, S, S) uint8
+    frames: torch.Tensor | np.ndarray  # (n, cameras, 3, S, S) uint8 (memory-mapped on disk)
     # (n, P') the model's proprio input: the state (data.proprio), then the episode
     # clock (data.clock: seconds since the episode's first frame)
     proprio: np.ndarray
@@ -119,10 +126,20 @@ class DemoData:
         self.names = ds.names
         frames_total = sum(e.length for e in ds.episodes) * len(cfg.cameras)
         cache_gb = frames_total * 3 * image_size * image_size / 1e9
-        if cache_gb > cfg.max_cache_gb:
+        self.cache_dir = self._cache_dir(path, image_size) if cfg.frame_cache else None
+        if self.cache_dir is not None:
+            free_gb = shutil.disk_usage(self.cache_dir).free / 1e9
+            if cache_gb > free_gb + self._cached_gb():
+                raise DatasetError(
+                    f"{path}: caching {frames_total} frames at {image_size}x{image_size} needs "
+                    f"{cache_gb:.1f} GB, {free_gb:.1f} GB are free in {self.cache_dir} "
+                    "(data.frame_cache)"
+                )
+        elif cache_gb > cfg.max_cache_gb:
             raise DatasetError(
                 f"{path}: caching {frames_total} frames at {image_size}x{image_size} needs "
-                f"{cache_gb:.1f} GB, above data.max_cache_gb = {cfg.max_cache_gb}"
+                f"{cache_gb:.1f} GB, above data.max_cache_gb = {cfg.max_cache_gb} (raise it, "
+                "or keep them on disk with data.frame_cache)"
             )
         self.preprocessor = ImagePreprocessor(size=image_size, center_crop=cfg.center_crop)
         self.episodes: dict[int, Episode] = {}
@@ -139,9 +156,8 @@ class DemoData:
                 stamps = np.asarray(cols["timestamp"], dtype=np.float64)
                 inputs.append((stamps - stamps[0])[:, None])
             proprio = np.concatenate(inputs, axis=1) if inputs else np.zeros((len(action), 0))
-            cams = [self._resized(ds.images(info, key)) for key in cfg.cameras]
             self.episodes[info.index] = Episode(
-                info.index, info.task, state, action, torch.stack(cams, dim=1), proprio
+                info.index, info.task, state, action, self._frames(info), proprio
             )
         self.action_dim = int(next(iter(self.episodes.values())).action.shape[1])
         self.proprio_dim = int(next(iter(self.episodes.values())).proprio.shape[1])
@@ -187,6 +203,45 @@ class DemoData:
             if abs(self.episodes[e].action[-1, cfg.oversample_dim]) >= cfg.oversample_min_abs
         }
 
+    def _cache_dir(self, path: Path, image_size: int) -> Path:
+        info = path / "meta" / "info.json"
+        key = json.dumps(
+            [
+                str(path.resolve()),
+                info.stat().st_mtime_ns if info.is_file() else 0,
+                info.read_text() if info.is_file() else "",
+                list(self.cfg.cameras),
+                image_size,
+                self.cfg.center_crop,
+            ]
+        )
+        folder = Path(self.cfg.frame_cache) / hashlib.sha1(key.encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _cached_gb(self) -> float:
+        assert self.cache_dir is not None
+        return sum(f.stat().st_size for f in self.cache_dir.glob("*.npy")) / 1e9
+
+    def _frames(self, info) -> torch.Tensor | np.ndarray:
+        """(n, cameras, 3, S, S) uint8: decoded and resized, or read from the cache."""
+        size = self.preprocessor.size
+        shape = (info.length, len(self.cfg.cameras), 3, size, size)
+        file = None if self.cache_dir is None else self.cache_dir / f"episode_{info.index:06d}.npy"
+        if file is not None and file.is_file():
+            cached = np.load(file, mmap_mode="r")
+            if cached.shape == shape and cached.dtype == np.uint8:
+                return cached
+        cams = [self._resized(self.dataset.images(info, key)) for key in self.cfg.cameras]
+        frames = torch.stack(cams, dim=1)
+        if file is None:
+            return frames
+        tmp = file.with_name(file.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, frames.numpy())
+        os.replace(tmp, file)  # a run killed while writing leaves no half file behind
+        return np.load(file, mmap_mode="r")
+
     def _resized(self, frames: np.ndarray) -> torch.Tensor:
         out = [self.preprocessor.resized(frames[i : i + 64]) for i in range(0, len(frames), 64)]
         return torch.cat(out) if out else torch.zeros(0, 3, 1, 1, dtype=torch.uint8)
@@ -217,6 +272,8 @@ class DemoData:
         pad = np.ones(len(rows), bool) if self.cfg.hold_after_end else rows < ep.length
         actions = ep.action[np.minimum(rows, ep.length - 1)]
         images = ep.frames[t]
+        if isinstance(images, np.ndarray):  # memory-mapped: a copy in memory
+            images = torch.from_numpy(np.array(images))
         task = ep.task
         drop = False
         if augment is not None:

@@ -78,6 +78,10 @@ class DataConfig:
     center_crop: bool = False  # must match the policy node's model.center_crop
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_cache_gb: float = 8.0  # decoded frames (224x224 by default) are cached in memory
+    # a folder: the decoded frames are kept there instead (one .npy per episode,
+    # memory-mapped; max_cache_gb no longer bounds them, the disk does) and reused by
+    # later runs on the same dataset, cameras and input size (docs/finetune.md)
+    frame_cache: str = ""
     # normalisation bounds: the norm_quantile and 1 - norm_quantile quantiles of the
     # training episodes (0.01: the official q01/q99); targets are clipped to them, so
     # the policy never commands what lies outside: 0 (min/max) where the extremes
