@@ -45,6 +45,7 @@ CASES = [
     ("launch bad domain", ["launch", "sim"], {"ROS_DOMAIN_ID": "150"}),
     ("dataset build", ["dataset", "build", "{bad}/missing", "{out}"]),
     ("dataset recover", ["dataset", "recover", "{bad}/missing"]),
+    ("dataset merge", ["dataset", "merge", "{bad}/missing", "{bad}/empty", "{out}"]),
     ("play missing", ["play", "{bad}/missing"]),
     ("play empty folder", ["play", "{bad}/empty"]),
     ("play unfinished", ["play", "{bad}/unfinished"]),

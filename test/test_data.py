@@ -257,6 +257,46 @@ def test_lerobot_reader_errors(tmp_path):
         LeRobotDataset(tmp_path)
 
 
+def test_merged_datasets_hold_every_episode_in_order_with_the_same_frames(tmp_path):
+    """Two datasets into one: rows and tasks in order, the videos copied byte for byte
+    (the frames decode as before), state/action stats rebuilt, pixel stats pooled; a
+    dataset recorded otherwise, a single source or a used output are refused."""
+    from dream_vla_ros.data.lerobot import feature_stats
+    from dream_vla_ros.data.merge import merge_datasets
+    from dream_vla_ros.finetune.toy import write_toy_dataset
+
+    a = write_toy_dataset(tmp_path / "a", episodes=2, length=12, seed=1)
+    b = write_toy_dataset(tmp_path / "b", episodes=3, length=9, seed=2)
+    info = merge_datasets([a, b], tmp_path / "ab", log=lambda _: None)
+    assert info["total_episodes"] == 5 and info["total_frames"] == 2 * 12 + 3 * 9
+    merged, sources = LeRobotDataset(tmp_path / "ab"), [LeRobotDataset(a), LeRobotDataset(b)]
+    pairs = [(ds, ep) for ds in sources for ep in ds.episodes]
+    assert [e.index for e in merged.episodes] == list(range(5))
+    cam = "observation.images.wrist"
+    for ep, (ds, src) in zip(merged.episodes, pairs, strict=True):
+        assert ep.task == src.task and ep.length == src.length
+        got, want = merged.frames(ep), ds.frames(src)
+        for key in ("state", "action", "timestamp", "frame_index"):
+            assert np.array_equal(got[key], want[key]), key
+        assert ep.videos[cam][0].read_bytes() == src.videos[cam][0].read_bytes()
+        assert np.array_equal(merged.images(ep, cam), ds.images(src, cam))
+    actions = np.concatenate([ds.frames(None)["action"] for ds in sources])
+    assert merged.stats["action"]["q99"] == feature_stats(actions)["q99"]
+    counts = [ds.stats[cam]["count"][0] for ds in sources]
+    means = [np.asarray(ds.stats[cam]["mean"]) for ds in sources]
+    pooled = (counts[0] * means[0] + counts[1] * means[1]) / sum(counts)
+    np.testing.assert_allclose(merged.stats[cam]["mean"], pooled)
+
+    other = write_toy_dataset(tmp_path / "c", episodes=1, length=6, fps=20)
+    with pytest.raises(DatasetError, match="rate, columns or cameras"):
+        merge_datasets([a, other], tmp_path / "ac", log=lambda _: None)
+    assert not (tmp_path / "ac").exists()
+    with pytest.raises(DatasetError, match="two or more"):
+        merge_datasets([a], tmp_path / "a1", log=lambda _: None)
+    with pytest.raises(DatasetError, match="not empty"):
+        merge_datasets([a, b], tmp_path / "ab", log=lambda _: None)
+
+
 # ----------------------------------------------------------------------- bag problems
 
 

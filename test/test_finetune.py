@@ -387,7 +387,7 @@ def test_a_frame_cache_on_disk_gives_the_same_samples_and_is_reused(toy, tmp_pat
     monkeypatch.undo()
     DemoData(cfg, image_size=112)
     assert len(list(cache.iterdir())) == 2  # one folder per input size
-    with pytest.raises(DatasetError, match="data.frame_cache"):
+    with pytest.raises(DatasetError, match=r"data\.frame_cache"):
         DemoData(DataConfig(dataset=str(toy), chunk=4, max_cache_gb=1e-6))
 
 

@@ -1,4 +1,4 @@
-"""`dream-vla dataset build|recover`, `dream-vla play`, `dream-vla eval-bag`: recorded
+"""`dream-vla dataset build|merge|recover`, `dream-vla play`, `dream-vla eval-bag`: recorded
 episodes and bags."""
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def add_parsers(sub) -> None:
     )
     p_build.add_argument("--joint-map", action="append", default=[], metavar="BAG_NAME=joint1")
     p_build.add_argument("--typestore", default="ros2_kilted")
+    p_merge = data_sub.add_parser(
+        "merge", help="SOURCE... OUT: datasets recorded alike into one, without re-encoding"
+    )
+    p_merge.add_argument("sources", nargs="+")
+    p_merge.add_argument("out")
     p_rec = data_sub.add_parser("recover", help="EPISODE_OR_DIR: make crashed episodes readable")
     p_rec.add_argument("path")
     p_play = sub.add_parser("play", help="publish a bag with its timing and /clock")
@@ -105,7 +110,7 @@ def _errors(command: str) -> tuple[type[BaseException], ...]:
 def run(args: argparse.Namespace) -> int:
     handlers = {"play": _play, "eval-bag": _eval_bag}
     if args.command == "dataset":
-        handler = _build if args.action == "build" else _recover
+        handler = {"build": _build, "merge": _merge, "recover": _recover}[args.action]
     else:
         handler = handlers[args.command]
     return guarded(args.command, _errors(args.command), lambda: handler(args))
@@ -127,6 +132,17 @@ def _build(args: argparse.Namespace) -> int:
         codec=args.codec,
     )
     print(build_dataset(args.episodes_dir, args.out_dir, settings).summary())
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from dream_vla_ros.data.merge import merge_datasets
+
+    info = merge_datasets(args.sources, args.out)
+    print(
+        f"dataset {args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames "
+        f"from {len(args.sources)} datasets"
+    )
     return 0
 
 

@@ -32,6 +32,7 @@ are written down once.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,38 @@ class LeRobotWriter:
         action: np.ndarray,
         images: dict[str, Iterable[np.ndarray]],
     ) -> int:
+        """One episode: its rows, and its frames encoded into one video per camera."""
+
+        def encode(cam: CameraSpec, path: Path, n: int) -> None:
+            writer = VideoWriter(path, self.fps, cam.width, cam.height, self.codec)
+            self.used_codec = writer.codec
+            count = 0
+            try:
+                for frame in images[cam.key]:
+                    writer.add(frame)
+                    if count % 5 == 0:
+                        self.image_samples[cam.key].append(frame[::4, ::4])
+                    count += 1
+            finally:
+                writer.close()
+            if count != n:
+                raise DatasetError(f"{cam.key}: {count} frames for {n} rows")
+
+        return self._add(task, state, action, encode)
+
+    def add_encoded_episode(
+        self, task: str, state: np.ndarray, action: np.ndarray, videos: dict[str, Path]
+    ) -> int:
+        """One episode whose videos exist already (one file per camera, the episode's
+        frames from its start): the files are copied, not re-encoded."""
+
+        def copy(cam: CameraSpec, path: Path, _n: int) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(videos[cam.key], path)
+
+        return self._add(task, state, action, copy)
+
+    def _add(self, task: str, state: np.ndarray, action: np.ndarray, video) -> int:
         n = len(state)
         if n == 0 or len(action) != n:
             raise DatasetError(
@@ -142,20 +175,7 @@ class LeRobotWriter:
         }
         for cam in self.cameras:
             chunk, file = divmod(index, CHUNKS_SIZE)
-            path = self.root / f"videos/{cam.key}/chunk-{chunk:03d}/file-{file:03d}.mp4"
-            writer = VideoWriter(path, self.fps, cam.width, cam.height, self.codec)
-            self.used_codec = writer.codec
-            count = 0
-            try:
-                for frame in images[cam.key]:
-                    writer.add(frame)
-                    if count % 5 == 0:
-                        self.image_samples[cam.key].append(frame[::4, ::4])
-                    count += 1
-            finally:
-                writer.close()
-            if count != n:
-                raise DatasetError(f"{cam.key}: {count} frames for {n} rows")
+            video(cam, self.root / f"videos/{cam.key}/chunk-{chunk:03d}/file-{file:03d}.mp4", n)
             episode.update(
                 {
                     f"videos/{cam.key}/chunk_index": chunk,
@@ -177,7 +197,9 @@ class LeRobotWriter:
         self.total += n
         return index
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self, image_stats_of: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the frame table and the metadata. A camera's stats come from the
+        frames encoded here, or from `image_stats_of[key]` (copied videos)."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -216,7 +238,9 @@ class LeRobotWriter:
             values = np.arange(self.total) if key == "index" else cols[key]
             stats[key] = feature_stats(np.asarray(values, np.float64)[:, None])
         for cam in self.cameras:
-            stats[cam.key] = image_stats(np.stack(self.image_samples[cam.key]))
+            given = (image_stats_of or {}).get(cam.key)
+            if given or self.image_samples[cam.key]:
+                stats[cam.key] = given or image_stats(np.stack(self.image_samples[cam.key]))
         features: dict[str, Any] = {
             STATE: {"dtype": "float32", "shape": [d], "names": self.names},
             ACTION: {"dtype": "float32", "shape": [d], "names": self.names},
