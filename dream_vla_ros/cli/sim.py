@@ -72,19 +72,18 @@ def _check_offline(args: argparse.Namespace) -> None:
 
 def _collect(args: argparse.Namespace) -> int:
     _check_offline(args)
+    episodes = args.episodes or EPISODES[args.task]
+    camera = (args.camera_width, args.camera_height)
+    common = {
+        "per_layout": args.per_layout or PER_LAYOUT[args.task],
+        "camera_offset": args.camera_offset,
+        "camera_randomise": args.camera_randomise,
+        "miss_radius": args.miss_radius,
+    }
     if args.offline:
         from dream_vla_ros.evaluation.place_collect import collect_offline
 
-        summary = collect_offline(
-            args.out,
-            args.episodes or EPISODES[args.task],
-            args.seed0,
-            (args.camera_width, args.camera_height),
-            per_layout=args.per_layout or PER_LAYOUT[args.task],
-            camera_offset=args.camera_offset,
-            camera_randomise=args.camera_randomise,
-            miss_radius=args.miss_radius,
-        )
+        summary = collect_offline(args.out, episodes, args.seed0, camera, **common)
         print(
             f"collect: expert success {summary['expert_success_rate']:.0%}; dataset of "
             f"{summary['written']} episodes in {args.out} ({summary['seconds']:.0f} s)"
@@ -96,15 +95,12 @@ def _collect(args: argparse.Namespace) -> int:
     summary = collect(
         GraphClient,
         args.out,
-        args.episodes or EPISODES[args.task],
+        episodes,
         args.seed0,
-        (args.camera_width, args.camera_height),
-        per_layout=args.per_layout or PER_LAYOUT[args.task],
+        camera,
         random_starts=args.random_starts,
         task=args.task,
-        camera_offset=args.camera_offset,
-        camera_randomise=args.camera_randomise,
-        miss_radius=args.miss_radius,
+        **common,
     )
     print(f"collect: expert success {summary['expert_success_rate']:.0%} in {args.out}")
     return 0

@@ -50,18 +50,16 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
     recipe = load_recipe(s.recipe, overrides)  # a bad recipe stops it before collection
     start = time.monotonic()
     times: dict[str, float] = {}
+    common = {
+        "per_layout": s.per_layout,
+        "camera_randomise": s.camera_randomise,
+        "miss_radius": s.miss_radius,
+    }
     if s.offline:
         from dream_vla_ros.evaluation.place_collect import collect_offline
 
         expert = collect_offline(
-            out / "dataset",
-            s.episodes,
-            s.seed0,
-            s.camera,
-            per_layout=s.per_layout,
-            camera_randomise=s.camera_randomise,
-            miss_radius=s.miss_radius,
-            fps=s.fps,
+            out / "dataset", s.episodes, s.seed0, s.camera, fps=s.fps, **common
         )
         times["collect_s"] = time.monotonic() - start
         times["build_s"] = 0.0
@@ -72,11 +70,9 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
             s.episodes,
             s.seed0,
             s.camera,
-            per_layout=s.per_layout,
             random_starts=s.random_starts,
             task=s.task,
-            camera_randomise=s.camera_randomise,
-            miss_radius=s.miss_radius,
+            **common,
         )
         times["collect_s"] = time.monotonic() - start
         t = time.monotonic()
