@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from dream_vla_ros.data.lerobot import LeRobotDataset
+from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from dream_vla_ros.evaluation import place_collect
 from dream_vla_ros.sim.place import BOWL_COLOURS, place_naming, sample_place_layout
 from dream_vla_ros.sim.task import HOME
@@ -70,3 +71,7 @@ def test_the_offline_collection_writes_the_placed_demonstrations_and_lists_every
         assert front.shape == wrist.shape == (info.length, 120, 160, 3)
         # the cube leaves the table: the front view changes where it stood
         assert np.abs(front[0].astype(int) - front[-1].astype(int)).mean() > 1.0
+
+    # a collection in which nothing was placed writes no dataset and says why
+    with pytest.raises(DatasetError, match=r"no episode placed the cube.*not the"):
+        place_collect.collect_offline(tmp_path / "none", 1, seed0=1001, camera=(160, 120))

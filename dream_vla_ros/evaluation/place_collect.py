@@ -35,7 +35,12 @@ from typing import Any
 import numpy as np
 
 from dream_vla_ros.control import JOINT_NAMES, load_safety_config
-from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter, check_output_folder
+from dream_vla_ros.data.lerobot import (
+    CameraSpec,
+    DatasetError,
+    LeRobotWriter,
+    check_output_folder,
+)
 from dream_vla_ros.evaluation.kinematic import ProxySettings
 from dream_vla_ros.evaluation.place_proxy import START_S, expert_planner, place_servo_rollout
 from dream_vla_ros.sim.place import (
@@ -197,7 +202,10 @@ def collect_offline(
         world.close()
     written = sum(r["success"] for r in results)
     if written == 0:
-        raise RuntimeError(f"no episode placed the cube: nothing to write in {out}")
+        raise DatasetError(
+            f"no episode placed the cube ({results[0]['detail']} in the first): nothing "
+            f"written in {out}"
+        )
     writer.finish()
     summary = {
         "mode": "offline",
