@@ -257,6 +257,24 @@ def test_lerobot_reader_errors(tmp_path):
         LeRobotDataset(tmp_path)
 
 
+def test_the_writer_keeps_small_pixel_samples_not_the_frames_they_come_from(tmp_path):
+    """The pixel stats' samples (every 5th frame at quarter size) own their pixels: a
+    view would keep each full frame alive, 10 MB an episode of the place task."""
+    from dream_vla_ros.data.lerobot import CameraSpec, LeRobotWriter
+
+    writer = LeRobotWriter(
+        tmp_path / "ds", 10, [CameraSpec("observation.images.top", 64, 96)], ["a"]
+    )
+    frames = [np.full((64, 96, 3), 10 * k, np.uint8) for k in range(11)]
+    writer.add_episode(
+        "t", np.zeros((11, 1)), np.zeros((11, 1)), {"observation.images.top": frames}
+    )
+    samples = writer.image_samples["observation.images.top"]
+    assert len(samples) == 3 and all(s.shape == (16, 24, 3) for s in samples)
+    assert all(s.base is None or s.base.nbytes == s.nbytes for s in samples)
+    assert [int(s[0, 0, 0]) for s in samples] == [0, 50, 100]
+
+
 def test_merged_datasets_hold_every_episode_in_order_with_the_same_frames(tmp_path):
     """Two datasets into one: rows and tasks in order, the videos copied byte for byte
     (the frames decode as before), state/action stats rebuilt, pixel stats pooled; a

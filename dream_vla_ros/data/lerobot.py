@@ -133,7 +133,8 @@ class LeRobotWriter:
                 for frame in images[cam.key]:
                     writer.add(frame)
                     if count % 5 == 0:
-                        self.image_samples[cam.key].append(frame[::4, ::4])
+                        # a copy: the view would keep the whole frame alive (10 MB an episode)
+                        self.image_samples[cam.key].append(frame[::4, ::4].copy())
                     count += 1
             finally:
                 writer.close()
