@@ -29,12 +29,8 @@ sees the same pixels.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from dream_vla_ros.finetune.frame_cache import FrameCache
 from dream_vla_ros.finetune.recipe import AugmentConfig, DataConfig
 from dream_vla_ros.model.checkpoint import NormStats
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
@@ -126,15 +123,15 @@ class DemoData:
         self.names = ds.names
         frames_total = sum(e.length for e in ds.episodes) * len(cfg.cameras)
         cache_gb = frames_total * 3 * image_size * image_size / 1e9
-        self.cache_dir = self._cache_dir(path, image_size) if cfg.frame_cache else None
-        if self.cache_dir is not None:
-            free_gb = shutil.disk_usage(self.cache_dir).free / 1e9
-            if cache_gb > free_gb + self._cached_gb():
-                raise DatasetError(
-                    f"{path}: caching {frames_total} frames at {image_size}x{image_size} needs "
-                    f"{cache_gb:.1f} GB, {free_gb:.1f} GB are free in {self.cache_dir} "
-                    "(data.frame_cache)"
-                )
+        self.frame_cache = (
+            FrameCache(cfg.frame_cache, path, [list(cfg.cameras), image_size, cfg.center_crop])
+            if cfg.frame_cache
+            else None
+        )
+        if self.frame_cache is not None:
+            self.frame_cache.check_room(
+                f"{path}: caching {frames_total} frames at {image_size}x{image_size}", cache_gb
+            )
         elif cache_gb > cfg.max_cache_gb:
             raise DatasetError(
                 f"{path}: caching {frames_total} frames at {image_size}x{image_size} needs "
@@ -203,44 +200,19 @@ class DemoData:
             if abs(self.episodes[e].action[-1, cfg.oversample_dim]) >= cfg.oversample_min_abs
         }
 
-    def _cache_dir(self, path: Path, image_size: int) -> Path:
-        info = path / "meta" / "info.json"
-        key = json.dumps(
-            [
-                str(path.resolve()),
-                info.stat().st_mtime_ns if info.is_file() else 0,
-                info.read_text() if info.is_file() else "",
-                list(self.cfg.cameras),
-                image_size,
-                self.cfg.center_crop,
-            ]
-        )
-        folder = Path(self.cfg.frame_cache) / hashlib.sha1(key.encode()).hexdigest()[:16]
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def _cached_gb(self) -> float:
-        assert self.cache_dir is not None
-        return sum(f.stat().st_size for f in self.cache_dir.glob("*.npy")) / 1e9
-
     def _frames(self, info) -> torch.Tensor | np.ndarray:
-        """(n, cameras, 3, S, S) uint8: decoded and resized, or read from the cache."""
+        """(n, cameras, 3, S, S) uint8: decoded and resized, or memory-mapped from the
+        frame cache."""
+
+        def decode() -> torch.Tensor:
+            cams = [self._resized(self.dataset.images(info, key)) for key in self.cfg.cameras]
+            return torch.stack(cams, dim=1)
+
+        if self.frame_cache is None:
+            return decode()
         size = self.preprocessor.size
         shape = (info.length, len(self.cfg.cameras), 3, size, size)
-        file = None if self.cache_dir is None else self.cache_dir / f"episode_{info.index:06d}.npy"
-        if file is not None and file.is_file():
-            cached = np.load(file, mmap_mode="r")
-            if cached.shape == shape and cached.dtype == np.uint8:
-                return cached
-        cams = [self._resized(self.dataset.images(info, key)) for key in self.cfg.cameras]
-        frames = torch.stack(cams, dim=1)
-        if file is None:
-            return frames
-        tmp = file.with_name(file.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, frames.numpy())
-        os.replace(tmp, file)  # a run killed while writing leaves no half file behind
-        return np.load(file, mmap_mode="r")
+        return self.frame_cache.frames(info.index, shape, lambda: decode().numpy())
 
     def _resized(self, frames: np.ndarray) -> torch.Tensor:
         out = [self.preprocessor.resized(frames[i : i + 64]) for i in range(0, len(frames), 64)]
