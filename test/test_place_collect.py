@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -75,3 +77,30 @@ def test_the_offline_collection_writes_the_placed_demonstrations_and_lists_every
     # a collection in which nothing was placed writes no dataset and says why
     with pytest.raises(DatasetError, match=r"no episode placed the cube.*not the"):
         place_collect.collect_offline(tmp_path / "none", 1, seed0=1001, camera=(160, 120))
+
+
+def test_ctrl_c_ends_the_offline_collection_after_the_episode_in_progress(tmp_path, monkeypatch):
+    """SIGINT in the middle of the first of three episodes: that episode runs to its
+    end and is written, the collection stops there with a sentence, collect.json says
+    it was interrupted, and Ctrl-C is the usual KeyboardInterrupt again afterwards."""
+    real = place_collect._Recorder.__call__
+    calls = []
+
+    def interrupt_on_the_fifth_frame(self, now, q):
+        real(self, now, q)
+        calls.append(now)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(place_collect._Recorder, "__call__", interrupt_on_the_fifth_frame)
+    log: list[str] = []
+    out = tmp_path / "dataset"
+    summary = place_collect.collect_offline(out, 3, seed0=1000, camera=(160, 120), log=log.append)
+
+    assert summary["interrupted"] and summary["episodes"] == 1 and summary["requested"] == 3
+    assert "interrupted after 1 of 3 episodes" in log[-1] and "1 placed" in log[-1]
+    ds = LeRobotDataset(out)
+    assert len(ds.episodes) == 1 and ds.episodes[0].length == summary["results"][0]["frames"]
+    assert ds.episodes[0].length > 100  # the whole episode, not the 5 frames before Ctrl-C
+    assert json.loads((out / "meta" / "collect.json").read_text())["interrupted"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

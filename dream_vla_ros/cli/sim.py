@@ -87,6 +87,11 @@ def _collect(args: argparse.Namespace) -> int:
         print(
             f"collect: expert success {summary['expert_success_rate']:.0%}; dataset of "
             f"{summary['written']} episodes in {args.out} ({summary['seconds']:.0f} s)"
+            + (
+                f"; interrupted after {summary['episodes']} of {episodes} episodes"
+                if summary["interrupted"]
+                else ""
+            )
         )
         return 0
     from dream_vla_ros.evaluation.closed_loop import collect

@@ -61,6 +61,15 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
         expert = collect_offline(
             out / "dataset", s.episodes, s.seed0, s.camera, fps=s.fps, **common
         )
+        if expert["interrupted"]:
+            from dream_vla_ros.data.lerobot import DatasetError
+
+            raise DatasetError(
+                f"the collection was interrupted after {expert['episodes']} of "
+                f"{s.episodes} episodes; its {expert['written']} placed episodes are in "
+                f"{out / 'dataset'} (train on them with dream-vla train, or rerun the "
+                "pipeline into a new folder)"
+            )
         times["collect_s"] = time.monotonic() - start
         times["build_s"] = 0.0
     else:

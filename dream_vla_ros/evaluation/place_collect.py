@@ -15,7 +15,9 @@ at that instant (the teleop command), the front and wrist images rendered at tha
 instant. An episode lasts the expert's plan plus 1 s, and up to 2 s more until the
 cube has rested in the bowl (the graph collection's wait); only episodes the world
 judges placed, without a controller fault, are written. `meta/collect.json` lists
-every episode, written or not.
+every episode, written or not. Ctrl-C stops the collection after the episode in
+progress and writes the dataset of the episodes placed so far (a second Ctrl-C
+stops at once, without a dataset).
 
 What differs from a recording: no DDS or camera latency (each frame is rendered at
 its grid time, where a recorded frame is up to 100 ms old) and the arm follows its
@@ -27,8 +29,11 @@ graph collection stays the one that exercises the recorder.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +104,58 @@ class _Recorder:
             self.frames[camera].append(self.world.render(camera))
 
 
+class _StopAfterEpisode:
+    """Ctrl-C (SIGINT) sets `requested` instead of interrupting, so that no episode is
+    cut in half; a second Ctrl-C raises KeyboardInterrupt as usual. Only in the main
+    thread (where Python delivers signals); elsewhere `requested` stays False."""
+
+    requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopAfterEpisode]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(_signum, _frame) -> None:
+            self.requested = True
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _demonstrate(world, layout, cfg, drawn: Miss | None, fps: int, log: Callable[[str], None]):
+    """One expert episode in `world` (its camera set): (recorder, monitor, controller
+    fault, limit counts, the miss demonstrated)."""
+    source, miss = expert_with_miss(layout, cfg.soft_lower, cfg.soft_upper, drawn)
+    if drawn is not None and miss is None:
+        log(
+            f"collect: seed {layout.seed}: the point beside the cube is out of reach; "
+            "demonstrated without a miss"
+        )
+    source.start(0.0, HOME)
+    plan_s = source.duration_s
+
+    def done(now: float, monitor: PlaceMonitor) -> bool:
+        waited = now - START_S - plan_s - AFTER_PLAN_S
+        return waited >= 0 and (placed_for(monitor, SETTLE_S) or waited >= SETTLE_WAIT_S)
+
+    timing = ProxySettings(
+        timeout_s=plan_s + AFTER_PLAN_S + SETTLE_WAIT_S + 0.1, servo=True, **TELEOP_TIMING
+    )
+    recorder = _Recorder(world, source, fps, START_S)
+    limits: dict[str, Any] = {}
+    monitor, fault = place_servo_rollout(
+        expert_planner(source), world, layout, timing, limits=limits, observe=recorder, done=done
+    )
+    return recorder, monitor, fault, limits, miss
+
+
 def collect_offline(
     out_dir: str | Path,
     episodes: int,
@@ -134,39 +191,16 @@ def collect_offline(
     results: list[dict[str, Any]] = []
     totals = {"ticks": 0, "limited": 0}
     start = time.monotonic()
-    try:
+    stop = _StopAfterEpisode()
+    with stop.installed(), closing(world):
         for i in range(episodes):
             seed, j = seed0 + i // per_layout, i % per_layout
             layout = place_naming(seed, j)
             offset = random_offset(seed * 16 + j) if camera_randomise else fixed
             world.set_front_offset(offset)
             drawn = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
-            source, miss = expert_with_miss(layout, cfg.soft_lower, cfg.soft_upper, drawn)
-            if drawn is not None and miss is None:
-                log(
-                    f"collect: episode {i + 1}: the point beside the cube is out of reach; "
-                    "demonstrated without a miss"
-                )
-            source.start(0.0, HOME)
-            plan_s = source.duration_s
-
-            def done(now: float, monitor: PlaceMonitor, plan_s: float = plan_s) -> bool:
-                waited = now - START_S - plan_s - AFTER_PLAN_S
-                return waited >= 0 and (placed_for(monitor, SETTLE_S) or waited >= SETTLE_WAIT_S)
-
-            timing = ProxySettings(
-                timeout_s=plan_s + AFTER_PLAN_S + SETTLE_WAIT_S + 0.1, servo=True, **TELEOP_TIMING
-            )
-            recorder = _Recorder(world, source, fps, START_S)
-            limits: dict[str, Any] = {}
-            monitor, fault = place_servo_rollout(
-                expert_planner(source),
-                world,
-                layout,
-                timing,
-                limits=limits,
-                observe=recorder,
-                done=done,
+            recorder, monitor, fault, limits, miss = _demonstrate(
+                world, layout, cfg, drawn, fps, log
             )
             totals["ticks"] += limits.get("ticks", 0)
             totals["limited"] += limits.get("limited", 0)
@@ -198,8 +232,12 @@ def collect_offline(
                 else f"FAILED ({outcome.detail}{'; ' + fault if fault else ''})"
             )
             log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
-    finally:
-        world.close()
+            if stop.requested and i + 1 < episodes:
+                log(
+                    f"collect: interrupted after {i + 1} of {episodes} episodes; the "
+                    f"{sum(r['success'] for r in results)} placed so far are written"
+                )
+                break
     written = sum(r["success"] for r in results)
     if written == 0:
         raise DatasetError(
@@ -209,9 +247,11 @@ def collect_offline(
     writer.finish()
     summary = {
         "mode": "offline",
-        "episodes": episodes,
+        "episodes": len(results),
+        "requested": episodes,
+        "interrupted": len(results) < episodes,
         "written": written,
-        "expert_success_rate": written / episodes,
+        "expert_success_rate": written / len(results),
         "seed0": seed0,
         "per_layout": per_layout,
         "camera": [width, height],
