@@ -303,27 +303,32 @@ def test_the_world_keeps_the_held_cube_when_joint_states_come_late_in_bursts(wor
     assert not all(wall_clock)
 
 
-def test_the_arm_replay_interpolates_waits_for_late_states_and_catches_up_bounded():
+def test_the_arm_replay_waits_for_late_states_while_holding_and_catches_up_bounded():
+    """Squeezing (effort in the newest state): the arm's clock waits at the newest
+    state and catches up at most 1.5x; not squeezing: the wall clock (now - lag)."""
     replay = ArmReplay(lag_s=0.05)
     assert replay.advance(1.0, 0.01) is None  # nothing measured yet
     for k in range(11):  # 50 Hz states of a joint moving at 1 rad/s, up to t = 0.2
-        replay.add(0.02 * k, np.full(7, 0.02 * k), 0.0)
-    replay.add(0.1, np.zeros(7), 0.0)  # not newer than the newest: ignored
-    t, q, _ = replay.advance(0.16, 0.01)
-    assert t == pytest.approx(0.11) and q[0] == pytest.approx(0.11)  # between two states
+        replay.add(0.02 * k, np.full(7, 0.02 * k), 1.0)
+    replay.add(0.1, np.zeros(7), 1.0)  # not newer than the newest: ignored
+    t, q, effort = replay.advance(0.16, 0.01)
+    assert t == pytest.approx(0.11) and q[0] == pytest.approx(0.11) and effort == 1.0
     # the states stop coming: the arm waits at the newest one, never past it
     times = [replay.advance(0.16 + 0.01 * k, 0.01)[0] for k in range(1, 20)]
     assert max(times) == pytest.approx(0.2) and times == sorted(times)
     assert replay.late_ticks > 0
     # they come again: the arm catches up at most 1.5x as fast as the physics runs
     for k in range(11, 40):
-        replay.add(0.02 * k, np.full(7, 0.02 * k), 0.0)
+        replay.add(0.02 * k, np.full(7, 0.02 * k), 1.0)
     before = replay.t
     t, _, _ = replay.advance(0.8, 0.01)
     assert t - before == pytest.approx(0.015)
-    # the wall-clock arm goes straight to now - lag
+    # the gripper lets go: back on the wall clock
+    replay.add(0.8, np.full(7, 0.8), 0.0)
+    assert replay.advance(0.81, 0.01)[0] == pytest.approx(0.76)
+    # the wall-clock replay, squeezing or not
     wall = ArmReplay(lag_s=0.05, catch_up=None)
     for k in range(40):
-        wall.add(0.02 * k, np.full(7, 0.02 * k), 0.0)
+        wall.add(0.02 * k, np.full(7, 0.02 * k), 1.0)
     assert wall.advance(0.5, 0.01)[0] == pytest.approx(0.45)
-    assert replay.to_newest()[0] == pytest.approx(0.78) and replay.t == pytest.approx(0.78)
+    assert replay.to_newest()[0] == pytest.approx(0.8) and replay.t == pytest.approx(0.8)

@@ -11,9 +11,10 @@ layout of its task.
   a tick, in 2 ms steps): the arm's joints and the gripper opening come from the
   measured joint states, the gripper's squeeze from their effort (the firmware's
   0x2A8 report). The arm is placed where the joint states say it was `arm_lag_s`
-  ago, interpolated between the two states around that time, never past the newest
-  state and catching up at most 1.5 times as fast when states come late
-  (sim/arm_replay.py: an arm that jumps shakes the held cube out of the fingers).
+  ago, interpolated between the two states around that time; while the gripper
+  squeezes, never past the newest state and catching up at most 1.5 times as fast
+  when states come late (sim/arm_replay.py: an arm that jumps shakes the held cube
+  out of the fingers).
   The opening at which a cube blocks the fingers goes out on `~/gripper_contact`
   (std_msgs/Float64, 0 = none) for the controller's simulated gripper, and the
   objects' state on `~/objects` (JSON: cube centres and speeds, fingers touching
@@ -201,7 +202,7 @@ class SimWorldNode(SimCameraNode):
 
     def _physics(self) -> None:
         """Run the world up to now; the arm moves to where it was `arm_lag_s` ago
-        (sim/arm_replay.py: never past the newest joint state, never jumping)."""
+        (sim/arm_replay.py: holding a cube, never past the newest joint state)."""
         now = time.monotonic()
         ros_now = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
