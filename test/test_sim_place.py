@@ -25,7 +25,7 @@ from dream_vla_ros.sim.place import (
     sample_place_layout,
 )
 from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE
-from dream_vla_ros.sim.world import HOLD_GRACE_S, CameraOffset, PiperWorld
+from dream_vla_ros.sim.world import CameraOffset, PiperWorld
 
 W, H = 160, 120
 CFG = load_safety_config()
@@ -332,20 +332,3 @@ def test_the_arm_replay_waits_for_late_states_while_holding_and_catches_up_bound
         wall.add(0.02 * k, np.full(7, 0.02 * k), 1.0)
     assert wall.advance(0.5, 0.01)[0] == pytest.approx(0.45)
     assert replay.to_newest()[0] == pytest.approx(0.8) and replay.t == pytest.approx(0.8)
-
-
-def test_a_held_cube_whose_contact_flickers_still_blocks_the_gripper(world, monkeypatch):
-    """A finger's contact that drops out for a physics step while the held cube
-    shifts does not unblock the simulated gripper (which would stop squeezing and let
-    the cube slip); a cube gone for longer than HOLD_GRACE_S does."""
-    world.reset_physics()
-    held = iter(["red", "", "", ""])
-    monkeypatch.setattr(world, "held", lambda: next(held))
-    monkeypatch.setattr(world, "opening", lambda: 0.029)
-    assert world.gripper_obstacle() == 0.029  # both fingers on it
-    world.time_s += HOLD_GRACE_S / 2
-    assert world.gripper_obstacle() == 0.029  # one contact flickers: still blocked
-    world.time_s += HOLD_GRACE_S
-    assert world.gripper_obstacle() == 0.0  # gone for longer: nothing blocks
-    world.reset_physics()
-    assert world.gripper_obstacle() == 0.0

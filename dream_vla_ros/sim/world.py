@@ -61,9 +61,6 @@ FINGER_KP = 400.0
 FINGER_DAMPING = 4.0
 FINGER_FREE_FORCE_N = 5.0
 FINGER_N_PER_NM = 10.0
-# a held cube whose contact with a finger flickers (it shifts in the fingers) still
-# blocks the gripper for this long: a real gripper squeezing it keeps squeezing
-HOLD_GRACE_S = 0.1
 # The fingers' inner faces are this far apart with the gripper closed (opening 0).
 FINGER_GAP_CLOSED_M = 0.01
 # A bowl: a floor disc and a ring of wall segments.
@@ -348,7 +345,6 @@ class PiperWorld:
         )
         self.front_offset = CameraOffset()
         self.time_s = 0.0  # simulated time of the physics
-        self._last_hold: tuple[float, float] | None = None  # (time_s, opening) last held
 
     @property
     def renderer(self):
@@ -362,7 +358,6 @@ class PiperWorld:
         and the objects' places stay): what follows replays bit for bit."""
         self._mj.mj_resetData(self.model, self.data)
         self.time_s = 0.0
-        self._last_hold = None
 
     def set_cubes(
         self, positions: dict[str, np.ndarray], yaws: dict[str, float] | None = None
@@ -484,16 +479,9 @@ class PiperWorld:
         return ""
 
     def gripper_obstacle(self) -> float:
-        """The opening [m] at which an object between the fingers blocks them: the
-        current opening while both touch one cube, and the last such opening for
-        HOLD_GRACE_S after they did (a finger's contact that flickers while the held
-        cube shifts does not unblock the gripper and drop its squeeze); 0 otherwise."""
-        if self.held():
-            self._last_hold = (self.time_s, self.opening())
-            return self._last_hold[1]
-        if self._last_hold is not None and self.time_s - self._last_hold[0] <= HOLD_GRACE_S:
-            return self._last_hold[1]
-        return 0.0
+        """The opening [m] at which an object between the fingers blocks them (the
+        current opening while both touch one cube), 0 when nothing does."""
+        return self.opening() if self.held() else 0.0
 
     # -- cameras ----------------------------------------------------------------------
     def flange_pose(self) -> np.ndarray:
