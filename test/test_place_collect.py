@@ -95,7 +95,14 @@ def test_ctrl_c_ends_the_offline_collection_after_the_episode_in_progress(tmp_pa
     monkeypatch.setattr(place_collect._Recorder, "__call__", interrupt_on_the_fifth_frame)
     log: list[str] = []
     out = tmp_path / "dataset"
-    summary = place_collect.collect_offline(out, 3, seed0=1000, camera=(160, 120), log=log.append)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a shell
+    try:
+        summary = place_collect.collect_offline(
+            out, 3, seed0=1000, camera=(160, 120), log=log.append
+        )
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
     assert summary["interrupted"] and summary["episodes"] == 1 and summary["requested"] == 3
     assert "interrupted after 1 of 3 episodes" in log[-1] and "1 placed" in log[-1]
@@ -103,4 +110,3 @@ def test_ctrl_c_ends_the_offline_collection_after_the_episode_in_progress(tmp_pa
     assert len(ds.episodes) == 1 and ds.episodes[0].length == summary["results"][0]["frames"]
     assert ds.episodes[0].length > 100  # the whole episode, not the 5 frames before Ctrl-C
     assert json.loads((out / "meta" / "collect.json").read_text())["interrupted"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -106,17 +106,19 @@ class _Recorder:
 
 class _StopAfterEpisode:
     """Ctrl-C (SIGINT) sets `requested` instead of interrupting, so that no episode is
-    cut in half; a second Ctrl-C raises KeyboardInterrupt as usual. Only in the main
-    thread (where Python delivers signals); elsewhere `requested` stays False."""
+    cut in half; a second Ctrl-C raises KeyboardInterrupt as usual. Only where Ctrl-C
+    would interrupt (the main thread, Python's own handler); a process that ignores
+    SIGINT (started in the background) keeps ignoring it."""
 
     requested = False
 
     @contextmanager
     def installed(self) -> Iterator[_StopAfterEpisode]:
-        if threading.current_thread() is not threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        main = threading.current_thread() is threading.main_thread()
+        if not main or previous is not signal.default_int_handler:
             yield self
             return
-        previous = signal.getsignal(signal.SIGINT)
 
         def handler(_signum, _frame) -> None:
             self.requested = True
