@@ -385,3 +385,39 @@ def test_a_gripper_that_learns_of_the_object_late_is_pushed_back_to_it():
     grip.target = 0.05  # opening: free again, the report notwithstanding
     grip.step(0.01)
     assert grip.position == pytest.approx(0.031) and grip.effort_nm == 0.0
+
+
+def test_a_gripper_squeezing_an_object_keeps_its_effort_while_the_object_shifts():
+    """A held cube that shifts between the fingers changes the width the world reports
+    (narrower, or for a moment none): the gripper follows it and keeps squeezing;
+    it lets go when the target opens past the fingers, and stops squeezing when the
+    object is gone and the fingers reach the target."""
+    grip = SimGripper(0.07, 0.1, 0.04, 0.0, effort_command_nm=1.0, enabled=True)
+    grip.obstacle_m = 0.03
+    for _ in range(20):
+        grip.step(0.005)
+    assert grip.position == 0.03 and grip.effort_nm == 1.0
+    grip.obstacle_m = 0.029  # the cube turned a little: 1 mm narrower
+    efforts = []
+    for _ in range(4):
+        grip.step(0.005)
+        efforts.append(grip.effort_nm)
+    assert efforts == [1.0] * 4 and grip.position == pytest.approx(0.029)
+    grip.obstacle_m = 0.0  # a contact lost for a tick
+    grip.step(0.005)
+    assert grip.effort_nm == 1.0 and grip.position == pytest.approx(0.0285)
+    grip.obstacle_m = 0.029  # back: pushed out to it, still squeezing
+    grip.step(0.005)
+    assert grip.position == pytest.approx(0.029) and grip.effort_nm == 1.0
+    grip.target = 0.05  # opening: released at once
+    grip.step(0.005)
+    assert grip.effort_nm == 0.0 and grip.position > 0.029
+    # the object gone while squeezing: the fingers close onto the target, then rest
+    grip.target, grip.obstacle_m = 0.0, 0.03
+    for _ in range(10):
+        grip.step(0.005)
+    assert grip.effort_nm == 1.0
+    grip.obstacle_m = 0.0
+    for _ in range(100):
+        grip.step(0.005)
+    assert grip.position == 0.0 and grip.effort_nm == 0.0 and not grip.holding

@@ -79,7 +79,13 @@ class SimGripper:
     `obstacle_m` (0: nothing) stops the closing there. Stopped short of its target
     by the object, the gripper is *stalled*: it squeezes with the commanded effort
     and reports it, which is how a grasp looks on the real arm (not a fault).
-    No locking and no I/O: the firmware simulator and the offline rollouts step it."""
+    Once it squeezes, it keeps squeezing while its target stays inside the fingers'
+    opening: a held object that shifts or turns between the fingers changes the
+    reported width, and the gripper follows it with the effort on (the motor's
+    current does not drop because the object moved). It stops squeezing when the
+    target opens past the fingers or the fingers reach the target (the object is
+    gone). No locking and no I/O: the firmware simulator and the offline rollouts
+    step it."""
 
     max_m: float
     speed_m_s: float
@@ -88,6 +94,7 @@ class SimGripper:
     effort_command_nm: float = 0.0
     obstacle_m: float = 0.0
     enabled: bool = False
+    holding: bool = False  # squeezing as of the last step (set by `step`)
 
     @property
     def stalled(self) -> bool:
@@ -99,13 +106,22 @@ class SimGripper:
         )
 
     @property
+    def squeezing(self) -> bool:
+        """Stalled on an object now, or squeezing since a stall with the target still
+        inside the fingers' opening."""
+        return self.stalled or (
+            self.holding and self.enabled and self.target < self.position - _STALL_TOLERANCE_M
+        )
+
+    @property
     def effort_nm(self) -> float:
         """The effort the gripper reports: the commanded one while it squeezes an
         object, else none (free motion is modelled without friction)."""
-        return self.effort_command_nm if self.stalled else 0.0
+        return self.effort_command_nm if self.squeezing else 0.0
 
     def step(self, dt: float) -> None:
         if not self.enabled or dt <= 0:
+            self.holding = self.squeezing
             return
         error = self.target - self.position
         step = self.speed_m_s * dt
@@ -116,6 +132,7 @@ class SimGripper:
             # pushes them back to it
             position = self.obstacle_m
         self.position = min(max(position, 0.0), self.max_m)
+        self.holding = self.squeezing
 
 
 def _limit_decideg(value_rad: float) -> int:

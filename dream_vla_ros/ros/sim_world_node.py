@@ -11,14 +11,14 @@ layout of its task.
   a tick, in 2 ms steps): the arm's joints and the gripper opening come from the
   measured joint states, the gripper's squeeze from their effort (the firmware's
   0x2A8 report). The arm is placed where the joint states say it was `arm_lag_s`
-  ago, interpolated between the two states around that time: joint states come at
-  50 Hz, and an arm that jumped to each newest state, then stood still until the
-  next, shook the held cube out of the fingers. The opening at which a cube blocks
-  the fingers goes out on `~/gripper_contact` (std_msgs/Float64, 0 = none) for the
-  controller's simulated gripper, and the objects' state on `~/objects` (JSON: cube
-  centres and speeds, fingers touching each cube, fingertip; sim/place.py
-  `Snapshot`) for the success check. Images show the world as the physics left it, stamped with the
-  time of the arm pose in them.
+  ago, interpolated between the two states around that time, never past the newest
+  state and catching up at most 1.5 times as fast when states come late
+  (sim/arm_replay.py: an arm that jumps shakes the held cube out of the fingers).
+  The opening at which a cube blocks the fingers goes out on `~/gripper_contact`
+  (std_msgs/Float64, 0 = none) for the controller's simulated gripper, and the
+  objects' state on `~/objects` (JSON: cube centres and speeds, fingers touching
+  each cube, fingertip; sim/place.py `Snapshot`) for the success check. Images show
+  the world as the physics left it, stamped with the time of the arm pose in them.
 
 Images are stamped like the schematic `sim_camera` node's (the joint state they
 show). `task.seed` (settable at run time) places the objects, `task.target` names
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import deque
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -49,6 +48,7 @@ from dream_vla_ros.ros.guards import joint_positions
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param
 from dream_vla_ros.ros.sim_camera_node import CAMERA_PARAMETERS, SimCameraNode
+from dream_vla_ros.sim.arm_replay import ArmReplay
 
 TASKS = ("touch", "place")
 MAX_PHYSICS_TICK_S = 0.05  # a longer host stall slows the world instead of jumping it
@@ -98,8 +98,7 @@ class SimWorldNode(SimCameraNode):
     def __init__(self) -> None:
         self.task_kind = ""
         super().__init__()
-        self._history: deque[tuple[float, np.ndarray, float]] = deque(maxlen=200)
-        self._arm_lag = float(self.get_parameter("arm_lag_s").value)
+        self._arm = ArmReplay(float(self.get_parameter("arm_lag_s").value))
         self._shown_stamp = -1.0  # the joint-state time of the arm pose the world shows
         self._physics_last = 0.0
         self.physics_ticks = 0
@@ -140,12 +139,12 @@ class SimWorldNode(SimCameraNode):
             layout = sample_place_layout(seed, target, bowl)
             payload = layout.as_dict()
             with self._lock:
-                history = self._history
                 self.scene.reset_physics()
                 self.scene.set_cubes(layout.cubes, layout.yaws)
                 self.scene.set_bowls(layout.bowls)
-                if history:
-                    self.scene.set_joints(history[-1][1])
+                newest = self._arm.to_newest()
+                if newest is not None:
+                    self.scene.set_joints(newest)
                 self._physics_last = time.monotonic()
                 self._last_rendered_stamp = -1.0
         else:
@@ -198,37 +197,23 @@ class SimWorldNode(SimCameraNode):
         stamp = time_to_sec(msg.header.stamp)
         with self._lock:
             self._state = (stamp, q)
-            if not self._history or stamp > self._history[-1][0]:
-                self._history.append((stamp, q, effort))
-
-    def _arm_at(self, t: float) -> tuple[float, np.ndarray, float]:
-        """The measured arm at time `t` (linear between the joint states around it,
-        the nearest one outside them), with the gripper effort of the older one."""
-        h = self._history
-        if t <= h[0][0]:
-            return h[0]
-        if t >= h[-1][0]:
-            return h[-1]
-        for (t0, q0, e0), (t1, q1, _) in zip(reversed(list(h)[:-1]), reversed(h)):
-            if t0 <= t:
-                a = (t - t0) / (t1 - t0)
-                return t, q0 + a * (q1 - q0), e0
-        return h[0]  # pragma: no cover - the bounds above cover every t
+            self._arm.add(stamp, q, effort)
 
     def _physics(self) -> None:
-        """Run the world up to now; the arm moves to where it was `arm_lag_s` ago."""
+        """Run the world up to now; the arm moves to where it was `arm_lag_s` ago
+        (sim/arm_replay.py: never past the newest joint state, never jumping)."""
         now = time.monotonic()
-        t_arm = self.get_clock().now().nanoseconds * 1e-9 - self._arm_lag
+        ros_now = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
-            if not self._history:
+            if not self._arm.history:
                 self._physics_last = now
                 return
-            shown, q, effort = self._arm_at(t_arm)
             elapsed = now - self._physics_last
             self._physics_last = now
             if elapsed > MAX_PHYSICS_TICK_S:
                 elapsed = MAX_PHYSICS_TICK_S
                 self.physics_slow_ticks += 1
+            shown, q, effort = self._arm.advance(ros_now, elapsed)
             self.scene.step(q, effort, elapsed)
             self._shown_stamp = shown
             self.physics_ticks += 1
@@ -262,6 +247,7 @@ class SimWorldNode(SimCameraNode):
                 "physics_time_s": f"{self.scene.time_s:.3f}",
                 "physics_ticks": str(self.physics_ticks),
                 "physics_slow_ticks": str(self.physics_slow_ticks),
+                "arm_late_ticks": str(self._arm.late_ticks),
             }
 
 

@@ -55,12 +55,18 @@ PHYSICS_STEP_S = 0.002
 CUBE_MASS_KG = 0.05
 FRICTION = 1.0
 # The fingers' servo: stiffness, damping, and the force it may use to follow the
-# measured opening; squeezing, each finger pushes with the reported effort times
-# FINGER_N_PER_NM (the PiPER's 0-5 N*m effort on a ~0.1 m lever: 0-50 N).
+# measured opening; squeezing, each finger is driven closed with at most the
+# reported effort times FINGER_N_PER_NM (the PiPER's 0-5 N*m effort on a ~0.1 m
+# lever: 0-50 N; the servo gives about 6 N a side on a 4 cm cube at 1 N*m).
 FINGER_KP = 400.0
 FINGER_DAMPING = 4.0
 FINGER_FREE_FORCE_N = 5.0
 FINGER_N_PER_NM = 10.0
+# The contacts of the fingers and the cubes: MuJoCo's default (0.02 s) lets a
+# finger sink several millimetres into a held cube when the arm jerks (the held
+# cube's inertia at 80 m/s^2 pushed the fingers 4 mm in each), which a rigid cube
+# and a rigid pad do not allow. MuJoCo wants at least two physics steps here.
+CONTACT_TIMECONST_S = 0.005
 # The fingers' inner faces are this far apart with the gripper closed (opening 0).
 FINGER_GAP_CLOSED_M = 0.01
 # A bowl: a floor disc and a ring of wall segments.
@@ -244,6 +250,7 @@ def piper_mjcf(
             f'size="0.008 0.005 {FINGER_LENGTH / 2 - 0.012 / 2:.4f}" '
             f'pos="0 0 {FINGER_LENGTH / 2 - 0.012:.4f}" rgba="0.1 0.1 0.1 1" '
             f'contype="{_ROBOT}" conaffinity="0" condim="4" friction="{FRICTION} 0.02 0.0001" '
+            f'solref="{CONTACT_TIMECONST_S} 1" '
             'density="1000"/>'
         )
         xml.append("</body>")
@@ -262,6 +269,7 @@ def piper_mjcf(
             f'<geom name="cube_{colour}" type="box" '
             f'size="{CUBE_SIZE / 2} {CUBE_SIZE / 2} {CUBE_SIZE / 2}" '
             f'rgba="{_vec(rgb)} 1" mass="{CUBE_MASS_KG}" friction="{FRICTION} 0.02 0.0001" '
+            f'solref="{CONTACT_TIMECONST_S} 1" '
             f'contype="{_OBJECT}" conaffinity="{_OBJECT | _STATIC | _ROBOT}" condim="4"/></body>'
         )
     cubes.extend(_bowl(c) for c in bowls)
@@ -345,6 +353,7 @@ class PiperWorld:
         )
         self.front_offset = CameraOffset()
         self.time_s = 0.0  # simulated time of the physics
+        self.squeezing = False  # the fingers closed under the gripper's effort (last step)
 
     @property
     def renderer(self):
@@ -358,6 +367,7 @@ class PiperWorld:
         and the objects' places stay): what follows replays bit for bit."""
         self._mj.mj_resetData(self.model, self.data)
         self.time_s = 0.0
+        self.squeezing = False
 
     def set_cubes(
         self, positions: dict[str, np.ndarray], yaws: dict[str, float] | None = None
@@ -432,6 +442,7 @@ class PiperWorld:
         start = self.data.qpos[self._joint_adr].copy()
         velocity = (q[:6] - start) / (n * PHYSICS_STEP_S)
         squeeze = gripper_effort_nm > 0.0
+        self.squeezing = squeeze
         force = gripper_effort_nm * FINGER_N_PER_NM if squeeze else FINGER_FREE_FORCE_N
         for act in self._finger_act:
             self.model.actuator_forcerange[act] = (-force, force)
@@ -479,9 +490,15 @@ class PiperWorld:
         return ""
 
     def gripper_obstacle(self) -> float:
-        """The opening [m] at which an object between the fingers blocks them (the
-        current opening while both touch one cube), 0 when nothing does."""
-        return self.opening() if self.held() else 0.0
+        """The opening [m] at which something blocks the fingers, 0 when nothing does.
+        While the gripper squeezes, the fingers close under its force and stop only
+        where something blocks them: their opening is the obstacle (on nothing they
+        close and the gripper reaches its target), however a held cube shifts or a
+        finger's contact flickers. Otherwise: the opening while both fingers touch
+        one cube."""
+        if self.squeezing or self.held():
+            return max(0.0, self.opening())
+        return 0.0
 
     # -- cameras ----------------------------------------------------------------------
     def flange_pose(self) -> np.ndarray:
