@@ -3,6 +3,7 @@ names the problem, no traceback, and nothing left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,28 +85,63 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_a_bad_input_ends_in_one_line(case, corpus, tmp_path):
-    _, argv, *extra = case
-    out = tmp_path / "out"
-    args = [a.format(bad=corpus, out=out) for a in argv]
-    env = {**os.environ, **(extra[0] if extra else {})}
+@pytest.fixture(scope="module")
+def answers(corpus, tmp_path_factory) -> dict:
+    """Every case's command line, each in its own process forked from one interpreter
+    that imported the package once (test/cli_forks.py): name -> returncode, stdout,
+    stderr; and the folder each case was told to write into."""
+    scratch = tmp_path_factory.mktemp("cli")
+    cases = []
+    for name, argv, *extra in CASES:
+        out = scratch / name.replace(" ", "_") / "out"
+        out.parent.mkdir()
+        args = [a.format(bad=corpus, out=out) for a in argv]
+        env = {**os.environ, **(extra[0] if extra else {})}
+        cases.append({"name": name, "argv": args, "env": env, "cwd": str(ROOT), "out": str(out)})
+    (scratch / "cases.json").write_text(json.dumps(cases))
     run = subprocess.run(
-        [sys.executable, "-m", "dream_vla_ros.cli", *args],
+        [sys.executable, str(ROOT / "test" / "cli_forks.py"), "cases.json", "results.json"],
+        cwd=scratch,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((scratch / "results.json").read_text())
+    return {c["name"]: {**results[c["name"]], "args": c["argv"], "out": c["out"]} for c in cases}
+
+
+def _ends_in_one_line(returncode: int, stdout: str, stderr: str) -> None:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode != 0, stdout + stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("dream-vla"), lines[0]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
+def test_a_bad_input_ends_in_one_line(name, answers):
+    answer = answers[name]
+    _ends_in_one_line(answer["returncode"], answer["stdout"], answer["stderr"])
+    # nothing left behind for a pipeline, collection or evaluation that never started
+    out = Path(answer["out"])
+    if answer["args"][0] in ("sim", "eval-bag", "dataset", "merge", "demo", "convert", "export"):
+        assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+
+
+@pytest.mark.parametrize("argv", [["train"], ["launch", "moon"]], ids=["usage", "unknown graph"])
+def test_the_installed_command_answers_in_one_line_from_a_fresh_interpreter(argv):
+    """The same answers from `python -m dream_vla_ros.cli` started afresh, as a shell
+    starts `dream-vla`."""
+    run = subprocess.run(
+        [sys.executable, "-m", "dream_vla_ros.cli", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
     )
-    lines = [line for line in run.stderr.splitlines() if line.strip()]
-    assert run.returncode != 0, run.stdout + run.stderr
-    assert "Traceback" not in run.stderr, run.stderr
-    assert len(lines) == 1, run.stderr
-    assert lines[0].startswith("dream-vla"), lines[0]
-    # nothing left behind for a pipeline, collection or evaluation that never started
-    if args[0] in ("sim", "eval-bag", "dataset", "merge", "demo", "convert", "export"):
-        assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))
+    _ends_in_one_line(run.returncode, run.stdout, run.stderr)
 
 
 def test_the_corpus_covers_every_command():
