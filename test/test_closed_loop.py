@@ -122,6 +122,20 @@ def test_the_place_expert_grasps_through_the_graph_with_a_stalled_gripper(tmp_pa
     assert np.all((opening[squeezing] > 0.024) & (opening[squeezing] < 0.0305))
     # ... and opened again to let go: the episode ends open, with no effort
     assert opening[-1] > 0.06 and effort[-1] == 0.0
+    # the dataset built from the recording carries the grasp: the commanded gripper
+    # shut (0) in the actions while the measured opening stays on the cube
+    build_dataset(
+        tmp_path / "episodes",
+        tmp_path / "ds",
+        BuildSettings(fps=10, codec="libx264", image_tolerance_s=0.5, state_tolerance_s=0.3),
+    )
+    ds = LeRobotDataset(tmp_path / "ds")
+    frames = ds.frames(ds.episodes[0])
+    shut = frames["action"][:, 6] < 1e-6
+    assert shut.sum() >= 20, frames["action"][:, 6]
+    held = frames["state"][shut][5:, 6]
+    assert np.all((held > 0.024) & (held < 0.0305)), held
+    assert set(ds.tasks.values()) == {layout.instruction}
     # the teleop node's expert missed as the collection drew it: the fingertip passed
     # the point beside the cube
     chain = DHChain.load()
@@ -252,14 +266,19 @@ def test_the_pipeline_rebuilt_small_still_learns_the_task(tmp_path):
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
 
 
-# The place task at reduced size: 2 layouts demonstrated twice each (4 episodes),
-# 400 steps, evaluated on those 2 layouts' own naming; it guards the chain with the
-# gripper in it (physics world, gripper contact, effort in /joint_states, gripper
-# actions in the dataset), not generalisation. The judge: the fingertip's closest
-# approach to the named cube averaged over both rollouts, and one rollout at least
-# reaching it. Measured (2026-12-04): means 0.023 and 0.005 m, stages (none, lifted)
-# and (reached, placed). The expert's pose above the cube, where a policy that never
-# descends would stop, is 0.09 m from its centre.
+# The place task at reduced size: 2 layouts demonstrated twice each (4 episodes,
+# collected without ROS: `--offline`, so the data, and with them the training, are
+# the same on every run), 400 steps, evaluated through the graph on those 2 layouts'
+# own naming; it guards the chain with the gripper in it (physics world, gripper
+# contact and effort in the firmware simulator, gripper actions in the dataset, the
+# policy's gripper targets through the controller), not generalisation. The
+# recording of a place episode through the graph and its dataset are the grasp test
+# above. The judge: the fingertip's closest approach to the named cube averaged over
+# both rollouts, and one rollout at least reaching it. Measured (2026-12-05, stiff
+# contacts): means 0.007 m, stages (reached, placed); with graph-collected data
+# one run put the second layout's rollout on the first layout's cube (0.24 m). The
+# expert's pose above the cube, where a policy that never descends would stop, is
+# 0.09 m from its centre.
 PLACE_PIPELINE_EPISODES = 4
 PLACE_PIPELINE_SEEDS = 2
 PLACE_PIPELINE_MEAN_CLOSEST_M = 0.045
@@ -273,7 +292,7 @@ def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_pa
     out, run, report, results = run_pipeline_cli(
         tmp_path,
         *("--task", "place", "--episodes", str(PLACE_PIPELINE_EPISODES), "--per-layout", "2"),
-        *("--seeds", str(PLACE_PIPELINE_SEEDS)),
+        *("--seeds", str(PLACE_PIPELINE_SEEDS), "--offline"),
     )
     rollouts = [
         (r["seed"], r["stage"] or "-", round(r["distance_m"], 3)) for r in results["rollouts"]
