@@ -24,7 +24,19 @@ _HOMES = {
     "DreamVLA": "modeling",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "ActionDecoder",
+    "ActionTokenizer",
+    "CheckpointError",
+    "DecodeSettings",
+    "DreamVLA",
+    "DreamVLAConfig",
+    "ModelConfigError",
+    "NormStats",
+    "load_checkpoint",
+    "preset",
+    "save_checkpoint",
+]
 
 if TYPE_CHECKING:
     from dream_vla_ros.model.actions import ActionDecoder, ActionTokenizer, DecodeSettings
