@@ -327,3 +327,22 @@ def test_the_arm_replay_interpolates_waits_for_late_states_and_catches_up_bounde
         wall.add(0.02 * k, np.full(7, 0.02 * k), 0.0)
     assert wall.advance(0.5, 0.01)[0] == pytest.approx(0.45)
     assert replay.to_newest()[0] == pytest.approx(0.78) and replay.t == pytest.approx(0.78)
+
+
+def test_squeezing_fingers_report_where_they_stop_and_close_on_nothing(world, expert_run):
+    """While the gripper squeezes, the blocking opening the world reports is the
+    fingers' own: on the held cube its width (less the squeeze), on nothing it falls
+    to ~0 (the gripper then reaches its target and stops squeezing); not squeezing
+    and touching nothing, 0."""
+    layout, expert, run = expert_run
+    lifting = [i for i, t in enumerate(run.times) if expert.phase(t) == "carry"]
+    q = run.joints[lifting[len(lifting) // 2]]
+    reset(world, layout, q)
+    world.set_joints(np.r_[q[:6], 0.03])  # fingers open around nothing, mid-air
+    assert world.held() == "" and world.gripper_obstacle() == 0.0
+    world.step(np.r_[q[:6], 0.03], 1.0, 0.004)  # closing: the report follows them
+    assert world.squeezing and world.gripper_obstacle() == world.opening() > 0.02
+    world.step(np.r_[q[:6], 0.03], 1.0, 0.3)
+    assert world.squeezing and world.gripper_obstacle() < 1e-3
+    world.step(np.r_[q[:6], 0.0], 0.0, 0.02)
+    assert not world.squeezing and world.gripper_obstacle() == 0.0
