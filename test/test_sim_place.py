@@ -331,12 +331,12 @@ def test_the_arm_replay_interpolates_waits_for_late_states_and_catches_up_bounde
 
 def test_squeezing_fingers_report_where_they_stop_and_close_on_nothing(world, expert_run):
     """While the gripper squeezes, the blocking opening the world reports is the
-    fingers' own: on the held cube its width (less the squeeze), on nothing it falls
-    to ~0 (the gripper then reaches its target and stops squeezing); not squeezing
-    and touching nothing, 0."""
+    fingers' own, whether or not both touch a cube: closing on nothing it follows
+    them down to ~0 (the gripper then reaches its target and stops squeezing); not
+    squeezing and touching nothing, 0. (On a held cube: the lift test above.)"""
     layout, expert, run = expert_run
-    lifting = [i for i, t in enumerate(run.times) if expert.phase(t) == "carry"]
-    q = run.joints[lifting[len(lifting) // 2]]
+    carrying = [i for i, t in enumerate(run.times) if expert.phase(t) == "carry"]
+    q = run.joints[carrying[len(carrying) // 2]]
     reset(world, layout, q)
     world.set_joints(np.r_[q[:6], 0.03])  # fingers open around nothing, mid-air
     assert world.held() == "" and world.gripper_obstacle() == 0.0
