@@ -12,7 +12,10 @@ exits the graph stops. When another node exits (policy, cameras, recorder, teleo
 the controller runs on, its watchdog brings the arm to a hold, and the launcher says
 which node ended and how, then restarts it after a back-off that doubles from 1 s
 (at most RESTARTS times) when its NodeSpec says `restart`, or leaves it down with
-the graph still up. The launcher exits non-zero when any node died.
+the graph still up. The launcher exits non-zero when any node died. A restarted
+node gets a DDS participant id that no earlier process of the graph had (see
+dream_vla_ros.dds: a killed node's shared-memory port must not be reused while the
+other nodes still write to it).
 """
 
 from __future__ import annotations
@@ -23,11 +26,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import IO
 
-from dream_vla_ros.dds import domain_id_for, local_dds_env, parse_domain_id
+from dream_vla_ros.dds import (
+    OPT_OUT_VAR,
+    RESTART_PARTICIPANT_IDS,
+    domain_id_for,
+    local_dds_env,
+    parse_domain_id,
+    write_participant_profile,
+)
 from dream_vla_ros.graphs import Graph, NodeSpec, node_command
 
 RESTARTS = 5  # restarts of one node before it is left down
@@ -80,9 +92,11 @@ class Child:
         self._pump = threading.Thread(target=self._forward, args=(self.proc,), daemon=True)
         self._pump.start()
 
-    def restart(self) -> None:
+    def restart(self, env: dict[str, str] | None = None) -> None:
         self.restarts += 1
         self.restart_at = None
+        if env is not None:
+            self.env = env
         self._spawn()
 
     def _forward(self, proc: subprocess.Popen) -> None:
@@ -122,6 +136,22 @@ class Launcher:
         self.deaths: list[str] = []  # every node that ended while the graph ran
         # a graph without a critical node stops when any node ends
         self._critical = {n.name for n in g.nodes if n.critical} or {n.name for n in g.nodes}
+        self._restart_ids = iter(RESTART_PARTICIPANT_IDS)
+        self._profiles: tempfile.TemporaryDirectory | None = None
+
+    def restart_env(self) -> tuple[dict[str, str], str]:
+        """The environment for a restarted node (a fresh DDS participant id) and a
+        phrase naming it for the log ('' when the user's own DDS settings apply)."""
+        if self.env.get(OPT_OUT_VAR) == "system":
+            return self.env, ""
+        participant_id = next(self._restart_ids, None)
+        if participant_id is None:  # more restarts than fresh ids: the automatic id
+            return self.env, ", DDS participant id automatic (no fresh one left)"
+        if self._profiles is None:
+            self._profiles = tempfile.TemporaryDirectory(prefix="dream_vla_dds_")
+        path = Path(self._profiles.name) / f"participant_{participant_id}.xml"
+        profile = write_participant_profile(path, participant_id)
+        return local_dds_env(self.env, profile=profile), f", DDS participant id {participant_id}"
 
     @property
     def domain_id(self) -> int:
@@ -161,8 +191,11 @@ class Launcher:
                 continue
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    child.restart()
-                    self._say(f"node '{child.name}' restarted ({child.restarts} of {RESTARTS})")
+                    env, how = self.restart_env()
+                    child.restart(env)
+                    self._say(
+                        f"node '{child.name}' restarted ({child.restarts} of {RESTARTS}{how})"
+                    )
                 continue
             rc = child.proc.poll()
             if rc is None:
@@ -224,6 +257,9 @@ class Launcher:
                 clean = False
                 if not self.failed:
                     self.failed = f"node '{child.name}' ended with code {rc}"
+        if self._profiles is not None:
+            self._profiles.cleanup()
+            self._profiles = None
         return clean
 
 

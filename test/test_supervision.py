@@ -15,7 +15,7 @@ import pytest
 from margins import record
 from rosutil import wait_for
 
-from dream_vla_ros.graphs import Graph, NodeSpec
+from dream_vla_ros.graphs import Graph, NodeSpec, Override
 from dream_vla_ros.launcher import Launcher, describe_exit
 
 pytestmark = pytest.mark.ros
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.ros
 CAM = "dream_vla_ros.ros.sim_camera_node"
 
 
-def _cam(name: str, **supervision) -> NodeSpec:
-    return NodeSpec(name, CAM, "sim_camera_node", (), **supervision)
+def _cam(name: str, *overrides: Override, **supervision) -> NodeSpec:
+    return NodeSpec(name, CAM, "sim_camera_node", (), overrides, **supervision)
 
 
 def test_exits_are_described_in_words():
@@ -34,17 +34,48 @@ def test_exits_are_described_in_words():
 
 
 def test_a_dying_node_is_restarted_or_left_down_and_the_critical_one_stops_the_graph():
+    """...and the restarted node, on a DDS participant id of its own, hears the
+    joint states this process sends (the writer that knew the killed one) and is
+    heard: it renders them."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    from dream_vla_ros.control.config import JOINT_NAMES
+    from dream_vla_ros.ros.client import GraphClient
+    from dream_vla_ros.ros.conversions import sec_to_time
+
+    again_topic = "/again/image_raw"
     g = Graph(
         "three",
         "a critical node, a restarted one and one left down",
         (),
-        (_cam("main", critical=True), _cam("again", restart=True), _cam("once")),
+        (
+            _cam("main", critical=True),
+            _cam("again", Override("front_topic", again_topic), restart=True),
+            _cam("once"),
+        ),
     )
     log = io.StringIO()
-    launcher = Launcher(g, {}, out=log, grace_s=5.0).start()
+    launcher = Launcher(g, {}, out=log, grace_s=5.0)
+    os.environ.update(launcher.env)  # this process joins the graph's DDS domain
+    launcher.start()
     main, again, once = launcher.children
+    client = GraphClient("restart_test")
+    heard: list[float] = []
+    client.node.create_subscription(
+        Image, again_topic, lambda _m: heard.append(time.monotonic()), qos_profile_sensor_data
+    )
+    states = client.node.create_publisher(JointState, "/joint_states", 10)
+
+    def send_state() -> None:
+        msg = JointState(name=list(JOINT_NAMES), position=[0.0] * len(JOINT_NAMES))
+        msg.header.stamp = sec_to_time(client.now())
+        states.publish(msg)
+
+    client.node.create_timer(0.1, send_state)
     try:
         wait_for(lambda: all(c.alive() for c in launcher.children), 20, "three nodes")
+        wait_for(lambda: len(heard) > 0, 60, "an image of the node to be killed")
         first_pid = again.proc.pid
         os.kill(first_pid, signal.SIGKILL)
         os.kill(once.proc.pid, signal.SIGKILL)
@@ -58,10 +89,13 @@ def test_a_dying_node_is_restarted_or_left_down_and_the_critical_one_stops_the_g
         text = log.getvalue()
         assert "node 'again' was killed by SIGKILL; restarting it in 1 s" in text, text
         assert "node 'once' was killed by SIGKILL; it stays down, the graph runs on" in text
-        assert "node 'again' restarted (1 of 5)" in text
+        assert "node 'again' restarted (1 of 5, DDS participant id 16)" in text, text
+        restarted_at = time.monotonic()
+        wait_for(lambda: heard and heard[-1] > restarted_at, 60, "an image of the restarted node")
         os.kill(main.proc.pid, signal.SIGKILL)
         rc = launcher.run(poll_s=0.05)
     finally:
+        client.close()
         launcher.shutdown()
     assert rc != 0 and launcher.failed == "node 'main' was killed by SIGKILL"
     assert "it is critical: stopping the graph" in log.getvalue()
@@ -148,12 +182,14 @@ def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
         while time.monotonic() < deadline:
             assert launcher.check() == 0, log_path.read_text()
             time.sleep(0.05)
+        # within the watchdog (chunk timeout) plus the braking time the arm holds
+        hold_from = killed_at + limits.chunk_timeout_s + 1.0
+        # commands stamped half a second into the hold (delivery lags on a loaded host)
+        wait_for(lambda: commands[-1][0] > hold_from + 0.5, 30, "the controller's commands")
         after = [(t, q, v) for t, q, v in commands if t >= killed_at]
         assert children["controller"].alive() and children["sim_camera"].alive()
         controller = client.status("dream_vla/controller")
         assert controller.get("mode") == "running", (controller, log_path.read_text()[-3000:])
-        # within the watchdog (chunk timeout) plus the braking time the arm holds
-        hold_from = killed_at + limits.chunk_timeout_s + 1.0
         held = np.array([v[:6] for t, _, v in after if t >= hold_from])
         assert len(held) > 50 and np.abs(held).max() < 1e-6, np.abs(held).max()
         moving = [t for t, _, v in after if np.abs(v[:6]).max() >= 1e-6]
@@ -176,7 +212,7 @@ def test_killing_the_policy_leaves_the_controller_holding_the_arm(tmp_path):
             180,
             lambda: "the restarted policy's chunks\n" + log_path.read_text(),
         )
-        assert "node 'policy' restarted (1 of 5)" in log_path.read_text()
+        assert "node 'policy' restarted (1 of 5, DDS participant id 16)" in log_path.read_text()
     finally:
         client.close()
         launcher.shutdown()
@@ -279,3 +315,40 @@ def test_joint_states_are_refused_with_the_problem_and_the_fix():
     for msg, words in cases:
         with pytest.raises(MessageRefused, match=words):
             joint_positions(msg, JOINT_NAMES)
+
+
+def test_a_restart_gets_a_participant_id_no_earlier_process_of_the_graph_had(tmp_path):
+    """The restart profile is the localhost profile with only the participant id
+    added; ids run through the upper half of the discovered range, then automatic."""
+    import xml.etree.ElementTree as ET
+
+    from dream_vla_ros import dds
+
+    ns = {"f": "http://www.eprosima.com"}
+    path = dds.write_participant_profile(tmp_path / "p.xml", 20)
+    written, base = ET.parse(path).getroot(), ET.parse(dds.profile_path()).getroot()
+    ids = written.findall(".//f:participant/f:rtps/f:participantID", ns)
+    assert [e.text for e in ids] == ["20"]
+    rtps = written.find(".//f:participant/f:rtps", ns)
+    rtps.remove(ids[0])
+    assert ET.tostring(written) == ET.tostring(base)
+    with pytest.raises(dds.DdsError, match=r"outside 0\.\.31"):
+        dds.write_participant_profile(tmp_path / "q.xml", 32)
+
+    launcher = Launcher(Graph("none", "no nodes", (), ()), {}, out=io.StringIO())
+    seen = []
+    for _ in range(len(dds.RESTART_PARTICIPANT_IDS) + 1):
+        env, how = launcher.restart_env()
+        seen.append(how)
+        assert env["ROS_DOMAIN_ID"] == launcher.env["ROS_DOMAIN_ID"]
+        if how.endswith("automatic (no fresh one left)"):
+            assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == dds.profile_path()
+        else:
+            profile = ET.parse(env["FASTDDS_DEFAULT_PROFILES_FILE"]).getroot()
+            assert profile.find(".//f:participantID", ns).text == how.rsplit(" ", 1)[1]
+    assert seen[0] == ", DDS participant id 16" and seen[15] == ", DDS participant id 31"
+    assert seen[16] == ", DDS participant id automatic (no fresh one left)"
+    launcher.shutdown()
+    opted_out = Launcher(Graph("none", "", (), ()), {}, out=io.StringIO())
+    opted_out.env["DREAM_VLA_DDS"] = "system"
+    assert opted_out.restart_env() == (opted_out.env, "")
