@@ -10,7 +10,9 @@ are known (an OpaqueFunction), with the same templating as `dream-vla launch`
 Supervision as ros2 launch can express it: the critical node (the controller)
 shuts the launch down when it exits; a node marked `restart` respawns after 2 s,
 at most 5 times (launch has no growing back-off); any other node that exits stays
-down while the rest of the graph runs on (ros2 launch's own default).
+down while the rest of the graph runs on (ros2 launch's own default). A respawned
+node takes its DDS participant id automatically, unlike under `dream-vla launch`
+(see dream_vla_ros.dds: after a SIGKILL it can reuse the dead node's port).
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable, Shutdown
