@@ -156,7 +156,10 @@ def main() -> None:
             proc.kill()
             proc.wait()
     print(f"{args.restarts} restarts a round, {args.load} busy loops, wait {args.wait_s:g} s")
-    print("| participant ids | restarts | received | first restart that received nothing | median s to 3 images |")
+    print(
+        "| participant ids | restarts | received | first restart that received nothing "
+        "| median s to 3 images |"
+    )
     print("|---|---|---|---|---|")
     for mode, n, ok, first_lost, got in rows:
         median = f"{sorted(got)[len(got) // 2]:.1f}" if got else "-"

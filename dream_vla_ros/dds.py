@@ -14,9 +14,10 @@ reader's port after the participant id; a process killed with SIGKILL leaves its
 port behind, the writers of the processes still running keep it open, and a new
 participant that takes the same id may recreate the port under the same name: the
 writers then push every sample into the dead one and the restarted node receives
-nothing, for good (rare; docs/architecture.md has the measurements). `write_participant_profile` writes the
-localhost profile with a fixed `participantID`; the launcher gives each restart the
-next id of RESTART_PARTICIPANT_IDS.
+nothing, for good (rare; docs/architecture.md has the measurements).
+`write_participant_profile` writes the localhost profile with a fixed
+`participantID`; the launcher gives each restart the next id of
+RESTART_PARTICIPANT_IDS.
 """
 
 from __future__ import annotations
