@@ -58,7 +58,10 @@ CASES = [
     ("train bad override", ["train", "config/finetune/touch_tiny_cpu.yaml", "train.lr=-1"]),
     ("merge", ["merge", "{bad}/no_config", "{out}"]),
     ("sim collect", ["sim", "collect", "{out}", "--per-layout", "7"]),
-    ("sim collect offline touch", ["sim", "collect", "{out}", "--offline"]),
+    (
+        "sim collect offline touch miss",
+        ["sim", "collect", "{out}", "--offline", "--miss-radius", "0.02"],
+    ),
     (
         "sim collect offline random starts",
         ["sim", "collect", "{out}", "--task", "place", "--offline", "--random-starts", "1"],

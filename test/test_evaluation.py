@@ -87,7 +87,8 @@ def test_the_place_proxy_runs_the_expert_through_the_controller_and_the_physics(
     cube, and the controller follows its plans: the gripper's close onto its lower
     limit (0 m) is reached, not held short of it, so almost no tick is limited."""
     from dream_vla_ros.control import load_safety_config
-    from dream_vla_ros.evaluation.place_proxy import expert_planner, place_servo_rollout
+    from dream_vla_ros.evaluation.kinematic import expert_planner
+    from dream_vla_ros.evaluation.place_proxy import place_servo_rollout
     from dream_vla_ros.sim.place import BOWL_COLOURS, PlaceExpert, sample_place_layout
     from dream_vla_ros.sim.world import PiperWorld
 

@@ -64,8 +64,6 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def _check_offline(args: argparse.Namespace) -> None:
-    if args.offline and args.task != "place":
-        raise ValueError("--offline collects the place task only; add --task place")
     if args.offline and args.random_starts:
         raise ValueError("--offline starts every episode from home; drop --random-starts")
 
@@ -81,9 +79,9 @@ def _collect(args: argparse.Namespace) -> int:
         "miss_radius": args.miss_radius,
     }
     if args.offline:
-        from dream_vla_ros.evaluation.place_collect import collect_offline
+        from dream_vla_ros.evaluation.offline_collect import collect_offline
 
-        summary = collect_offline(args.out, episodes, args.seed0, camera, **common)
+        summary = collect_offline(args.out, episodes, args.seed0, camera, task=args.task, **common)
         print(
             f"collect: expert success {summary['expert_success_rate']:.0%}; dataset of "
             f"{summary['written']} episodes in {args.out} ({summary['seconds']:.0f} s)"

@@ -36,8 +36,8 @@ def _collection_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--offline",
         action="store_true",
-        help="place: the expert without ROS, its episodes written straight into a LeRobot "
-        "dataset (collect: OUT is the dataset; evaluation/place_collect.py), about 8x "
+        help="the expert without ROS, its episodes written straight into a LeRobot "
+        "dataset (collect: OUT is the dataset; evaluation/offline_collect.py), about 8x "
         "faster than through the graph",
     )
 

@@ -61,11 +61,14 @@ from dream_vla_ros.sim.task import (
     COLOURS,
     DESCEND_S,
     HOME,
+    TOUCH_HOLD_S,
+    TOUCH_WAIT_S,
     Layout,
     SuccessMonitor,
     fingertip,
     sample_layout,
     start_pose,
+    touch_naming,
 )
 from dream_vla_ros.sim.world import CameraOffset, random_offset
 
@@ -305,8 +308,7 @@ def collect(
                 client.set_param("sim_world", "task.bowl", layout.bowl)
                 client.set_param("teleop", "task.bowl", layout.bowl)
             else:
-                own = COLOURS.index(sample_layout(seed).target)
-                layout = sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
+                layout = touch_naming(seed, j)
                 target = layout.target
             offset = camera_offset
             if camera_randomise:
@@ -360,10 +362,10 @@ def collect(
                 if during_episode is not None:
                     during_episode(client, i)
                 # the expert's move and the arm's lag, then a short hold at the touch
-                deadline = time.monotonic() + APPROACH_S + DESCEND_S + 1.5
+                deadline = time.monotonic() + APPROACH_S + DESCEND_S + TOUCH_WAIT_S
                 while not monitor.touched and time.monotonic() < deadline:
                     time.sleep(0.02)
-                time.sleep(0.6)
+                time.sleep(TOUCH_HOLD_S)
                 outcome = monitor.outcome
                 client.on_state = None
                 ok, how = outcome.success, outcome.touched or "none"

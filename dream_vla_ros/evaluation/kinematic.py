@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,49 @@ def rollout(policy: Policy, world, seed: int, execute: int, timeout_s: float):
     return layout, monitor.outcome
 
 
+@dataclass(frozen=True)
+class Chunk:
+    stamp_s: float
+    times_s: np.ndarray  # (K,) time from the stamp
+    points: np.ndarray  # (K, 7)
+
+
+# A planner gets (now, the measured joints, a function that renders the cameras) and
+# returns a chunk, or None for nothing this time.
+Planner = Callable[[float, np.ndarray, Callable[[], list[np.ndarray]]], Chunk | None]
+
+
+def policy_planner(policy, instruction: str) -> Planner:
+    """The policy node's step: the front and wrist images and the instruction in, its
+    chunk out, stamped with the observation's time."""
+    from dream_vla_ros.policy import Observation
+
+    policy.reset()
+
+    def plan(now: float, q: np.ndarray, render) -> Chunk:
+        c = policy.infer(Observation(render(), instruction, q.copy(), now))
+        times = c.period_s * np.arange(1, len(c.actions) + 1)
+        return Chunk(c.stamp_s, times, np.asarray(c.actions, dtype=np.float64))
+
+    return plan
+
+
+def expert_planner(source, points: int = 10, dt_s: float = 0.02) -> Planner:
+    """The teleop node's step: the source's next `points` targets `dt_s` apart."""
+    horizon = dt_s * np.arange(1, points + 1)
+    started = False
+
+    def plan(now: float, q: np.ndarray, render) -> Chunk | None:
+        nonlocal started
+        if not started:
+            source.start(now, q)
+            started = True
+        future = source.preview(now, now + horizon)
+        return None if future is None else Chunk(now, horizon, np.asarray(future))
+
+    return plan
+
+
 def servo_rollout(
     policy: Policy,
     world,
@@ -91,12 +135,35 @@ def servo_rollout(
     """The graph's timing without ROS (see the module docstring). `limits`: a dict
     the controller's tick counts are added to (ticks, limited, clamped, slowed and
     the joints involved), as the controller node reports them on /diagnostics."""
+    layout = sample_layout(seed)
+    timing = ProxySettings(
+        timeout_s=timeout_s, servo=True, replan_s=replan_s, latency_s=latency_s, lag_s=lag_s
+    )
+    planner = policy_planner(policy, layout.instruction)
+    monitor, _ = touch_servo_rollout(planner, world, layout, timing, control_hz, limits)
+    return layout, monitor.outcome
+
+
+def touch_servo_rollout(
+    planner: Planner,
+    world,
+    layout: Layout,
+    timing: ProxySettings,
+    control_hz: float = 200.0,
+    limits: dict[str, Any] | None = None,
+    observe: Callable[[float, np.ndarray], None] | None = None,
+    done: Callable[[float, SuccessMonitor], bool] | None = None,
+) -> tuple[SuccessMonitor, str]:
+    """One touch layout from home: `planner`'s chunks every `timing.replan_s`, at the
+    controller `latency_s` after their stamp, the arm `lag_s` behind its command, for
+    at most `timing.timeout_s`. After every tick `observe(now, measured joints)` runs,
+    and the rollout ends when `done(now, monitor)` (default: a cube is touched).
+    Returns the monitor and the controller's fault reason ('' when it ran on)."""
     from dream_vla_ros.control import JOINT_NAMES
     from dream_vla_ros.control.config import load_safety_config
     from dream_vla_ros.control.controller import ChunkController
     from dream_vla_ros.control.validation import ChunkRejected
 
-    layout = sample_layout(seed)
     world.set_cubes(layout.cubes)
     monitor = SuccessMonitor(layout)
     period = 1.0 / control_hz
@@ -104,33 +171,41 @@ def servo_rollout(
     q = HOME.copy()
     t0 = 1.0  # the virtual clock starts here: the controller refuses a chunk stamped 0
     controller.activate(q, t0)
-    policy.reset()
-    ticks = round(timeout_s * control_hz)
-    replan, delay = round(replan_s * control_hz), round(latency_s * control_hz)
-    sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
-    pending: list[tuple[int, Any]] = []  # (tick it arrives at, chunk)
-    for k in range(ticks):
+    replan = max(round(timing.replan_s * control_hz), 1)
+    delay = round(timing.latency_s * control_hz)
+    sent = [q.copy()] * (round(timing.lag_s * control_hz) + 1)  # commands, oldest first
+    pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
+
+    def render() -> list[np.ndarray]:
+        return [world.render_front(q), world.render_wrist(q)]
+
+    fault = ""
+    for k in range(round(timing.timeout_s * control_hz)):
         now = t0 + k * period
         if k % replan == 0:
-            images = [world.render_front(q), world.render_wrist(q)]
-            chunk = policy.infer(Observation(images, layout.instruction, q.copy(), now))
-            pending.append((k + delay, chunk))
+            chunk = planner(now, q.copy(), render)
+            if chunk is not None:
+                pending.append((k + delay, chunk))
         while pending and pending[0][0] <= k:
             _, c = pending.pop(0)
-            times = c.period_s * np.arange(1, len(c.actions) + 1)
             with contextlib.suppress(ChunkRejected):  # counted by the controller
-                controller.submit(JOINT_NAMES, c.stamp_s, times.tolist(), c.actions.tolist(), now)
+                controller.submit(
+                    JOINT_NAMES, c.stamp_s, c.times_s.tolist(), c.points.tolist(), now
+                )
         command = controller.tick(now, q)
         if command is None:
-            break  # a tracking fault: the arm stops
+            fault = controller.reason  # a tracking fault: the arm stops
+            break
         sent = sent[1:] + [command.position.copy()]
         q = sent[0]
         monitor.update(q)
-        if monitor.touched:
+        if observe is not None:
+            observe(now, q.copy())
+        if done(now, monitor) if done is not None else bool(monitor.touched):
             break
     if limits is not None:
         add_controller_stats(limits, controller)
-    return layout, monitor.outcome
+    return monitor, fault
 
 
 def add_controller_stats(limits: dict[str, Any], controller) -> None:

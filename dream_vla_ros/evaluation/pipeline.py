@@ -37,7 +37,7 @@ class PipelineSettings:
     camera_randomise: bool = False
     miss_radius: float = 0.0  # place: demonstrations that first miss the cube (closed_loop.collect)
     shifted_eval: bool = False  # also evaluate on sim/world.py SHIFTED_POSES
-    offline: bool = False  # place: collect without ROS into the dataset (place_collect.py)
+    offline: bool = False  # collect without ROS into the dataset (offline_collect.py)
 
 
 def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> dict[str, Any]:
@@ -56,17 +56,17 @@ def run_pipeline(connect: Connect, out_dir: str | Path, s: PipelineSettings) -> 
         "miss_radius": s.miss_radius,
     }
     if s.offline:
-        from dream_vla_ros.evaluation.place_collect import collect_offline
+        from dream_vla_ros.evaluation.offline_collect import collect_offline
 
         expert = collect_offline(
-            out / "dataset", s.episodes, s.seed0, s.camera, fps=s.fps, **common
+            out / "dataset", s.episodes, s.seed0, s.camera, fps=s.fps, task=s.task, **common
         )
         if expert["interrupted"]:
             from dream_vla_ros.data.lerobot import DatasetError
 
             raise DatasetError(
                 f"the collection was interrupted after {expert['episodes']} of "
-                f"{s.episodes} episodes; its {expert['written']} placed episodes are in "
+                f"{s.episodes} episodes; its {expert['written']} successful episodes are in "
                 f"{out / 'dataset'} (train on them with dream-vla train, or rerun the "
                 "pipeline into a new folder)"
             )

@@ -20,7 +20,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,13 @@ import numpy as np
 from dream_vla_ros.control import JOINT_NAMES, load_safety_config
 from dream_vla_ros.control.controller import ChunkController
 from dream_vla_ros.control.validation import ChunkRejected
-from dream_vla_ros.evaluation.kinematic import ProxySettings, add_controller_stats
+from dream_vla_ros.evaluation.kinematic import (
+    Chunk,
+    Planner,
+    ProxySettings,
+    add_controller_stats,
+    policy_planner,
+)
 from dream_vla_ros.evaluation.physics import GRIPPER_EFFORT_NM, GRIPPER_SPEED_M_S, reset
 from dream_vla_ros.policy import PolicySettings
 from dream_vla_ros.robot.piper_sim import SimGripper
@@ -45,49 +50,6 @@ from dream_vla_ros.sim.world import CameraOffset
 
 PHYSICS_EVERY_TICKS = 2  # 10 ms physics ticks at 200 Hz control (the node's 100 Hz)
 START_S = 1.0  # a rollout's first tick (the controller refuses a chunk stamped 0)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    stamp_s: float
-    times_s: np.ndarray  # (K,) time from the stamp
-    points: np.ndarray  # (K, 7)
-
-
-# A planner gets (now, the measured joints, a function that renders the cameras) and
-# returns a chunk, or None for nothing this time.
-Planner = Callable[[float, np.ndarray, Callable[[], list[np.ndarray]]], Chunk | None]
-
-
-def policy_planner(policy, instruction: str) -> Planner:
-    """The policy node's step: the front and wrist images and the instruction in, its
-    chunk out, stamped with the observation's time."""
-    from dream_vla_ros.policy import Observation
-
-    policy.reset()
-
-    def plan(now: float, q: np.ndarray, render) -> Chunk:
-        c = policy.infer(Observation(render(), instruction, q.copy(), now))
-        times = c.period_s * np.arange(1, len(c.actions) + 1)
-        return Chunk(c.stamp_s, times, np.asarray(c.actions, dtype=np.float64))
-
-    return plan
-
-
-def expert_planner(source, points: int = 10, dt_s: float = 0.02) -> Planner:
-    """The teleop node's step: the source's next `points` targets `dt_s` apart."""
-    horizon = dt_s * np.arange(1, points + 1)
-    started = False
-
-    def plan(now: float, q: np.ndarray, render) -> Chunk | None:
-        nonlocal started
-        if not started:
-            source.start(now, q)
-            started = True
-        future = source.preview(now, now + horizon)
-        return None if future is None else Chunk(now, horizon, np.asarray(future))
-
-    return plan
 
 
 def place_servo_rollout(

@@ -34,6 +34,10 @@ Y_RANGE = (-0.16, 0.16)
 MIN_SEPARATION_M = 0.09
 APPROACH_S = 1.6  # the expert's move from home to 6 cm above the cube
 DESCEND_S = 1.0  # ... and down to the touch pose
+# a recorded demonstration: the expert's move, then at most TOUCH_WAIT_S more for the
+# fingertip to reach the cube (the arm lags its command), then a TOUCH_HOLD_S hold
+TOUCH_WAIT_S = 1.5
+TOUCH_HOLD_S = 0.6
 # the touch pose: the fingertip this far above the cube's top face (on it, 0, gave
 # no gain: docs/sim.md "What was tried")
 TOUCH_HEIGHT_M = 0.01
@@ -81,6 +85,13 @@ def sample_layout(seed: int, target: str = "") -> Layout:
             raise RuntimeError(f"cannot place the {colour} cube for seed {seed}")
     drawn = COLOURS[int(rng.integers(len(COLOURS)))]
     return Layout(seed, cubes, target or drawn)
+
+
+def touch_naming(seed: int, j: int) -> Layout:
+    """A layout's j-th naming for the touch task: its own cube first (j = 0), then the
+    next colours in turn."""
+    own = COLOURS.index(sample_layout(seed).target)
+    return sample_layout(seed, COLOURS[(own + j) % len(COLOURS)])
 
 
 def fingertip(chain: DHChain, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

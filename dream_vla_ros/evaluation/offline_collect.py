@@ -1,23 +1,27 @@
-"""The place expert's demonstrations without ROS, straight into a LeRobot dataset
-(`dream-vla sim collect OUT --task place --offline`; no ROS imports).
+"""The experts' demonstrations without ROS, straight into a LeRobot dataset
+(`dream-vla sim collect OUT --task touch|place --offline`; no ROS imports).
 
-Each episode is the proxy's rollout (evaluation/place_proxy.py) with the expert
-streamed as the teleop node streams it (10 points 20 ms apart at 50 Hz, 5 ms late,
-the arm 20 ms behind its command): the project's `ChunkController` at 200 Hz on a
-virtual clock, the firmware simulator's `SimGripper`, the MuJoCo physics every
-10 ms. Layouts, namings, misses and camera draws are the graph collection's
-(`evaluation/closed_loop.collect`): episode i is layout seed0 + i // per_layout with
-naming i % per_layout, the camera drawn from `seed * 16 + j`.
+Each episode is a proxy rollout with the expert streamed as the teleop node streams
+it (10 points 20 ms apart at 50 Hz, 5 ms late, the arm 20 ms behind its command):
+the project's `ChunkController` at 200 Hz on a virtual clock. Place
+(evaluation/place_proxy.py): the firmware simulator's `SimGripper` and the MuJoCo
+physics every 10 ms. Touch (evaluation/kinematic.py): the arm over the cubes, no
+physics (as the touch world renders them). Layouts, namings, misses and camera
+draws are the graph collection's (`evaluation/closed_loop.collect`): episode i is
+layout seed0 + i // per_layout with naming i % per_layout, the camera drawn from
+`seed * 16 + j`.
 
 It samples what `dream-vla dataset build` samples from a recording, on the same
 10 Hz grid: `observation.state` the measured joints, `action` the expert's target
 at that instant (the teleop command), the front and wrist images rendered at that
-instant. An episode lasts the expert's plan plus 1 s, and up to 2 s more until the
-cube has rested in the bowl (the graph collection's wait); only episodes the world
-judges placed, without a controller fault, are written. `meta/collect.json` lists
-every episode, written or not. Ctrl-C stops the collection after the episode in
-progress and writes the dataset of the episodes placed so far (a second Ctrl-C
-stops at once, without a dataset).
+instant. A place episode lasts the expert's plan plus 1 s, and up to 2 s more until
+the cube has rested in the bowl; a touch episode the expert's move, up to
+TOUCH_WAIT_S more until the fingertip reaches a cube, and TOUCH_HOLD_S after (the
+graph collection's waits). Only successful episodes (the named cube placed, or
+touched, without a controller fault) are written; `meta/collect.json` lists every
+episode, written or not. Ctrl-C stops the collection after the episode in progress
+and writes the dataset of the successful ones so far (a second Ctrl-C stops at once,
+without a dataset).
 
 What differs from a recording: no DDS or camera latency (each frame is rendered at
 its grid time, where a recorded frame is up to 100 ms old) and the arm follows its
@@ -46,8 +50,8 @@ from dream_vla_ros.data.lerobot import (
     LeRobotWriter,
     check_output_folder,
 )
-from dream_vla_ros.evaluation.kinematic import ProxySettings
-from dream_vla_ros.evaluation.place_proxy import START_S, expert_planner, place_servo_rollout
+from dream_vla_ros.evaluation.kinematic import ProxySettings, expert_planner, touch_servo_rollout
+from dream_vla_ros.evaluation.place_proxy import START_S, place_servo_rollout
 from dream_vla_ros.sim.place import (
     BOWL_COLOURS,
     MISS_MAX_M,
@@ -58,7 +62,17 @@ from dream_vla_ros.sim.place import (
     place_naming,
     placed_for,
 )
-from dream_vla_ros.sim.task import COLOURS, HOME
+from dream_vla_ros.sim.task import (
+    APPROACH_S,
+    COLOURS,
+    DESCEND_S,
+    HOME,
+    TOUCH_HOLD_S,
+    TOUCH_WAIT_S,
+    SuccessMonitor,
+    TouchExpert,
+    touch_naming,
+)
 from dream_vla_ros.sim.world import CameraOffset, random_offset
 
 CAMERAS = ("front", "wrist")
@@ -68,8 +82,15 @@ AFTER_PLAN_S = 1.0  # the graph collection's wait after the expert's plan
 SETTLE_WAIT_S = 2.0  # and at most this much more for the cube to rest in the bowl
 
 
-def check_collection(episodes: int, per_layout: int, miss_radius: float, fps: int) -> None:
-    namings = len(COLOURS) * len(BOWL_COLOURS)
+TASKS = ("touch", "place")
+
+
+def check_collection(
+    episodes: int, per_layout: int, miss_radius: float, fps: int, task: str = "place"
+) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    namings = len(COLOURS) * (len(BOWL_COLOURS) if task == "place" else 1)
     problems = [
         (episodes >= 1, f"episodes must be >= 1, got {episodes}"),
         (1 <= per_layout <= namings, f"per_layout must be 1 to {namings}, got {per_layout}"),
@@ -77,6 +98,7 @@ def check_collection(episodes: int, per_layout: int, miss_radius: float, fps: in
             0.0 <= miss_radius <= MISS_MAX_M,
             f"miss_radius must be 0-{MISS_MAX_M} m, got {miss_radius}",
         ),
+        (miss_radius == 0 or task == "place", "only the place task has a miss_radius"),
         (fps in (5, 10, 20, 25, 50), f"fps must divide the 100 Hz physics ticks, got {fps}"),
     ]
     for ok, message in problems:
@@ -85,10 +107,11 @@ def check_collection(episodes: int, per_layout: int, miss_radius: float, fps: in
 
 
 class _Recorder:
-    """Samples the world on the dataset's grid from the rollout's `observe` hook."""
+    """Samples the world on the dataset's grid from the rollout's `observe` hook;
+    `render(q)` gives the front and wrist images of the world as it is."""
 
-    def __init__(self, world, source, fps: int, t0: float) -> None:
-        self.world, self.source = world, source
+    def __init__(self, render, source, fps: int, t0: float) -> None:
+        self.render, self.source = render, source
         self.period, self.next = 1.0 / fps, t0
         self.state: list[np.ndarray] = []
         self.action: list[np.ndarray] = []
@@ -100,8 +123,8 @@ class _Recorder:
         self.next += self.period
         self.state.append(q)
         self.action.append(np.asarray(self.source.command(now), dtype=np.float64))
-        for camera in CAMERAS:
-            self.frames[camera].append(self.world.render(camera))
+        for camera, image in zip(CAMERAS, self.render(q), strict=True):
+            self.frames[camera].append(image)
 
 
 class _StopAfterEpisode:
@@ -150,12 +173,64 @@ def _demonstrate(world, layout, cfg, drawn: Miss | None, fps: int, log: Callable
     timing = ProxySettings(
         timeout_s=plan_s + AFTER_PLAN_S + SETTLE_WAIT_S + 0.1, servo=True, **TELEOP_TIMING
     )
-    recorder = _Recorder(world, source, fps, START_S)
+    recorder = _Recorder(lambda _q: [world.render(c) for c in CAMERAS], source, fps, START_S)
     limits: dict[str, Any] = {}
     monitor, fault = place_servo_rollout(
         expert_planner(source), world, layout, timing, limits=limits, observe=recorder, done=done
     )
     return recorder, monitor, fault, limits, miss
+
+
+def _demonstrate_touch(world, layout, cfg, fps: int):
+    """One touch expert episode in `world`: (recorder, monitor, controller fault,
+    limit counts)."""
+    source = TouchExpert(layout, cfg.soft_lower, cfg.soft_upper)
+    source.start(0.0, HOME)
+    touched_at: list[float] = []
+
+    def done(now: float, monitor: SuccessMonitor) -> bool:
+        if monitor.touched and not touched_at:
+            touched_at.append(now)
+        return bool(touched_at) and now - touched_at[0] >= TOUCH_HOLD_S
+
+    plan_s = APPROACH_S + DESCEND_S
+    timing = ProxySettings(
+        timeout_s=plan_s + TOUCH_WAIT_S + TOUCH_HOLD_S, servo=True, **TELEOP_TIMING
+    )
+    recorder = _Recorder(
+        lambda q: [world.render_front(q), world.render_wrist(q)], source, fps, START_S
+    )
+    limits: dict[str, Any] = {}
+    monitor, fault = touch_servo_rollout(
+        expert_planner(source), world, layout, timing, limits=limits, observe=recorder, done=done
+    )
+    return recorder, monitor, fault, limits
+
+
+def _episode(task: str, world, seed: int, j: int, cfg, miss_radius: float, fps: int, log):
+    """Episode (seed, naming j) of `task`: (instruction, recorder, success, the
+    result's task fields, its verdict's detail, controller limit counts)."""
+    if task == "touch":
+        touch = touch_naming(seed, j)
+        recorder, monitor, fault, limits = _demonstrate_touch(world, touch, cfg, fps)
+        outcome = monitor.outcome
+        detail = (
+            f"touched {outcome.touched}"
+            if outcome.touched
+            else f"touched nothing (closest {outcome.distance_m * 100:.1f} cm)"
+        )
+        fields = {"touched": outcome.touched, "detail": detail}
+        return touch.instruction, recorder, outcome.success and not fault, fields, fault, limits
+    layout = place_naming(seed, j)
+    drawn = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
+    recorder, place, fault, limits, miss = _demonstrate(world, layout, cfg, drawn, fps, log)
+    placed = place.outcome
+    fields = {
+        "stage": placed.stage,
+        "detail": placed.detail,
+        "miss": miss.text() if miss else "",
+    }
+    return layout.instruction, recorder, placed.success and not fault, fields, fault, limits
 
 
 def collect_offline(
@@ -170,19 +245,21 @@ def collect_offline(
     fps: int = 10,
     codec: str = "",
     log: Callable[[str], None] = print,
+    task: str = "place",
 ) -> dict[str, Any]:
-    """Write `episodes` place demonstrations (see the module docstring) as a LeRobot
-    dataset in `out_dir` (new or empty). Returns the summary kept in
+    """Write `episodes` demonstrations of `task` (see the module docstring) as a
+    LeRobot dataset in `out_dir` (new or empty). Returns the summary kept in
     `meta/collect.json`."""
     from dream_vla_ros.sim.world import PiperWorld
 
-    check_collection(episodes, per_layout, miss_radius, fps)
+    check_collection(episodes, per_layout, miss_radius, fps, task)
     out = Path(out_dir)
     check_output_folder(out)
     fixed = CameraOffset.parse(camera_offset) if camera_offset else CameraOffset()
     cfg = load_safety_config()
     width, height = camera
-    world = PiperWorld(width=width, height=height, bowls=BOWL_COLOURS)
+    bowls = BOWL_COLOURS if task == "place" else ()
+    world = PiperWorld(width=width, height=height, bowls=bowls)
     writer = LeRobotWriter(
         out,
         fps,
@@ -197,20 +274,16 @@ def collect_offline(
     with stop.installed(), closing(world):
         for i in range(episodes):
             seed, j = seed0 + i // per_layout, i % per_layout
-            layout = place_naming(seed, j)
             offset = random_offset(seed * 16 + j) if camera_randomise else fixed
             world.set_front_offset(offset)
-            drawn = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
-            recorder, monitor, fault, limits, miss = _demonstrate(
-                world, layout, cfg, drawn, fps, log
+            instruction, recorder, success, fields, fault, limits = _episode(
+                task, world, seed, j, cfg, miss_radius, fps, log
             )
             totals["ticks"] += limits.get("ticks", 0)
             totals["limited"] += limits.get("limited", 0)
-            outcome = monitor.outcome
-            success = outcome.success and not fault
             if success:
                 writer.add_episode(
-                    layout.instruction,
+                    instruction,
                     np.stack(recorder.state),
                     np.stack(recorder.action),
                     {f"observation.images.{c}": recorder.frames[c] for c in CAMERAS},
@@ -218,12 +291,10 @@ def collect_offline(
             results.append(
                 {
                     "seed": seed,
-                    "instruction": layout.instruction,
+                    "instruction": instruction,
                     "success": success,
-                    "stage": outcome.stage,
-                    "detail": outcome.detail,
+                    **fields,
                     "frames": len(recorder.state),
-                    "miss": miss.text() if miss else "",
                     "camera_offset": offset.text(),
                     "controller_fault": fault,
                 }
@@ -231,24 +302,26 @@ def collect_offline(
             verdict = (
                 "success"
                 if success
-                else f"FAILED ({outcome.detail}{'; ' + fault if fault else ''})"
+                else f"FAILED ({fields['detail']}{'; ' + fault if fault else ''})"
             )
-            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {layout.instruction}: {verdict}")
+            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {instruction}: {verdict}")
             if stop.requested and i + 1 < episodes:
                 log(
                     f"collect: interrupted after {i + 1} of {episodes} episodes; the "
-                    f"{sum(r['success'] for r in results)} placed so far are written"
+                    f"{sum(r['success'] for r in results)} "
+                    f"{'placed' if task == 'place' else 'successful'} so far are written"
                 )
                 break
     written = sum(r["success"] for r in results)
     if written == 0:
+        goal = "placed the cube" if task == "place" else "touched the named cube"
         raise DatasetError(
-            f"no episode placed the cube ({results[0]['detail']} in the first): nothing "
-            f"written in {out}"
+            f"no episode {goal} ({results[0]['detail']} in the first): nothing written in {out}"
         )
     writer.finish()
     summary = {
         "mode": "offline",
+        "task": task,
         "episodes": len(results),
         "requested": episodes,
         "interrupted": len(results) < episodes,
