@@ -144,6 +144,34 @@ def servo_rollout(
     return layout, monitor.outcome
 
 
+class ChunksInFlight:
+    """A planner's chunks on their way to the controller on the virtual clock: one
+    planned every `timing.replan_s`, submitted `timing.latency_s` after."""
+
+    def __init__(self, planner: Planner, controller, timing: ProxySettings, control_hz: float):
+        self.planner, self.controller = planner, controller
+        self.replan = max(round(timing.replan_s * control_hz), 1)
+        self.delay = round(timing.latency_s * control_hz)
+        self.pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
+
+    def tick(self, k: int, now: float, q: np.ndarray, render) -> None:
+        """Tick k at `now` with the measured joints `q`: plan when due, and submit
+        what has arrived (a rejection is counted by the controller)."""
+        from dream_vla_ros.control import JOINT_NAMES
+        from dream_vla_ros.control.validation import ChunkRejected
+
+        if k % self.replan == 0:
+            chunk = self.planner(now, q.copy(), render)
+            if chunk is not None:
+                self.pending.append((k + self.delay, chunk))
+        while self.pending and self.pending[0][0] <= k:
+            _, c = self.pending.pop(0)
+            with contextlib.suppress(ChunkRejected):
+                self.controller.submit(
+                    JOINT_NAMES, c.stamp_s, c.times_s.tolist(), c.points.tolist(), now
+                )
+
+
 def touch_servo_rollout(
     planner: Planner,
     world,
@@ -159,10 +187,8 @@ def touch_servo_rollout(
     at most `timing.timeout_s`. After every tick `observe(now, measured joints)` runs,
     and the rollout ends when `done(now, monitor)` (default: a cube is touched).
     Returns the monitor and the controller's fault reason ('' when it ran on)."""
-    from dream_vla_ros.control import JOINT_NAMES
     from dream_vla_ros.control.config import load_safety_config
     from dream_vla_ros.control.controller import ChunkController
-    from dream_vla_ros.control.validation import ChunkRejected
 
     world.set_cubes(layout.cubes)
     monitor = SuccessMonitor(layout)
@@ -171,10 +197,8 @@ def touch_servo_rollout(
     q = HOME.copy()
     t0 = 1.0  # the virtual clock starts here: the controller refuses a chunk stamped 0
     controller.activate(q, t0)
-    replan = max(round(timing.replan_s * control_hz), 1)
-    delay = round(timing.latency_s * control_hz)
+    chunks = ChunksInFlight(planner, controller, timing, control_hz)
     sent = [q.copy()] * (round(timing.lag_s * control_hz) + 1)  # commands, oldest first
-    pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
 
     def render() -> list[np.ndarray]:
         return [world.render_front(q), world.render_wrist(q)]
@@ -182,16 +206,7 @@ def touch_servo_rollout(
     fault = ""
     for k in range(round(timing.timeout_s * control_hz)):
         now = t0 + k * period
-        if k % replan == 0:
-            chunk = planner(now, q.copy(), render)
-            if chunk is not None:
-                pending.append((k + delay, chunk))
-        while pending and pending[0][0] <= k:
-            _, c = pending.pop(0)
-            with contextlib.suppress(ChunkRejected):  # counted by the controller
-                controller.submit(
-                    JOINT_NAMES, c.stamp_s, c.times_s.tolist(), c.points.tolist(), now
-                )
+        chunks.tick(k, now, q, render)
         command = controller.tick(now, q)
         if command is None:
             fault = controller.reason  # a tracking fault: the arm stops

@@ -15,7 +15,6 @@ counts is `dream-vla sim evaluate --task place` through the real graph.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
@@ -25,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from dream_vla_ros.control import JOINT_NAMES, load_safety_config
+from dream_vla_ros.control import load_safety_config
 from dream_vla_ros.control.controller import ChunkController
-from dream_vla_ros.control.validation import ChunkRejected
 from dream_vla_ros.evaluation.kinematic import (
-    Chunk,
+    ChunksInFlight,
     Planner,
     ProxySettings,
     add_controller_stats,
@@ -67,7 +65,6 @@ def place_servo_rollout(
     runs (the world is then current), and the rollout ends when `done(now, monitor)`
     (default: the cube has rested in the bowl for `SETTLE_S`). Returns the monitor and
     the controller's fault reason ('' when it ran to the end)."""
-    replan_s, latency_s, lag_s = timing.replan_s, timing.latency_s, timing.lag_s
     cfg = load_safety_config()
     period = 1.0 / control_hz
     controller = ChunkController(cfg, period)
@@ -78,9 +75,8 @@ def place_servo_rollout(
     monitor = PlaceMonitor(layout)
     t0 = START_S
     controller.activate(q, t0)
-    replan, delay = max(round(replan_s * control_hz), 1), round(latency_s * control_hz)
-    sent = [q.copy()] * (round(lag_s * control_hz) + 1)  # commands, oldest first
-    pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
+    chunks = ChunksInFlight(planner, controller, timing, control_hz)
+    sent = [q.copy()] * (round(timing.lag_s * control_hz) + 1)  # commands, oldest first
     physics_dt = PHYSICS_EVERY_TICKS * period
 
     def render() -> list[np.ndarray]:
@@ -89,16 +85,7 @@ def place_servo_rollout(
     fault = ""
     for k in range(round(timing.timeout_s * control_hz)):
         now = t0 + k * period
-        if k % replan == 0:
-            chunk = planner(now, q.copy(), render)
-            if chunk is not None:
-                pending.append((k + delay, chunk))
-        while pending and pending[0][0] <= k:
-            _, c = pending.pop(0)
-            with contextlib.suppress(ChunkRejected):  # counted by the controller
-                controller.submit(
-                    JOINT_NAMES, c.stamp_s, c.times_s.tolist(), c.points.tolist(), now
-                )
+        chunks.tick(k, now, q, render)
         command = controller.tick(now, q)
         if command is None:
             fault = controller.reason
