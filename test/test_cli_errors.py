@@ -67,6 +67,28 @@ CASES = [
         ["sim", "collect", "{out}", "--task", "place", "--offline", "--random-starts", "1"],
     ),
     (
+        "sim collect dagger touch",
+        ["sim", "collect", "{out}", "--dagger", "models/place_tiny"],
+    ),
+    (
+        "sim collect dagger handover",
+        [
+            "sim",
+            "collect",
+            "{out}",
+            "--task",
+            "place",
+            "--dagger",
+            "models/place_tiny",
+            "--handover-s",
+            "3",
+        ],
+    ),
+    (
+        "sim collect dagger bad checkpoint",
+        ["sim", "collect", "{out}", "--task", "place", "--dagger", "{bad}/no_config"],
+    ),
+    (
         "sim collect offline miss",
         ["sim", "collect", "{out}", "--task", "place", "--offline", "--miss-radius", "0.2"],
     ),

@@ -63,6 +63,46 @@ def _seeds(args: argparse.Namespace) -> list[int]:
     return list(range(args.eval_seed0, args.eval_seed0 + args.seeds))
 
 
+def _collect_dagger(args: argparse.Namespace, episodes: int, camera: tuple[int, int]) -> int:
+    import torch
+
+    from dream_vla_ros.evaluation.dagger import collect_dagger
+
+    others = {
+        "--task touch": args.task != "place",
+        "--miss-radius": args.miss_radius > 0,
+        "--random-starts": args.random_starts > 0,
+        "--per-layout": args.per_layout > 1,
+    }
+    given = [name for name, on in others.items() if on]
+    if given:
+        raise ValueError(
+            f"--dagger runs the place task on each layout's own cube and bowl; drop {given[0]}"
+        )
+    try:
+        span = tuple(float(v) for v in args.handover_s.split(","))
+    except ValueError:
+        span = ()
+    if len(span) != 2:
+        raise ValueError(f"--handover-s must be FIRST,LAST in seconds, got {args.handover_s!r}")
+    torch.set_num_threads(1)  # the proxy's: the renderer has the other core
+    summary = collect_dagger(
+        args.out,
+        args.dagger,
+        episodes,
+        args.seed0,
+        camera,
+        (span[0], span[1]),
+        args.camera_offset,
+        args.camera_randomise,
+    )
+    print(
+        f"collect: the expert placed {summary['written']} of {summary['episodes']} "
+        f"continuations; dataset in {args.out} ({summary['seconds']:.0f} s)"
+    )
+    return 0
+
+
 def _check_offline(args: argparse.Namespace) -> None:
     if args.offline and args.random_starts:
         raise ValueError("--offline starts every episode from home; drop --random-starts")
@@ -72,6 +112,8 @@ def _collect(args: argparse.Namespace) -> int:
     _check_offline(args)
     episodes = args.episodes or EPISODES[args.task]
     camera = (args.camera_width, args.camera_height)
+    if args.dagger:
+        return _collect_dagger(args, episodes, camera)
     common = {
         "per_layout": args.per_layout or PER_LAYOUT[args.task],
         "camera_offset": args.camera_offset,

@@ -82,6 +82,20 @@ def add_parsers(sub, run) -> None:
         action="store_true",
         help="draw the front camera's pose for every episode (sim/world.py CAMERA_JITTER)",
     )
+    p_col.add_argument(
+        "--dagger",
+        default="",
+        metavar="CHECKPOINT",
+        help="place: the policy of CHECKPOINT drives each layout (its own cube and bowl) "
+        "until a handover time, then the expert takes over; its continuations are the "
+        "dataset (evaluation/dagger.py; without ROS)",
+    )
+    p_col.add_argument(
+        "--handover-s",
+        default="0.5,5.0",
+        metavar="FIRST,LAST",
+        help="--dagger: the handover time is drawn uniformly from this span [s]",
+    )
     p_ev = sim_sub.add_parser("evaluate", help="CHECKPOINT OUT: closed-loop success rate")
     p_ev.add_argument("checkpoint")
     p_ev.add_argument("out")

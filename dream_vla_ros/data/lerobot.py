@@ -17,6 +17,11 @@ v3.0::
                           episode_index, index, task_index
     videos/{key}/chunk-{c:03d}/file-{f:03d}.mp4
 
+One episode column is this project's own: `clock_start_s`, the episode clock at the
+episode's first frame (0 for an episode recorded from its start; a continuation that
+takes over another controller's rollout, evaluation/dagger.py, starts at the moment
+it took over). Readers that do not know it ignore it; a dataset without it reads 0.
+
 v2.1: one parquet and one video per episode
 (`data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet`,
 `videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4`),
@@ -122,8 +127,10 @@ class LeRobotWriter:
         state: np.ndarray,
         action: np.ndarray,
         images: dict[str, Iterable[np.ndarray]],
+        clock_start_s: float = 0.0,
     ) -> int:
-        """One episode: its rows, and its frames encoded into one video per camera."""
+        """One episode: its rows, and its frames encoded into one video per camera.
+        `clock_start_s`: the episode clock at its first frame (module docstring)."""
 
         def encode(cam: CameraSpec, path: Path, n: int) -> None:
             writer = VideoWriter(path, self.fps, cam.width, cam.height, self.codec)
@@ -141,10 +148,15 @@ class LeRobotWriter:
             if count != n:
                 raise DatasetError(f"{cam.key}: {count} frames for {n} rows")
 
-        return self._add(task, state, action, encode)
+        return self._add(task, state, action, encode, clock_start_s)
 
     def add_encoded_episode(
-        self, task: str, state: np.ndarray, action: np.ndarray, videos: dict[str, Path]
+        self,
+        task: str,
+        state: np.ndarray,
+        action: np.ndarray,
+        videos: dict[str, Path],
+        clock_start_s: float = 0.0,
     ) -> int:
         """One episode whose videos exist already (one file per camera, the episode's
         frames from its start): the files are copied, not re-encoded."""
@@ -153,14 +165,18 @@ class LeRobotWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(videos[cam.key], path)
 
-        return self._add(task, state, action, copy)
+        return self._add(task, state, action, copy, clock_start_s)
 
-    def _add(self, task: str, state: np.ndarray, action: np.ndarray, video) -> int:
+    def _add(
+        self, task: str, state: np.ndarray, action: np.ndarray, video, clock_start_s: float
+    ) -> int:
         n = len(state)
         if n == 0 or len(action) != n:
             raise DatasetError(
                 f"an episode needs equal, non-zero rows: {n} state, {len(action)} action"
             )
+        if not (np.isfinite(clock_start_s) and clock_start_s >= 0):
+            raise DatasetError(f"an episode's clock_start_s must be >= 0 s, got {clock_start_s}")
         index = len(self.episodes)
         task_index = self.tasks.setdefault(task, len(self.tasks))
         episode: dict[str, Any] = {
@@ -173,6 +189,7 @@ class LeRobotWriter:
             "data/file_index": 0,
             "meta/episodes/chunk_index": 0,
             "meta/episodes/file_index": 0,
+            "clock_start_s": float(clock_start_s),
         }
         for cam in self.cameras:
             chunk, file = divmod(index, CHUNKS_SIZE)
@@ -303,6 +320,7 @@ class EpisodeInfo:
     from_index: int  # rows [from_index, to_index) of the frame table
     to_index: int
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # key -> (file, start s)
+    clock_start_s: float = 0.0  # the episode clock at its first frame (module docstring)
 
 
 def _column(table: Any, name: str) -> np.ndarray:
@@ -311,6 +329,16 @@ def _column(table: Any, name: str) -> np.ndarray:
         width = len(col[0]) if len(col) else 0
         return np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(len(col), width)
     return np.asarray(col.to_numpy(zero_copy_only=False))
+
+
+def _clock_start(row: dict[str, Any]) -> float:
+    """An episode's `clock_start_s`; 0 where the dataset has none."""
+    value = row.get("clock_start_s")
+    if value is None or not np.isfinite(value):
+        return 0.0
+    if value < 0:
+        raise DatasetError(f"episode {row.get('episode_index')}: clock_start_s {value} < 0")
+    return float(value)
 
 
 class LeRobotDataset:
@@ -390,6 +418,7 @@ class LeRobotDataset:
                     int(row["dataset_from_index"]),
                     int(row["dataset_to_index"]),
                     videos,
+                    _clock_start(row),
                 )
             )
         data_files = sorted((self.root / "data").rglob("*.parquet"))
@@ -427,7 +456,9 @@ class LeRobotDataset:
                 for key in self.camera_keys
             }
             self.episodes.append(
-                EpisodeInfo(index, n, str(ep["tasks"][0]), start, start + n, videos)
+                EpisodeInfo(
+                    index, n, str(ep["tasks"][0]), start, start + n, videos, _clock_start(ep)
+                )
             )
             tables.append(table)
             start += n

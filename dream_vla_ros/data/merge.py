@@ -102,7 +102,9 @@ def merge_datasets(sources: Sequence[str | Path], out: str | Path, log=print) ->
             for ep in ds.episodes:
                 cols = ds.frames(ep)
                 videos = {key: ep.videos[key][0] for key in first.camera_keys}
-                writer.add_encoded_episode(ep.task, cols["state"], cols["action"], videos)
+                writer.add_encoded_episode(
+                    ep.task, cols["state"], cols["action"], videos, ep.clock_start_s
+                )
             log(f"merge: {len(ds.episodes)} episodes from {ds.root}")
         pixels = {
             k: pool_stats([ds.stats[k] for ds in datasets])

@@ -150,9 +150,18 @@ class ChunksInFlight:
 
     def __init__(self, planner: Planner, controller, timing: ProxySettings, control_hz: float):
         self.planner, self.controller = planner, controller
+        self.control_hz = control_hz
         self.replan = max(round(timing.replan_s * control_hz), 1)
         self.delay = round(timing.latency_s * control_hz)
+        self.first = 0  # the tick the planner took over at
         self.pending: list[tuple[int, Chunk]] = []  # (tick it arrives at, chunk)
+
+    def hand_over(self, planner: Planner, timing: ProxySettings, k: int) -> None:
+        """From tick k on `planner` plans, with `timing`'s period and latency; the
+        chunks of the one before that are still on their way are dropped."""
+        self.planner, self.first, self.pending = planner, k, []
+        self.replan = max(round(timing.replan_s * self.control_hz), 1)
+        self.delay = round(timing.latency_s * self.control_hz)
 
     def tick(self, k: int, now: float, q: np.ndarray, render) -> None:
         """Tick k at `now` with the measured joints `q`: plan when due, and submit
@@ -160,7 +169,7 @@ class ChunksInFlight:
         from dream_vla_ros.control import JOINT_NAMES
         from dream_vla_ros.control.validation import ChunkRejected
 
-        if k % self.replan == 0:
+        if (k - self.first) % self.replan == 0:
             chunk = self.planner(now, q.copy(), render)
             if chunk is not None:
                 self.pending.append((k + self.delay, chunk))

@@ -33,11 +33,10 @@ graph collection stays the one that exercises the recorder.
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from dream_vla_ros.data.lerobot import (
     LeRobotWriter,
     check_output_folder,
 )
+from dream_vla_ros.evaluation.interrupt import StopAfterEpisode
 from dream_vla_ros.evaluation.kinematic import ProxySettings, expert_planner, touch_servo_rollout
 from dream_vla_ros.evaluation.place_proxy import START_S, place_servo_rollout
 from dream_vla_ros.sim.place import (
@@ -127,33 +127,6 @@ class _Recorder:
             self.frames[camera].append(image)
 
 
-class _StopAfterEpisode:
-    """Ctrl-C (SIGINT) sets `requested` instead of interrupting, so that no episode is
-    cut in half; a second Ctrl-C raises KeyboardInterrupt as usual. Only where Ctrl-C
-    would interrupt (the main thread, Python's own handler); a process that ignores
-    SIGINT (started in the background) keeps ignoring it."""
-
-    requested = False
-
-    @contextmanager
-    def installed(self) -> Iterator[_StopAfterEpisode]:
-        previous = signal.getsignal(signal.SIGINT)
-        main = threading.current_thread() is threading.main_thread()
-        if not main or previous is not signal.default_int_handler:
-            yield self
-            return
-
-        def handler(_signum, _frame) -> None:
-            self.requested = True
-            signal.signal(signal.SIGINT, previous)
-
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-
 def _demonstrate(world, layout, cfg, drawn: Miss | None, fps: int, log: Callable[[str], None]):
     """One expert episode in `world` (its camera set): (recorder, monitor, controller
     fault, limit counts, the miss demonstrated)."""
@@ -207,9 +180,25 @@ def _demonstrate_touch(world, layout, cfg, fps: int):
     return recorder, monitor, fault, limits
 
 
+@dataclass
+class EpisodeRun:
+    """One collected episode: what `collect_episodes` writes and reports of it."""
+
+    instruction: str
+    recorder: _Recorder | None  # None: nothing was recorded
+    success: bool  # written to the dataset
+    fields: dict[str, Any]  # the result's task fields; "detail" says what happened
+    fault: str  # the controller's fault ('' for none)
+    limits: dict[str, Any]  # the controller's tick counts
+    clock_start_s: float = 0.0  # the episode clock at its first frame
+
+
+# (world, layout seed, naming j) -> the episode
+RunEpisode = Callable[[Any, int, int], EpisodeRun]
+
+
 def _episode(task: str, world, seed: int, j: int, cfg, miss_radius: float, fps: int, log):
-    """Episode (seed, naming j) of `task`: (instruction, recorder, success, the
-    result's task fields, its verdict's detail, controller limit counts)."""
+    """Episode (seed, naming j) of `task` by the expert."""
     if task == "touch":
         touch = touch_naming(seed, j)
         recorder, monitor, fault, limits = _demonstrate_touch(world, touch, cfg, fps)
@@ -220,7 +209,8 @@ def _episode(task: str, world, seed: int, j: int, cfg, miss_radius: float, fps: 
             else f"touched nothing (closest {outcome.distance_m * 100:.1f} cm)"
         )
         fields = {"touched": outcome.touched, "detail": detail}
-        return touch.instruction, recorder, outcome.success and not fault, fields, fault, limits
+        success = outcome.success and not fault
+        return EpisodeRun(touch.instruction, recorder, success, fields, fault, limits)
     layout = place_naming(seed, j)
     drawn = Miss.draw(seed * 16 + j, miss_radius) if miss_radius > 0 else None
     recorder, place, fault, limits, miss = _demonstrate(world, layout, cfg, drawn, fps, log)
@@ -230,7 +220,8 @@ def _episode(task: str, world, seed: int, j: int, cfg, miss_radius: float, fps: 
         "detail": placed.detail,
         "miss": miss.text() if miss else "",
     }
-    return layout.instruction, recorder, placed.success and not fault, fields, fault, limits
+    success = placed.success and not fault
+    return EpisodeRun(layout.instruction, recorder, success, fields, fault, limits)
 
 
 def collect_offline(
@@ -250,13 +241,53 @@ def collect_offline(
     """Write `episodes` demonstrations of `task` (see the module docstring) as a
     LeRobot dataset in `out_dir` (new or empty). Returns the summary kept in
     `meta/collect.json`."""
+    check_collection(episodes, per_layout, miss_radius, fps, task)
+    cfg = load_safety_config()
+
+    def run(world, seed: int, j: int) -> EpisodeRun:
+        return _episode(task, world, seed, j, cfg, miss_radius, fps, log)
+
+    return collect_episodes(
+        out_dir,
+        run,
+        episodes,
+        seed0,
+        camera,
+        per_layout,
+        camera_offset,
+        camera_randomise,
+        fps,
+        codec,
+        log,
+        task,
+        {"mode": "offline", "miss_radius": miss_radius},
+    )
+
+
+def collect_episodes(
+    out_dir: str | Path,
+    run: RunEpisode,
+    episodes: int,
+    seed0: int,
+    camera: tuple[int, int],
+    per_layout: int,
+    camera_offset: str,
+    camera_randomise: bool,
+    fps: int,
+    codec: str,
+    log: Callable[[str], None],
+    task: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Run episode i = `run(world, seed0 + i // per_layout, i % per_layout)` with the
+    front camera at the fixed `camera_offset` or drawn per episode, and write the
+    successful ones as a LeRobot dataset in `out_dir` (new or empty). Returns the
+    summary kept in `meta/collect.json` (with `meta`'s fields)."""
     from dream_vla_ros.sim.world import PiperWorld
 
-    check_collection(episodes, per_layout, miss_radius, fps, task)
     out = Path(out_dir)
     check_output_folder(out)
     fixed = CameraOffset.parse(camera_offset) if camera_offset else CameraOffset()
-    cfg = load_safety_config()
     width, height = camera
     bowls = BOWL_COLOURS if task == "place" else ()
     world = PiperWorld(width=width, height=height, bowls=bowls)
@@ -270,41 +301,41 @@ def collect_offline(
     results: list[dict[str, Any]] = []
     totals = {"ticks": 0, "limited": 0}
     start = time.monotonic()
-    stop = _StopAfterEpisode()
+    stop = StopAfterEpisode()
     with stop.installed(), closing(world):
         for i in range(episodes):
             seed, j = seed0 + i // per_layout, i % per_layout
             offset = random_offset(seed * 16 + j) if camera_randomise else fixed
             world.set_front_offset(offset)
-            instruction, recorder, success, fields, fault, limits = _episode(
-                task, world, seed, j, cfg, miss_radius, fps, log
-            )
-            totals["ticks"] += limits.get("ticks", 0)
-            totals["limited"] += limits.get("limited", 0)
-            if success:
+            ep = run(world, seed, j)
+            totals["ticks"] += ep.limits.get("ticks", 0)
+            totals["limited"] += ep.limits.get("limited", 0)
+            rec = ep.recorder
+            if ep.success and rec is not None:
                 writer.add_episode(
-                    instruction,
-                    np.stack(recorder.state),
-                    np.stack(recorder.action),
-                    {f"observation.images.{c}": recorder.frames[c] for c in CAMERAS},
+                    ep.instruction,
+                    np.stack(rec.state),
+                    np.stack(rec.action),
+                    {f"observation.images.{c}": rec.frames[c] for c in CAMERAS},
+                    ep.clock_start_s,
                 )
             results.append(
                 {
                     "seed": seed,
-                    "instruction": instruction,
-                    "success": success,
-                    **fields,
-                    "frames": len(recorder.state),
+                    "instruction": ep.instruction,
+                    "success": ep.success,
+                    **ep.fields,
+                    "frames": len(rec.state) if rec is not None else 0,
                     "camera_offset": offset.text(),
-                    "controller_fault": fault,
+                    "controller_fault": ep.fault,
                 }
             )
             verdict = (
                 "success"
-                if success
-                else f"FAILED ({fields['detail']}{'; ' + fault if fault else ''})"
+                if ep.success
+                else f"FAILED ({ep.fields['detail']}{'; ' + ep.fault if ep.fault else ''})"
             )
-            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {instruction}: {verdict}")
+            log(f"collect: episode {i + 1}/{episodes} seed {seed}: {ep.instruction}: {verdict}")
             if stop.requested and i + 1 < episodes:
                 log(
                     f"collect: interrupted after {i + 1} of {episodes} episodes; the "
@@ -320,7 +351,7 @@ def collect_offline(
         )
     writer.finish()
     summary = {
-        "mode": "offline",
+        **meta,
         "task": task,
         "episodes": len(results),
         "requested": episodes,
@@ -332,7 +363,6 @@ def collect_offline(
         "camera": [width, height],
         "camera_randomise": camera_randomise,
         "camera_offset": camera_offset,
-        "miss_radius": miss_radius,
         "fps": fps,
         "timing": TELEOP_TIMING,
         "controller_limits": {

@@ -19,6 +19,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ from dream_vla_ros.sim.place import (
 )
 from dream_vla_ros.sim.world import CameraOffset
 
+
+@dataclass
+class Handover:
+    """Another planner takes over a rollout `at_s` after its start: `take(now, measured
+    joints, monitor)` returns it, planned from the world as it is then, or None when it cannot
+    take over (the rollout then ends); its chunks reach the controller with `timing`'s
+    period and latency. `taken_s` is set to the moment it took over."""
+
+    at_s: float
+    take: Callable[[float, np.ndarray, PlaceMonitor], Planner | None]
+    timing: ProxySettings
+    taken_s: float | None = None
+
+
 PHYSICS_EVERY_TICKS = 2  # 10 ms physics ticks at 200 Hz control (the node's 100 Hz)
 START_S = 1.0  # a rollout's first tick (the controller refuses a chunk stamped 0)
 
@@ -59,12 +74,14 @@ def place_servo_rollout(
     limits: dict[str, Any] | None = None,
     observe: Callable[[float, np.ndarray], None] | None = None,
     done: Callable[[float, PlaceMonitor], bool] | None = None,
+    handover: Handover | None = None,
 ) -> tuple[PlaceMonitor, str]:
     """One layout (see the module docstring) with the re-plan period, latency, arm lag
     and timeout of `timing`. After every physics tick `observe(now, measured joints)`
     runs (the world is then current), and the rollout ends when `done(now, monitor)`
-    (default: the cube has rested in the bowl for `SETTLE_S`). Returns the monitor and
-    the controller's fault reason ('' when it ran to the end)."""
+    (default: the cube has rested in the bowl for `SETTLE_S`). With a `handover` its
+    planner drives from `handover.at_s` on. Returns the monitor and the controller's
+    fault reason ('' when it ran to the end)."""
     cfg = load_safety_config()
     period = 1.0 / control_hz
     controller = ChunkController(cfg, period)
@@ -85,6 +102,16 @@ def place_servo_rollout(
     fault = ""
     for k in range(round(timing.timeout_s * control_hz)):
         now = t0 + k * period
+        if (
+            handover is not None
+            and handover.taken_s is None
+            and k >= handover.at_s * control_hz - 1e-6
+        ):
+            successor = handover.take(now, q.copy(), monitor)
+            if successor is None:
+                break
+            chunks.hand_over(successor, handover.timing, k)
+            handover.taken_s = now
         chunks.tick(k, now, q, render)
         command = controller.tick(now, q)
         if command is None:

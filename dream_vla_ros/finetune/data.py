@@ -85,7 +85,8 @@ class Episode:
     action: np.ndarray  # (n, D) SI
     frames: torch.Tensor | np.ndarray  # (n, cameras, 3, S, S) uint8 (memory-mapped on disk)
     # (n, P') the model's proprio input: the state (data.proprio), then the episode
-    # clock (data.clock: seconds since the episode's first frame)
+    # clock (data.clock: the episode clock, seconds since the episode's first frame
+    # plus the dataset's `clock_start_s` for it)
     proprio: np.ndarray
 
     @property
@@ -151,7 +152,7 @@ class DemoData:
             inputs = [state] if cfg.proprio else []
             if cfg.clock:
                 stamps = np.asarray(cols["timestamp"], dtype=np.float64)
-                inputs.append((stamps - stamps[0])[:, None])
+                inputs.append((stamps - stamps[0] + info.clock_start_s)[:, None])
             proprio = np.concatenate(inputs, axis=1) if inputs else np.zeros((len(action), 0))
             self.episodes[info.index] = Episode(
                 info.index, info.task, state, action, self._frames(info), proprio

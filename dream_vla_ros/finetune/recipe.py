@@ -69,7 +69,9 @@ class DataConfig:
     action_offset: int = 1  # chunk[k] = action row t + offset + k (the policy's stamp convention)
     proprio: bool = True
     # the model also reads the episode clock, the seconds since the episode's first
-    # frame (at run time: since the policy's first observation after it was enabled,
+    # frame plus the dataset's clock_start_s for it (0 but for continuations that took
+    # over a rollout, evaluation/dagger.py) (at run time: since the policy's first
+    # observation after it was enabled,
     # reset or given an instruction), clipped to the training range: where in a
     # demonstration it is, without the joint state (docs/finetune.md, docs/sim.md)
     clock: bool = False

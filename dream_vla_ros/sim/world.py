@@ -387,6 +387,22 @@ class PiperWorld:
         adr = self._cube_adr[colour]
         return np.array(self.data.qpos[adr : adr + 3])
 
+    def cube_yaw(self, colour: str, tilt_deg: float = 10.0) -> float | None:
+        """The turn about the vertical [rad, -pi/4..pi/4] of a cube resting on a face
+        (a face normal within `tilt_deg` of vertical); None for a tilted cube. A cube
+        looks the same turned by a quarter, so any face may be the one below."""
+        adr = self._cube_adr[colour]
+        w, x, y, z = self.data.qpos[adr + 3 : adr + 7]
+        rot = np.empty(9)
+        self._mj.mju_quat2Mat(rot, np.array([w, x, y, z], dtype=np.float64))
+        axes = rot.reshape(3, 3)  # columns: the cube's axes in the world
+        up = int(np.argmax(np.abs(axes[2])))
+        if abs(axes[2, up]) < np.cos(np.radians(tilt_deg)):
+            return None
+        side = axes[:, (up + 1) % 3]  # a horizontal face normal
+        yaw = float(np.arctan2(side[1], side[0]))
+        return (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+
     def cube_speed(self, colour: str) -> float:
         dof = self._cube_dof[colour]
         return float(np.linalg.norm(self.data.qvel[dof : dof + 3]))
