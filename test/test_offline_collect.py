@@ -83,7 +83,7 @@ def test_ctrl_c_ends_the_offline_collection_after_the_episode_in_progress(tmp_pa
     """SIGINT in the middle of the first of three episodes: that episode runs to its
     end and is written, the collection stops there with a sentence, collect.json says
     it was interrupted, and Ctrl-C is the usual KeyboardInterrupt again afterwards."""
-    real = offline_collect._Recorder.__call__
+    real = offline_collect.Recorder.__call__
     calls = []
 
     def interrupt_on_the_fifth_frame(self, now, q):
@@ -92,7 +92,7 @@ def test_ctrl_c_ends_the_offline_collection_after_the_episode_in_progress(tmp_pa
         if len(calls) == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(offline_collect._Recorder, "__call__", interrupt_on_the_fifth_frame)
+    monkeypatch.setattr(offline_collect.Recorder, "__call__", interrupt_on_the_fifth_frame)
     log: list[str] = []
     out = tmp_path / "dataset"
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a shell

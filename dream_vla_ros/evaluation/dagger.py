@@ -40,7 +40,7 @@ from dream_vla_ros.evaluation.offline_collect import (
     SETTLE_WAIT_S,
     TELEOP_TIMING,
     EpisodeRun,
-    _Recorder,
+    Recorder,
     collect_episodes,
 )
 from dream_vla_ros.evaluation.place_proxy import Handover, place_servo_rollout
@@ -115,9 +115,7 @@ def dagger_episode(world, layout: PlaceLayout, policy, handover_s: float, fps: i
             return None
         expert.start(now, q)
         took["plan_s"] = expert.duration_s
-        took["recorder"] = _Recorder(
-            lambda _q: [world.render(c) for c in CAMERAS], expert, fps, now
-        )
+        took["recorder"] = Recorder(lambda _q: [world.render(c) for c in CAMERAS], expert, fps, now)
         return expert_planner(expert)
 
     def observe(now: float, q: np.ndarray) -> None:

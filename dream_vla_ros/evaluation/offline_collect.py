@@ -106,7 +106,7 @@ def check_collection(
             raise ValueError(message)
 
 
-class _Recorder:
+class Recorder:
     """Samples the world on the dataset's grid from the rollout's `observe` hook;
     `render(q)` gives the front and wrist images of the world as it is."""
 
@@ -146,7 +146,7 @@ def _demonstrate(world, layout, cfg, drawn: Miss | None, fps: int, log: Callable
     timing = ProxySettings(
         timeout_s=plan_s + AFTER_PLAN_S + SETTLE_WAIT_S + 0.1, servo=True, **TELEOP_TIMING
     )
-    recorder = _Recorder(lambda _q: [world.render(c) for c in CAMERAS], source, fps, START_S)
+    recorder = Recorder(lambda _q: [world.render(c) for c in CAMERAS], source, fps, START_S)
     limits: dict[str, Any] = {}
     monitor, fault = place_servo_rollout(
         expert_planner(source), world, layout, timing, limits=limits, observe=recorder, done=done
@@ -170,7 +170,7 @@ def _demonstrate_touch(world, layout, cfg, fps: int):
     timing = ProxySettings(
         timeout_s=plan_s + TOUCH_WAIT_S + TOUCH_HOLD_S, servo=True, **TELEOP_TIMING
     )
-    recorder = _Recorder(
+    recorder = Recorder(
         lambda q: [world.render_front(q), world.render_wrist(q)], source, fps, START_S
     )
     limits: dict[str, Any] = {}
@@ -185,7 +185,7 @@ class EpisodeRun:
     """One collected episode: what `collect_episodes` writes and reports of it."""
 
     instruction: str
-    recorder: _Recorder | None  # None: nothing was recorded
+    recorder: Recorder | None  # None: nothing was recorded
     success: bool  # written to the dataset
     fields: dict[str, Any]  # the result's task fields; "detail" says what happened
     fault: str  # the controller's fault ('' for none)

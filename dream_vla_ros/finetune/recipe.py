@@ -70,10 +70,10 @@ class DataConfig:
     proprio: bool = True
     # the model also reads the episode clock, the seconds since the episode's first
     # frame plus the dataset's clock_start_s for it (0 but for continuations that took
-    # over a rollout, evaluation/dagger.py) (at run time: since the policy's first
-    # observation after it was enabled,
-    # reset or given an instruction), clipped to the training range: where in a
-    # demonstration it is, without the joint state (docs/finetune.md, docs/sim.md)
+    # over a rollout, evaluation/dagger.py); at run time the seconds since the policy's
+    # first observation after it was enabled, reset or given an instruction; clipped
+    # to the training range: where in a demonstration it is, without the joint state
+    # (docs/finetune.md, docs/sim.md)
     clock: bool = False
     val_fraction: float = 0.1  # share of episodes held out (at least one when > 0)
     split_seed: int = 0
