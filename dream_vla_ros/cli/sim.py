@@ -68,8 +68,9 @@ def _collect_dagger(args: argparse.Namespace, episodes: int, camera: tuple[int, 
 
     from dream_vla_ros.evaluation.dagger import collect_dagger
 
+    if args.task != "place":
+        raise ValueError("--dagger is for the place task: add --task place")
     others = {
-        "--task touch": args.task != "place",
         "--miss-radius": args.miss_radius > 0,
         "--random-starts": args.random_starts > 0,
         "--per-layout": args.per_layout > 1,
