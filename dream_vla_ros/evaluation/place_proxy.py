@@ -50,10 +50,11 @@ from dream_vla_ros.sim.world import CameraOffset
 
 @dataclass
 class Handover:
-    """Another planner takes over a rollout `at_s` after its start: `take(now, measured
-    joints, monitor)` returns it, planned from the world as it is then, or None when it cannot
-    take over (the rollout then ends); its chunks reach the controller with `timing`'s
-    period and latency. `taken_s` is set to the moment it took over."""
+    """Another planner takes over a rollout `at_s` after its start: `take(now,
+    measured joints, monitor)` returns it, planned from the world as it is then, or
+    None when it cannot take over (the rollout then ends); its chunks reach the
+    controller with `timing`'s period and latency. `taken_s` is set to the moment it
+    took over."""
 
     at_s: float
     take: Callable[[float, np.ndarray, PlaceMonitor], Planner | None]
