@@ -39,3 +39,30 @@ def test_the_one_shot_run_measures_every_step_and_writes_its_report(tmp_path):
     markdown = report_file.with_suffix(".md").read_text()
     assert "| speed settings | ok |" in markdown
     assert not (tmp_path / "work").exists()
+
+
+def test_the_place_tolerance_bench_finds_the_grasps_limit_across_the_fingers():
+    """The expert places with its cube believed 2 cm off along the base line and misses
+    at 3.5 cm (the fingers open to 7.5 cm around a 4 cm cube)."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/place_tolerance.py",
+            "--layouts",
+            "2",
+            "--errors-cm",
+            "0,2,3.5",
+            "--directions",
+            "radial",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {r["error_cm"]: r for r in json.loads(run.stdout.splitlines()[-1])}
+    assert rows[0.0]["direction"] == "none" and rows[0.0]["placed"] == 2
+    assert rows[2.0]["placed"] == 2
+    assert rows[3.5]["placed"] == 0 and rows[3.5]["layouts"] == 2

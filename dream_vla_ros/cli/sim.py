@@ -240,6 +240,8 @@ def _proxy(args: argparse.Namespace) -> int:
         ensemble_chunks=args.ensemble,
     )
     torch.set_num_threads(args.threads)
+    if args.grasp_error:
+        return _grasp_error(args, settings, policy)
     if args.task == "place":
         return _place_proxy(args, settings, policy)
     if args.camera_offset or args.camera_set != "nominal":
@@ -257,6 +259,40 @@ def _proxy(args: argparse.Namespace) -> int:
             f"{limits['clamped']}, slowed by the motion bounds {limits['slowed']}; "
             f"targets lifted onto the workspace floor {limits.get('floor_lifted_points', 0)}"
         )
+    return 0
+
+
+def _grasp_error(args: argparse.Namespace, settings, policy_settings) -> int:
+    """The policy's open-loop grasp error on the expert's states
+    (dream_vla_ros/evaluation/grasp_error.py)."""
+    import json
+    from pathlib import Path
+
+    from dream_vla_ros.evaluation.grasp_error import grasp_errors, policy_predict
+    from dream_vla_ros.policy import Policy
+    from dream_vla_ros.sim.place import BOWL_COLOURS
+    from dream_vla_ros.sim.world import CameraOffset, PiperWorld
+
+    if args.task != "place":
+        raise ValueError("--grasp-error is for the place task: add --task place")
+    policy = Policy.from_checkpoint(args.checkpoint, settings=policy_settings)
+    world = PiperWorld(width=settings.width, height=settings.height, bowls=BOWL_COLOURS)
+    try:
+        if args.camera_offset:
+            world.set_front_offset(CameraOffset.parse(args.camera_offset))
+        result = grasp_errors(policy_predict(policy), _seeds(args), world)
+    finally:
+        world.close()
+    for lead, s in result["by_lead"].items():
+        print(
+            f"grasp error {lead} s before the expert's grasp: median {s['median_m'] * 100:.1f} "
+            f"cm, within 2 cm {s['within_2cm']:.0%}; radial mean {s['radial_mean_m'] * 100:+.1f}"
+            f" rms {s['radial_rms_m'] * 100:.1f} cm, tangential mean "
+            f"{s['tangential_mean_m'] * 100:+.1f} rms {s['tangential_rms_m'] * 100:.1f} cm"
+        )
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "grasp_error.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

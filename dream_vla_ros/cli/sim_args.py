@@ -192,6 +192,12 @@ def add_parsers(sub, run) -> None:
     p_proxy.add_argument("--lag-s", type=float, default=0.0, help="--servo: arm behind command")
     p_proxy.add_argument("--threads", type=int, default=1, help="torch threads")
     p_proxy.add_argument("--out", default="", help="write results.json here")
+    p_proxy.add_argument(
+        "--grasp-error",
+        action="store_true",
+        help="place: instead of rollouts, query the policy on the expert's own states and "
+        "report how far from the expert's grasp it would close (grasp_error.json)",
+    )
     policy = p_proxy.add_argument_group("policy settings (the policy node's parameters)")
     policy.add_argument("--flow-steps", type=int, default=0, help="0: the checkpoint's")
     policy.add_argument("--noise-seed", type=int, default=0, help="reset per layout")

@@ -136,6 +136,10 @@ def place_servo_rollout(
     return monitor, fault
 
 
+def _rounded(v: np.ndarray | None) -> list[float] | None:
+    return None if v is None else [round(float(x), 4) for x in v]
+
+
 def run_place_proxy(
     checkpoint: str | Path,
     seeds: list[int],
@@ -180,6 +184,8 @@ def run_place_proxy(
                     "stage": o.stage,
                     "detail": o.detail,
                     "closest_m": round(monitor.closest_m, 4),
+                    "closest_offset_m": _rounded(monitor.closest_offset_m),
+                    "cube_xy_m": [round(float(v), 4) for v in layout.cubes[layout.cube][:2]],
                     "camera_offset": offset.as_list(),
                     "controller_fault": fault,
                 }

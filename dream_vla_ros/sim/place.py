@@ -268,6 +268,7 @@ class PlaceMonitor:
     stages: dict[str, float] = field(default_factory=dict)  # stage -> first time
     last: Snapshot | None = None
     closest_m: float = float("inf")  # the fingertip's closest approach to the named cube
+    closest_offset_m: np.ndarray | None = None  # fingertip - cube centre (x, y, z) then
 
     def placed(self, snap: Snapshot) -> bool:
         lay = self.layout
@@ -283,7 +284,9 @@ class PlaceMonitor:
         lay = self.layout
         cube = snap.cubes[lay.cube]
         distance = float(np.linalg.norm(snap.tip - cube))
-        self.closest_m = min(self.closest_m, distance)
+        if distance < self.closest_m:
+            self.closest_m = distance
+            self.closest_offset_m = np.asarray(snap.tip - cube, dtype=np.float64)
         marks = {
             "reached": distance < REACH_M,
             "grasped": snap.fingers[lay.cube] == 2,
@@ -447,6 +450,13 @@ class PlaceExpert:
             if now_s <= t1:
                 return name
         return "done"
+
+    def segment_start(self, name: str) -> float:
+        """When the started plan's segment `name` begins [s]."""
+        for segment, t0, _, _, _ in self._segments:
+            if segment == name:
+                return t0
+        raise KeyError(f"the plan has no segment '{name}'")
 
     def _at(self, t: float) -> np.ndarray:
         for _, t0, t1, a, b in self._segments:
