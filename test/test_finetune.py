@@ -53,7 +53,8 @@ from dream_vla_ros.finetune.toy import write_toy_dataset
 from dream_vla_ros.finetune.trainer import Trainer
 from dream_vla_ros.model import CheckpointError, DreamVLA, preset
 from dream_vla_ros.model.checkpoint import load_base_weights, load_config
-from dream_vla_ros.policy import Observation, Policy
+from dream_vla_ros.policy import Observation, Policy, PolicySettings
+from dream_vla_ros.policy.policy import ObservationError
 from dream_vla_ros.policy.preprocess import ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder, byte_tokenizer, instruction_words, question
 
@@ -434,6 +435,87 @@ def test_clock_input_is_the_time_since_the_episode_start(toy, tmp_path):
     frames = [np.zeros((48, 64, 3), np.uint8)] * 2
     chunks = [policy.infer(Observation(frames, "reach", None, t)) for t in (3.0, 3.4)]
     assert [c.clock_s for c in chunks] == pytest.approx([0.0, 0.4])
+
+
+def test_relative_targets_are_offsets_from_the_state_and_the_policy_adds_it_back(toy, tmp_path):
+    """data.relative_dims 6: a window's joint targets are learnt minus the joint state at
+    its frame (the gripper stays absolute), normalised with the offsets' bounds; the
+    checkpoint says so and its policy adds the measured joints back: the same draw
+    from a state moved by d gives joint targets moved by d and the same gripper."""
+    data = DemoData(DataConfig(dataset=str(toy), chunk=4, relative_dims=6, norm_quantile=0.0))
+    plain = DemoData(DataConfig(dataset=str(toy), chunk=4, norm_quantile=0.0))
+    i = 7
+    e, t = data.windows["train"][i]
+    ep = data.episodes[e]
+    s, p = data.sample("train", i), plain.sample("train", i)
+    expected = p["raw_actions"].numpy().astype(np.float64)
+    expected[:, :6] -= ep.state[t, :6]
+    np.testing.assert_allclose(s["raw_actions"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        s["actions"].numpy(), data.action_stats.normalise(expected), atol=1e-5
+    )
+    offsets = np.concatenate(
+        [
+            data.episodes[k].action[np.minimum(u + 1 + np.arange(4), data.episodes[k].length - 1)]
+            - np.r_[data.episodes[k].state[u, :6], 0.0]
+            for k, u in data.windows["train"]
+        ]
+    )
+    np.testing.assert_allclose(data.action_stats.q01, offsets.min(0), atol=1e-9)
+    np.testing.assert_allclose(data.action_stats.q99, offsets.max(0), atol=1e-9)
+    with pytest.raises(DatasetError, match="relative_dims 8"):
+        DemoData(DataConfig(dataset=str(toy), chunk=4, relative_dims=8))
+
+    r = recipe(toy, tmp_path / "run", "data.proprio=false", "data.relative_dims=6", "train.steps=2")
+    final = Trainer(r, progress=False, log=lambda _: None).run().final
+    policy = Policy.from_checkpoint(final)
+    assert policy.cfg.action.relative_dims == 6 and policy.cfg.action.state_dim == 0
+    frames = [np.zeros((48, 64, 3), np.uint8)] * 2
+    q = np.array([0.1, 1.0, -1.2, 0.0, 0.5, 0.0, 0.03])
+    d = np.array([0.05, -0.04, 0.03, 0.02, -0.01, 0.06, 0.01])
+    policy.reset()
+    a = policy.infer(Observation(frames, "reach", q, 1.0)).actions
+    policy.reset()
+    b = policy.infer(Observation(frames, "reach", q + d, 1.0)).actions
+    np.testing.assert_allclose(b[:, :6] - a[:, :6], np.broadcast_to(d[:6], (len(a), 6)), atol=1e-9)
+    np.testing.assert_allclose(b[:, 6], a[:, 6], atol=1e-12)
+    with pytest.raises(ObservationError, match="offsets from the first 6"):
+        policy.infer(Observation(frames, "reach", q[:3], 1.0))
+    with pytest.raises(ObservationError, match="needs the robot state"):
+        policy.infer(Observation(frames, "reach", None, 1.0))
+
+
+def test_relative_chunks_are_ensembled_and_inpainted_as_joint_targets(toy, tmp_path):
+    """Two chunks planned from different states are averaged where they overlap as
+    targets, not as offsets: with the model's offsets fixed, the second chunk's
+    ensembled targets are the mean of both chunks' targets at the shared instants."""
+    r = recipe(toy, tmp_path / "run", "data.proprio=false", "data.relative_dims=6", "train.steps=1")
+    final = Trainer(r, progress=False, log=lambda _: None).run().final
+    frames = [np.zeros((48, 64, 3), np.uint8)] * 2
+    q0 = np.array([0.1, 1.0, -1.2, 0.0, 0.5, 0.0, 0.03])
+    q1 = q0 + np.array([0.08, -0.05, 0.04, 0.0, 0.02, 0.03, 0.0])
+    single = Policy.from_checkpoint(final, settings=PolicySettings(noise_scale=0.0))
+    a0 = single.infer(Observation(frames, "reach", q0, 1.0)).actions
+    a1 = single.infer(Observation(frames, "reach", q1, 1.2)).actions
+    both = Policy.from_checkpoint(
+        final, settings=PolicySettings(noise_scale=0.0, ensemble_chunks=2)
+    )
+    both.infer(Observation(frames, "reach", q0, 1.0))
+    e1 = both.infer(Observation(frames, "reach", q1, 1.2)).actions
+    lag = int(round(0.2 / both.cfg.action.action_period_s))
+    shared = len(a0) - lag  # the instants both chunks plan
+    np.testing.assert_allclose(e1[:shared], 0.5 * (a1[:shared] + a0[lag:]), atol=1e-9)
+    np.testing.assert_allclose(e1[shared:], a1[shared:], atol=1e-9)
+    # the inpainted prefix: the previous chunk's targets, as offsets from the new state
+    settings = PolicySettings(noise_scale=0.0, prefix_actions=2)
+    inpainting = Policy.from_checkpoint(final, settings=settings)
+    first = inpainting.infer(Observation(frames, "reach", q0, 1.0)).actions
+    rows, _ = inpainting._prefix(1.2, q1)
+    np.testing.assert_allclose(
+        inpainting._from_model(rows[0].numpy().astype(np.float64), q1),
+        first[lag : lag + 2],
+        atol=1e-5,
+    )
 
 
 def test_instruction_dropout_masks_the_instruction_of_training_samples_only(toy):

@@ -290,6 +290,19 @@ def test_a_model_with_another_input_size_is_not_exported(tmp_path, converted):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_model_with_relative_targets_is_not_exported(tmp_path, converted):
+    """The official code reads every action as absolute."""
+    data = json.loads((converted["l1"] / "config.json").read_text())
+    del data["official"]
+    data["action_config"]["relative_dims"] = 6
+    fresh = tmp_path / "trained"
+    shutil.copytree(converted["l1"], fresh)
+    (fresh / "config.json").write_text(json.dumps(data))
+    with pytest.raises(OfficialLayoutError, match="first 6 actions are offsets"):
+        export(fresh, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------- refusals
 
 

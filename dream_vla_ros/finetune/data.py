@@ -10,9 +10,14 @@ observation time and action k is for stamp + (k + 1) * period, docs/architecture
 loss, unless `hold_after_end` is set: then they are real rows that say "stay at
 the last pose". Windows start at every frame that has at least one real action.
 
+With `data.relative_dims` R > 0 the first R values of every chunk row are learnt
+minus the joint state at frame t (the offset from where the arm was when the
+chunk was planned; the policy adds the measured state back).
+
 Actions and states are normalised to [-1, 1] with per-dimension q01/q99 of the
-*training* episodes, computed once here and stored with every checkpoint (a
-resumed run reuses the stored values). Splits are by episode, seeded, so no
+*training* episodes (for relative actions: of every training window's offsets),
+computed once here and stored with every checkpoint (a resumed run reuses the
+stored values). Splits are by episode, seeded, so no
 frame of a validation episode is ever trained on.
 
 Frames are decoded once, resized to the model's input (`image_size` of the base's
@@ -113,7 +118,7 @@ class DemoData:
                 f"{path}: no camera {missing[0]!r}; the dataset has {ds.camera_keys} "
                 "(set data.cameras)"
             )
-        if cfg.proprio and not ds.state_key:
+        if (cfg.proprio or cfg.relative_dims) and not ds.state_key:
             raise DatasetError(
                 f"{path}: no joint-state column '{cfg.state_key}'; its columns are "
                 f"{ds.numeric_keys} (name it with data.state_key, or set data.proprio: false)"
@@ -147,8 +152,14 @@ class DemoData:
             if action.ndim != 2 or not np.all(np.isfinite(action)):
                 raise DatasetError(f"{path}: episode {info.index} has non-finite actions")
             state = np.asarray(cols.get("state", np.zeros((len(action), 0))), dtype=np.float64)
-            if cfg.proprio and not np.all(np.isfinite(state)):
+            if (cfg.proprio or cfg.relative_dims) and not np.all(np.isfinite(state)):
                 raise DatasetError(f"{path}: episode {info.index} has non-finite states")
+            if cfg.relative_dims > min(action.shape[1], state.shape[1]):
+                raise DatasetError(
+                    f"{path}: data.relative_dims {cfg.relative_dims} is more than the "
+                    f"{action.shape[1]} action and {state.shape[1]} state values an episode "
+                    "has (6 on the PiPER: the joints)"
+                )
             inputs = [state] if cfg.proprio else []
             if cfg.clock:
                 stamps = np.asarray(cols["timestamp"], dtype=np.float64)
@@ -165,7 +176,13 @@ class DemoData:
         if stats is None:
             train = [self.episodes[i] for i in self.train_episodes]
             q = cfg.norm_quantile
-            action_stats = quantile_stats(np.concatenate([e.action for e in train]), q)
+            if cfg.relative_dims:
+                off = cfg.action_offset
+                windows = [self._targets(e, np.arange(max(0, e.length - off))) for e in train]
+                targets = np.concatenate(windows).reshape(-1, self.action_dim)
+            else:
+                targets = np.concatenate([e.action for e in train])
+            action_stats = quantile_stats(targets, q)
             proprio_stats = (
                 quantile_stats(np.concatenate([e.proprio for e in train]), q)
                 if self.proprio_dim
@@ -183,6 +200,18 @@ class DemoData:
             "train": self._windows(self.train_episodes, cfg.start_frames, cfg.start_repeat),
             "val": self._windows(self.val_episodes),
         }
+
+    def _targets(self, ep: Episode, starts: np.ndarray) -> np.ndarray:
+        """(len(starts), H, D) SI: the chunk rows of the windows starting at `starts`
+        (past the end: the last row), the first relative_dims values minus the state
+        at each start."""
+        rows = starts[:, None] + self.cfg.action_offset + np.arange(self.cfg.chunk)
+        chunks = ep.action[np.minimum(rows, ep.length - 1)]
+        r = self.cfg.relative_dims
+        if r:
+            chunks = chunks.copy()
+            chunks[..., :r] -= ep.state[starts, None, :r]
+        return chunks
 
     def _oversampled(self, path: Path) -> set[int]:
         """Training episodes whose last action reaches |action[oversample_dim]| >=
@@ -243,7 +272,7 @@ class DemoData:
         ep = self.episodes[episode_index]
         rows = t + self.cfg.action_offset + np.arange(self.cfg.chunk)
         pad = np.ones(len(rows), bool) if self.cfg.hold_after_end else rows < ep.length
-        actions = ep.action[np.minimum(rows, ep.length - 1)]
+        actions = self._targets(ep, np.array([t]))[0]
         images = ep.frames[t]
         if isinstance(images, np.ndarray):  # memory-mapped: a copy in memory
             images = torch.from_numpy(np.array(images))

@@ -75,6 +75,12 @@ class DataConfig:
     # to the training range: where in a demonstration it is, without the joint state
     # (docs/finetune.md, docs/sim.md)
     clock: bool = False
+    # the first `relative_dims` action values are learnt as offsets from the same
+    # values of the joint state at the observation frame (a chunk's joint targets
+    # minus the measured joints it was planned from); the policy adds the measured
+    # joints back. 0: absolute targets. 6 on the PiPER: the joints relative, the
+    # gripper absolute (docs/finetune.md)
+    relative_dims: int = 0
     val_fraction: float = 0.1  # share of episodes held out (at least one when > 0)
     split_seed: int = 0
     center_crop: bool = False  # must match the policy node's model.center_crop
@@ -285,6 +291,7 @@ def validate(recipe: Recipe) -> Recipe:
         (bool(d.action_key), "'data.action_key' must name the dataset's action column"),
         (bool(d.state_key), "'data.state_key' must name the dataset's joint-state column"),
         (d.chunk >= 1, "'data.chunk' must be >= 1"),
+        (d.relative_dims >= 0, "'data.relative_dims' must be >= 0 (0: absolute actions)"),
         (d.action_offset >= 0, "'data.action_offset' must be >= 0"),
         (0.0 <= d.val_fraction < 1.0, "'data.val_fraction' must be in [0, 1)"),
         (0.0 <= d.norm_quantile < 0.5, "'data.norm_quantile' must be in [0, 0.5)"),

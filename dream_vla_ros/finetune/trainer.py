@@ -151,6 +151,7 @@ class Trainer:
             "chunk": r.data.chunk,
             "proprio_dim": data.proprio_dim,
             "clock_input": r.data.clock,
+            "relative_dims": r.data.relative_dims,
             "flow_steps": r.model.flow_steps,
             "flow_attention": r.model.flow_attention,
             "action_period_s": 1.0 / data.fps,

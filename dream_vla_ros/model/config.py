@@ -59,6 +59,11 @@ class ActionConfig:
     # not see the actions, its keys and values are computed once per chunk and each
     # Euler step runs the time token, the action tokens and the suffix only)
     flow_attention: str = "full"
+    # ours: the first `relative_dims` action values are offsets from the same values of
+    # the robot state at the observation (a joint target = measured joint + offset);
+    # the rest (the gripper) stay absolute. 0: all absolute, as the official
+    # checkpoints (docs/model.md)
+    relative_dims: int = 0
 
     @property
     def state_dim(self) -> int:

@@ -283,6 +283,11 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
         problems.append(
             "its proprio token carries the episode clock, which the official code does not feed"
         )
+    if cfg.action.relative_dims:
+        problems.append(
+            f"its first {cfg.action.relative_dims} actions are offsets from the robot state, "
+            "which the official code reads as absolute"
+        )
     if cfg.image_size != 224:
         problems.append(f"it reads {cfg.image_size}-pixel images; the official code resizes to 224")
     if problems:

@@ -134,7 +134,7 @@ class Policy:
         if self._guided:
             _check_guidance(ckpt)
         self._previous: ActionChunk | None = None
-        # (action instants (K,), normalised draws (K, D)) of the episode's last chunks
+        # (action instants (K,), drawn targets SI (K, D)) of the episode's last chunks
         self._draws: list[tuple[np.ndarray, np.ndarray]] = []
         self._episode = 0  # bumped by reset(): a chunk inferred across it is not kept
         self.reset()
@@ -177,33 +177,51 @@ class Policy:
             self._clock_origin = float(stamp_s)
         return max(0.0, float(stamp_s) - self._clock_origin)
 
-    def _prefix(self, stamp_s: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The previous chunk's plan (normalised) at this chunk's first action times."""
+    def _prefix(
+        self, stamp_s: float, state: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The previous chunk's plan at this chunk's first action times, in the model's
+        space for this observation (normalised; offsets from `state` where relative)."""
         prev, m = self._previous, self.settings.prefix_actions
         if prev is None or m == 0 or not stamp_s > prev.stamp_s:
             return None
         period = self.cfg.action.action_period_s
         times = stamp_s + period * np.arange(1, m + 1)
-        planned = prev.stamp_s + prev.period_s * np.arange(1, len(prev.normalised) + 1)
+        planned = prev.stamp_s + prev.period_s * np.arange(1, len(prev.actions) + 1)
         times = times[times <= planned[-1] + 1e-9]  # only what the previous chunk covers
         if times.size == 0:
             return None
         rows = np.stack(
-            [
-                np.interp(times, planned, prev.normalised[:, j])
-                for j in range(prev.normalised.shape[1])
-            ],
+            [np.interp(times, planned, prev.actions[:, j]) for j in range(prev.actions.shape[1])],
             -1,
         )
         weights = np.linspace(1.0, self.settings.prefix_min_weight, m)[: len(times)]
         return (
-            torch.tensor(rows[None], dtype=torch.float32, device=self.device),
+            torch.tensor(
+                self._to_model(rows, state)[None], dtype=torch.float32, device=self.device
+            ),
             torch.tensor(weights, dtype=torch.float32, device=self.device),
         )
 
+    def _to_model(self, actions: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """Targets (K, D) SI -> the model's normalised values (relative: minus `state`)."""
+        r = self.cfg.action.relative_dims
+        if r:
+            actions = actions.copy()
+            actions[:, :r] -= np.asarray(state, dtype=np.float64)[:r]
+        return self.action_stats.normalise(actions)
+
+    def _from_model(self, normalised: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """The model's normalised values (K, D) -> targets SI (relative: plus `state`)."""
+        actions = self.action_stats.unnormalise(normalised)
+        r = self.cfg.action.relative_dims
+        if r:
+            actions[:, :r] += np.asarray(state, dtype=np.float64)[:r]
+        return actions
+
     def _ensemble(self, stamp_s: float, draw: np.ndarray, episode: int) -> np.ndarray:
-        """`draw` (K, D) averaged, per instant, with the episode's earlier draws that
-        cover it; this draw joins them (at most `ensemble_chunks` are kept)."""
+        """`draw` (K, D) targets SI averaged, per instant, with the episode's earlier
+        draws that cover it; this draw joins them (at most `ensemble_chunks` are kept)."""
         times = stamp_s + self.cfg.action.action_period_s * np.arange(1, len(draw) + 1)
         total, count = draw.copy(), np.ones((len(draw), 1))
         for planned, old in self._draws:
@@ -236,16 +254,22 @@ class Policy:
             raise ObservationError("instruction: empty")
         if not obs.images:
             raise ObservationError("images: none given")
-        state_dim = self.cfg.action.state_dim
-        if state_dim > 0:
+        state_dim, relative = self.cfg.action.state_dim, self.cfg.action.relative_dims
+        if state_dim > 0 or relative > 0:
+            need = state_dim or relative
             if obs.state is None:
                 raise ObservationError(
-                    f"state: this checkpoint needs the robot state ({state_dim} values)"
+                    f"state: this checkpoint needs the robot state ({need} values)"
                 )
             state = np.asarray(obs.state, dtype=np.float64)
-            if state.shape != (state_dim,):
+            if state_dim > 0 and state.shape != (state_dim,):
                 raise ObservationError(
                     f"state: expected {state_dim} values, got shape {state.shape}"
+                )
+            if state.ndim != 1 or state.shape[0] < relative:
+                raise ObservationError(
+                    f"state: its targets are offsets from the first {relative} joint values; "
+                    f"got shape {state.shape}"
                 )
             if not np.all(np.isfinite(state)):
                 raise ObservationError("state: contains NaN or Inf")
@@ -287,7 +311,7 @@ class Policy:
             )
         elif head == "flow":
             steps = self.settings.flow_steps or self.cfg.action.flow_steps
-            prefix = self._prefix(float(obs.stamp_s))
+            prefix = self._prefix(float(obs.stamp_s), obs.state)
             normed = self.decoder.flow(
                 prompt,
                 None,
@@ -309,9 +333,10 @@ class Policy:
         if self.settings.smooth_degree > 0:
             normalised = smooth_chunk(normalised, self.settings.smooth_degree)
         normalised = np.clip(normalised, -1.0, 1.0)
+        actions = self._from_model(normalised, obs.state)
         if self.settings.ensemble_chunks > 0:
-            normalised = self._ensemble(float(obs.stamp_s), normalised, episode)
-        actions = self.action_stats.unnormalise(normalised)
+            actions = self._ensemble(float(obs.stamp_s), actions, episode)
+            normalised = self._to_model(actions, obs.state)
         end = time.perf_counter()
         chunk = ActionChunk(
             actions=actions,
