@@ -38,6 +38,7 @@ from dream_vla_ros.dds import (
     domain_id_for,
     local_dds_env,
     parse_domain_id,
+    remove_dead_segments,
     write_participant_profile,
 )
 from dream_vla_ros.graphs import Graph, NodeSpec, node_command
@@ -138,6 +139,8 @@ class Launcher:
         self._critical = {n.name for n in g.nodes if n.critical} or {n.name for n in g.nodes}
         self._restart_ids = iter(RESTART_PARTICIPANT_IDS)
         self._profiles: tempfile.TemporaryDirectory | None = None
+        # a segment younger than this is never taken for dead (it may be being created)
+        self.segment_min_age_s = 2.0
 
     def restart_env(self) -> tuple[dict[str, str], str]:
         """The environment for a restarted node (a fresh DDS participant id) and a
@@ -202,6 +205,8 @@ class Launcher:
                 continue
             what = f"node '{child.name}' {describe_exit(rc)}"
             self.deaths.append(what)
+            if rc < 0:  # killed: its DDS segments stay in /dev/shm
+                self.free_dead_segments()
             if child.name in self._critical:
                 child.down = True
                 self.failed = what
@@ -238,6 +243,19 @@ class Launcher:
             self._say(f"stopped; during the run: {'; '.join(self.deaths)}")
         return code or (0 if clean and not self.deaths else 1)
 
+    def free_dead_segments(self) -> int:
+        """Remove the shared-memory segments killed DDS processes left in /dev/shm
+        (dds.dead_segments) and say how much was freed; nothing with DREAM_VLA_DDS=system."""
+        if self.env.get(OPT_OUT_VAR) == "system":
+            return 0
+        freed = remove_dead_segments(min_age_s=self.segment_min_age_s)
+        if freed:
+            self._say(
+                f"removed {freed / 2**20:.1f} MiB of DDS shared memory that killed processes "
+                "left in /dev/shm"
+            )
+        return freed
+
     def shutdown(self) -> bool:
         """SIGINT every node, wait the grace period, then SIGKILL what is left (with its
         process group). True when every node ended cleanly on SIGINT."""
@@ -257,6 +275,8 @@ class Launcher:
                 clean = False
                 if not self.failed:
                     self.failed = f"node '{child.name}' ended with code {rc}"
+        if any(c.proc.returncode == -signal.SIGKILL for c in self.children):
+            self.free_dead_segments()
         if self._profiles is not None:
             self._profiles.cleanup()
             self._profiles = None

@@ -352,3 +352,73 @@ def test_a_restart_gets_a_participant_id_no_earlier_process_of_the_graph_had(tmp
     opted_out = Launcher(Graph("none", "", (), ()), {}, out=io.StringIO())
     opted_out.env["DREAM_VLA_DDS"] = "system"
     assert opted_out.restart_env() == (opted_out.env, "")
+
+
+def test_dead_segments_are_those_whose_lock_nobody_holds(tmp_path):
+    """A data segment is dead when its lock file exists and is not held and it is old
+    enough; a held lock, a missing lock, a young segment and port segments are kept."""
+    import fcntl
+
+    from dream_vla_ros import dds
+
+    def segment(name: str, age_s: float, lock: bool = True) -> None:
+        path = tmp_path / name
+        path.write_bytes(b"\0" * 1024)
+        if lock:
+            (tmp_path / f"{name}_el").touch()
+        t = time.time() - age_s
+        os.utime(path, (t, t))
+
+    segment("fastdds_dead", 60)
+    segment("fastdds_held", 60)
+    segment("fastdds_young", 0)
+    segment("fastdds_nolock", 60, lock=False)
+    segment("fastdds_port7000", 60)
+    holder = os.open(tmp_path / "fastdds_held_el", os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        assert dds.dead_segments(tmp_path, min_age_s=5) == [tmp_path / "fastdds_dead"]
+        assert dds.remove_dead_segments(tmp_path, min_age_s=5) == 1024
+    finally:
+        os.close(holder)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "fastdds_dead" not in left and "fastdds_dead_el" not in left
+    assert {"fastdds_held", "fastdds_young", "fastdds_nolock", "fastdds_port7000"} <= set(left)
+    assert dds.dead_segments(tmp_path / "missing") == []
+
+
+def test_the_segments_of_a_killed_node_are_removed_and_a_live_ones_kept():
+    """A node killed with SIGKILL leaves its Fast DDS data segments in /dev/shm; the
+    launcher removes them when it sees the death, and the segments of the node that
+    still runs stay (their lock files are held)."""
+    from dream_vla_ros import dds
+
+    before = set(os.listdir(dds.SHM_DIR))
+    g = Graph(
+        "two", "a critical node and one to kill", (), (_cam("main", critical=True), _cam("gone"))
+    )
+    log = io.StringIO()
+    launcher = Launcher(g, {}, out=log, grace_s=5.0)
+    launcher.segment_min_age_s = 0.0
+    launcher.start()
+    main, gone = launcher.children
+
+    def new_segments() -> set[str]:
+        names = set(os.listdir(dds.SHM_DIR)) - before
+        return {n for n in names if n.startswith("fastdds_") and not n.startswith("fastdds_port")}
+
+    try:
+        # each participant makes a data segment and its lock file
+        wait_for(lambda: len(new_segments()) >= 4, 30, lambda: f"segments {new_segments()}")
+        data = {n for n in new_segments() if not n.endswith("_el")}
+        assert data and not any(dds.SHM_DIR / n in dds.dead_segments(min_age_s=0) for n in data)
+        os.kill(gone.proc.pid, signal.SIGKILL)
+        gone.proc.wait(10)
+        assert launcher.check() == 0
+        assert "removed" in log.getvalue() and "left in /dev/shm" in log.getvalue(), log.getvalue()
+        kept = {n for n in data if (dds.SHM_DIR / n).exists()}
+        assert kept and kept != data, (data, kept)  # the live node's stay, the killed one's go
+        assert main.alive()
+        assert not any(dds.SHM_DIR / n in dds.dead_segments(min_age_s=0) for n in kept)
+    finally:
+        launcher.shutdown()
