@@ -278,27 +278,37 @@ def test_exporting_a_model_the_official_code_cannot_run_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_model_with_another_input_size_is_not_exported(tmp_path, converted):
-    data = json.loads((converted["l1"] / "config.json").read_text())
+def _trained_from(converted: Path, tmp_path: Path, edit) -> Path:
+    """A copy of a converted checkpoint as a trained one (no `official` record), its
+    config.json changed by `edit(config dict)`."""
+    data = json.loads((converted / "config.json").read_text())
     del data["official"]
-    data["image_size"] = 336
+    edit(data)
     fresh = tmp_path / "trained"
-    shutil.copytree(converted["l1"], fresh)
+    shutil.copytree(converted, fresh)
     (fresh / "config.json").write_text(json.dumps(data))
-    with pytest.raises(OfficialLayoutError, match="reads 336-pixel images"):
-        export(fresh, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    return fresh
 
 
-def test_a_model_with_relative_targets_is_not_exported(tmp_path, converted):
-    """The official code reads every action as absolute."""
-    data = json.loads((converted["l1"] / "config.json").read_text())
-    del data["official"]
-    data["action_config"]["relative_dims"] = 6
-    fresh = tmp_path / "trained"
-    shutil.copytree(converted["l1"], fresh)
-    (fresh / "config.json").write_text(json.dumps(data))
-    with pytest.raises(OfficialLayoutError, match="first 6 actions are offsets"):
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        (("image_size",), 336, "reads 336-pixel images"),
+        # the official code reads every action as absolute
+        (("action_config", "relative_dims"), 6, "first 6 actions are offsets"),
+    ],
+)
+def test_a_model_the_official_code_would_misread_is_not_exported(
+    tmp_path, converted, key, value, words
+):
+    def edit(data: dict) -> None:
+        target = data
+        for k in key[:-1]:
+            target = target[k]
+        target[key[-1]] = value
+
+    fresh = _trained_from(converted["l1"], tmp_path, edit)
+    with pytest.raises(OfficialLayoutError, match=words):
         export(fresh, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
