@@ -306,6 +306,8 @@ def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_pa
     assert len(rollouts) == PLACE_PIPELINE_SEEDS, context
     assert closest < PLACE_PIPELINE_MEAN_CLOSEST_M, context
     assert any(r["stage"] in PLACE_STAGES_FLOOR for r in results["rollouts"]), context
+    for r in results["rollouts"]:  # where the closest approach was, beside its distance
+        assert np.linalg.norm(r["closest_offset_m"]) == pytest.approx(r["distance_m"], abs=2e-4)
     assert 0.0 <= results["limited_ticks"]["share"] <= 1.0 and results["limited_ticks"]["ticks"]
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
 

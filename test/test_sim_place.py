@@ -118,6 +118,7 @@ def test_stages_say_where_an_episode_got_to():
     near = Snapshot(1.0, near.cubes, near.speeds, near.fingers, cube + [0, 0, 0.01])
     monitor.update(near)
     assert monitor.closest_m == pytest.approx(0.01)
+    np.testing.assert_allclose(monitor.closest_offset_m, [0.0, 0.0, 0.01])
     monitor.update(_snap(lay, fingers={"red": 2}, t=2.0))
     assert monitor.outcome.stage == "grasped" and set(monitor.stages) == {"reached", "grasped"}
     monitor.update(_snap(lay, {"red": cube + [0, 0, 0.05]}, {"red": 2}, t=3.0))

@@ -123,6 +123,8 @@ class Rollout:
     detail: str = ""  # place: the final state in words
     stages: dict[str, float] = field(default_factory=dict)  # place: stage -> world time
     camera_offset: str = ""  # the front camera's offset (empty: nominal)
+    # place: the fingertip's offset from the named cube's centre at the closest approach
+    closest_offset_m: list[float] | None = None
 
 
 def track(client: GraphDriver, layout: Layout) -> tuple[SuccessMonitor, list]:
@@ -524,6 +526,10 @@ def evaluate(
                     p.detail,
                     dict(place_monitor.stages),
                 )
+                if place_monitor.closest_offset_m is not None:
+                    rollout.closest_offset_m = [
+                        round(float(v), 4) for v in place_monitor.closest_offset_m
+                    ]
                 how = (
                     f"stage {p.stage or 'none'}: {p.detail}; closest "
                     f"{place_monitor.closest_m * 100:.1f} cm"
