@@ -44,6 +44,9 @@ from dream_vla_ros.dds import (
 from dream_vla_ros.graphs import Graph, NodeSpec, node_command
 
 RESTARTS = 5  # restarts of one node before it is left down
+# the kernel lets go of a killed process's file locks a moment after it was reaped
+# (the last close of its files is deferred): look for its DDS segments this much later
+SWEEP_DELAY_S = 0.5
 BACKOFF_S = (1.0, 30.0)  # the first restart's delay, doubling up to the second
 
 
@@ -141,6 +144,7 @@ class Launcher:
         self._profiles: tempfile.TemporaryDirectory | None = None
         # a segment younger than this is never taken for dead (it may be being created)
         self.segment_min_age_s = 2.0
+        self._sweep_at: float | None = None  # when to remove what a killed node left
 
     def restart_env(self) -> tuple[dict[str, str], str]:
         """The environment for a restarted node (a fresh DDS participant id) and a
@@ -189,6 +193,9 @@ class Launcher:
         (its NodeSpec's `restart`, a doubling back-off, at most RESTARTS times) or
         left down."""
         now = time.monotonic()
+        if self._sweep_at is not None and now >= self._sweep_at:
+            self._sweep_at = None
+            self.free_dead_segments()
         for child in self.children:
             if child.down:
                 continue
@@ -206,7 +213,7 @@ class Launcher:
             what = f"node '{child.name}' {describe_exit(rc)}"
             self.deaths.append(what)
             if rc < 0:  # killed: its DDS segments stay in /dev/shm
-                self.free_dead_segments()
+                self._sweep_at = now + SWEEP_DELAY_S
             if child.name in self._critical:
                 child.down = True
                 self.failed = what
@@ -275,7 +282,9 @@ class Launcher:
                 clean = False
                 if not self.failed:
                     self.failed = f"node '{child.name}' ended with code {rc}"
-        if any(c.proc.returncode == -signal.SIGKILL for c in self.children):
+        if self._sweep_at is not None or any(c.proc.returncode == -signal.SIGKILL for c in running):
+            time.sleep(SWEEP_DELAY_S)
+            self._sweep_at = None
             self.free_dead_segments()
         if self._profiles is not None:
             self._profiles.cleanup()

@@ -23,6 +23,7 @@ from dream_vla_ros.finetune.adapters import (
     set_full_finetuning,
     trainable_parameters,
 )
+from dream_vla_ros.finetune.augment import swap_colours
 from dream_vla_ros.finetune.averaging import WeightAverage
 from dream_vla_ros.finetune.checkpoints import RAW_WEIGHTS
 from dream_vla_ros.finetune.data import (
@@ -31,7 +32,6 @@ from dream_vla_ros.finetune.data import (
     WindowDataset,
     quantile_stats,
     split_episodes,
-    swap_colours,
 )
 from dream_vla_ros.finetune.errors import TrainingError
 from dream_vla_ros.finetune.export import merge_checkpoint

@@ -387,38 +387,77 @@ def test_dead_segments_are_those_whose_lock_nobody_holds(tmp_path):
     assert dds.dead_segments(tmp_path / "missing") == []
 
 
-def test_the_segments_of_a_killed_node_are_removed_and_a_live_ones_kept():
-    """A node killed with SIGKILL leaves its Fast DDS data segments in /dev/shm; the
-    launcher removes them when it sees the death, and the segments of the node that
-    still runs stay (their lock files are held)."""
+def _segments_locked_by(pid: int) -> set[str]:
+    """The Fast DDS data segments whose lock file process `pid` holds (/proc/locks)."""
     from dream_vla_ros import dds
 
-    before = set(os.listdir(dds.SHM_DIR))
-    g = Graph(
-        "two", "a critical node and one to kill", (), (_cam("main", critical=True), _cam("gone"))
-    )
+    inodes = set()
+    with open("/proc/locks") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[1] == "FLOCK" and parts[4] == str(pid):
+                inodes.add(int(parts[5].rsplit(":", 1)[1]))
+    owned = set()
+    for name in os.listdir(dds.SHM_DIR):
+        if name.startswith("fastdds_") and "port" not in name and name.endswith("_el"):
+            try:
+                if os.stat(dds.SHM_DIR / name).st_ino in inodes:
+                    owned.add(name.removesuffix("_el"))
+            except FileNotFoundError:
+                continue
+    return owned
+
+
+def test_the_segments_of_a_killed_node_are_removed_and_a_live_ones_kept():
+    """A node killed with SIGKILL leaves its Fast DDS data segments in /dev/shm; its
+    launcher removes them when it sees the death, and the segments of a node that
+    still runs stay (their lock files are held). The live node runs under a launcher
+    of its own, in another DDS domain."""
+    from dream_vla_ros import dds
+
     log = io.StringIO()
-    launcher = Launcher(g, {}, out=log, grace_s=5.0)
-    launcher.segment_min_age_s = 0.0
-    launcher.start()
-    main, gone = launcher.children
-
-    def new_segments() -> set[str]:
-        names = set(os.listdir(dds.SHM_DIR)) - before
-        return {n for n in names if n.startswith("fastdds_") and not n.startswith("fastdds_port")}
-
+    gone = Launcher(Graph("gone", "a node to kill", (), (_cam("gone"),)), {}, out=log)
+    gone.segment_min_age_s = 0.0
+    other_domain = gone.domain_id % 100 + 1
+    kept = Launcher(
+        Graph("kept", "a live node", (), (_cam("kept"),)),
+        {},
+        domain_id=other_domain,
+        out=io.StringIO(),
+    )
+    gone.start()
+    kept.start()
+    [victim], [live] = gone.children, kept.children
     try:
-        # each participant makes a data segment and its lock file
-        wait_for(lambda: len(new_segments()) >= 4, 30, lambda: f"segments {new_segments()}")
-        data = {n for n in new_segments() if not n.endswith("_el")}
-        assert data and not any(dds.SHM_DIR / n in dds.dead_segments(min_age_s=0) for n in data)
-        os.kill(gone.proc.pid, signal.SIGKILL)
-        gone.proc.wait(10)
-        assert launcher.check() == 0
-        assert "removed" in log.getvalue() and "left in /dev/shm" in log.getvalue(), log.getvalue()
-        kept = {n for n in data if (dds.SHM_DIR / n).exists()}
-        assert kept and kept != data, (data, kept)  # the live node's stay, the killed one's go
-        assert main.alive()
-        assert not any(dds.SHM_DIR / n in dds.dead_segments(min_age_s=0) for n in kept)
+        # each participant holds the lock files of the data segments it made; a starting
+        # one makes and drops some: wait until both have held the same ones for 1 s
+        seen: list[tuple[float, set[str], set[str]]] = []
+
+        def settled() -> bool:
+            now = time.monotonic()
+            seen.append(
+                (now, _segments_locked_by(victim.proc.pid), _segments_locked_by(live.proc.pid))
+            )
+            held = [s[1:] for s in seen if s[0] >= now - 1.0]
+            return seen[0][0] <= now - 1.0 and all(held[-1]) and all(h == held[-1] for h in held)
+
+        wait_for(settled, 60, lambda: f"settled segments: {seen[-1][1:]}")
+        _, theirs, mine = seen[-1]
+        assert not any(dds.SHM_DIR / n in dds.dead_segments(min_age_s=0) for n in theirs | mine)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        assert gone.check() != 0  # its only node: critical
+
+        # the kernel lets go of the dead process's locks a moment later: a later check
+        def swept() -> bool:
+            gone.check()
+            return "removed" in log.getvalue()
+
+        wait_for(swept, 5, log.getvalue)
+        assert "left in /dev/shm" in log.getvalue(), log.getvalue()
+        assert not any((dds.SHM_DIR / n).exists() for n in theirs), theirs
+        assert all((dds.SHM_DIR / n).exists() for n in mine) and live.alive()
+        assert mine <= _segments_locked_by(live.proc.pid)
     finally:
-        launcher.shutdown()
+        gone.shutdown()
+        kept.shutdown()
