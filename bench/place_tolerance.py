@@ -25,6 +25,7 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from dream_vla_ros.control import load_safety_config
+from dream_vla_ros.evaluation.grasp_error import base_axes
 from dream_vla_ros.evaluation.physics import rollout
 from dream_vla_ros.sim.place import BOWL_COLOURS, STAGES, PlaceExpert, sample_place_layout
 from dream_vla_ros.sim.world import PiperWorld
@@ -40,12 +41,11 @@ def shifted(layout, offset_xy: np.ndarray):
 
 
 def offset(layout, direction: str, error_m: float) -> np.ndarray:
-    c = layout.cubes[layout.cube][:2]
-    radial = c / np.linalg.norm(c)
+    radial, tangential = base_axes(layout.cubes[layout.cube][:2])
     if direction == "radial":
         u = radial
     elif direction == "tangential":
-        u = np.array([-radial[1], radial[0]])
+        u = tangential
     else:
         a = np.random.default_rng(layout.seed).uniform(0.0, 2.0 * np.pi)
         u = np.array([np.cos(a), np.sin(a)])

@@ -44,6 +44,13 @@ class GraspQuery:
     draw: int  # which of the draws for this query (a sampling seed)
 
 
+def base_axes(cube_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors on the table at a cube: along the line from the arm's base (radial:
+    across the fingers' opening, the cubes facing the base) and across it (tangential)."""
+    radial = np.asarray(cube_xy, dtype=np.float64) / np.linalg.norm(cube_xy)
+    return radial, np.array([-radial[1], radial[0]])
+
+
 # a query -> (times [s] on the episode clock (K,), joint targets (K, 7))
 Predict = Callable[[GraspQuery], tuple[np.ndarray, np.ndarray]]
 
@@ -94,9 +101,7 @@ def grasp_errors(
             cameras=("front", "wrist"),
         )
         times = np.asarray(run.times)
-        cube = layout.cubes[layout.cube][:2]
-        radial = cube / np.linalg.norm(cube)
-        tangential = np.array([-radial[1], radial[0]])
+        radial, tangential = base_axes(layout.cubes[layout.cube][:2])
         for lead in leads_s:
             i = max(1, int(round((close_s - lead) / FRAME_PERIOD_S)))  # frame i at 0.1 i s
             stamp = i * FRAME_PERIOD_S
