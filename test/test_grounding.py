@@ -83,25 +83,17 @@ def test_a_short_grounding_run_learns_and_writes_a_usable_base(tmp_path, limits)
 def test_the_base_takes_its_input_size_and_vision_tower_from_the_settings(tmp_path, limits):
     short = {"layouts": 4, "test_layouts": 2, "vision_steps": 2, "refer_steps": 2}
     settings = GroundingSettings(
-        **short,
-        batch_size=2,
-        image_size=280,
-        vision_depth=3,
-        vision_width=48,
-        vision_positions=True,
+        **short, batch_size=2, image_size=280, vision_depth=3, vision_width=48
     )
     build_base(tmp_path / "base", settings, *limits, log=lambda _: None)
     cfg = load_config(tmp_path / "base")
     assert cfg.image_size == 280
     assert (cfg.vision.depth, cfg.vision.embed_dim, cfg.vision.num_heads) == (3, 48, 3)
-    assert cfg.vision.position_table == 20  # 280 pixels in 14-pixel patches
     model = DreamVLA(cfg)
     assert "backbone" in load_base_weights(model, tmp_path / "base")
-    assert model.visual.patch_positions.rows.shape == (20, 48)
     # the preset's own tower when the settings leave it
     default = GroundingSettings()
     assert (default.vision_depth, default.vision_width, default.image_size) == (0, 0, 224)
-    assert not default.vision_positions
     assert default.problem() == "" and settings.problem() == ""
     assert "--image-size 300" in GroundingSettings(image_size=300).problem()
     assert "--vision-width" in GroundingSettings(vision_width=40).problem()

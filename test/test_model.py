@@ -137,50 +137,6 @@ def test_sync_free_vision_matches_the_vision_tower():
     assert torch.equal(again, plain) and model.graphs.captures == 0
 
 
-def test_learned_patch_positions_tell_identical_patches_apart(tmp_path):
-    """Without the position table (the official tower) a uniform image gives every
-    token the same features: rotary positions say where neighbours are, not where a
-    patch is. With it the tokens differ, the table travels in the backbone's weights
-    and config.json, the CUDA-graph form of the call agrees, and a grid larger than
-    the table is refused in one sentence."""
-    pixels = torch.full((256, 3 * 2 * 14 * 14), 0.3)
-    grid = torch.tensor([[1, 16, 16]])
-    with torch.no_grad():
-        plain = tiny_model().image_features(pixels, grid)
-    assert torch.allclose(plain, plain[:1].expand_as(plain), atol=1e-5)
-    path = write_random_checkpoint(tmp_path / "pos", seed=3, head="flow")
-    data = json.loads((path / "config.json").read_text())
-    data["vision_config"]["position_table"] = 16
-    (path / "config.json").write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="patch_positions"):
-        load_checkpoint(path)  # a base without the table's weights
-    tiny = preset("tiny", head="flow", proprio_dim=0)
-    cfg = dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, position_table=16))
-    torch.manual_seed(3)
-    model = DreamVLA(cfg).eval()
-    assert {"visual.patch_positions.rows", "visual.patch_positions.cols"} <= set(
-        model.state_dict()
-    )
-    with torch.no_grad():
-        placed = model.image_features(pixels, grid)
-        sync_free = model.sync_free_vision(((1, 16, 16),))(pixels)
-    assert placed.shape == plain.shape
-    assert (placed - placed[:1]).abs().amax(-1).min() == 0  # the first token itself
-    assert (placed[1:] - placed[:1]).abs().amax(-1).min() > 1e-4
-    assert torch.allclose(sync_free, placed, atol=1e-6)
-    from dream_vla_ros.model.checkpoint import NormStats, save_checkpoint
-
-    saved = save_checkpoint(model, tmp_path / "saved", NormStats(-np.ones(7), np.ones(7)), None)
-    loaded = load_checkpoint(saved).model
-    assert loaded.cfg.vision.position_table == 16
-    with torch.no_grad():
-        assert torch.equal(loaded.image_features(pixels, grid), placed)
-    with pytest.raises(ValueError, match="more than the 16 a side"):
-        loaded.image_features(torch.zeros(18 * 18, 3 * 2 * 14 * 14), torch.tensor([[1, 18, 18]]))
-    with pytest.raises(ModelConfigError, match="must cover the 24 patches a side"):
-        dataclasses.replace(cfg, image_size=336)
-
-
 def test_image_token_count_must_match_features():
     model = tiny_model()
     ids, pixels, grid = prompt_inputs(model, n_images=2)

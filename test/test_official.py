@@ -296,7 +296,6 @@ def _trained_from(converted: Path, tmp_path: Path, edit) -> Path:
         (("image_size",), 336, "reads 336-pixel images"),
         # the official code reads every action as absolute
         (("action_config", "relative_dims"), 6, "first 6 actions are offsets"),
-        (("vision_config", "position_table"), 16, "learned absolute patch positions"),
     ],
 )
 def test_a_model_the_official_code_would_misread_is_not_exported(

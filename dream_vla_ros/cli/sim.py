@@ -50,7 +50,6 @@ def _ground(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         vision_depth=args.vision_depth,
         vision_width=args.vision_width,
-        vision_positions=args.vision_positions,
     )
     problem = settings.problem()
     if problem:

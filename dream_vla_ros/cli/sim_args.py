@@ -135,11 +135,6 @@ def add_parsers(sub, run) -> None:
         default=0,
         help="the vision tower's width, a multiple of 16 (0: 32)",
     )
-    p_ground.add_argument(
-        "--vision-positions",
-        action="store_true",
-        help="learned absolute patch positions in the vision tower (docs/model.md)",
-    )
     p_pipe = sim_sub.add_parser("pipeline", help="OUT: collect -> build -> train -> evaluate")
     p_pipe.add_argument("out")
     p_pipe.add_argument(

@@ -114,9 +114,6 @@ class GroundingSettings:
     # the vision tower's layers and width (0: the preset's); heads of 16 channels
     vision_depth: int = 0
     vision_width: int = 0
-    # learned absolute patch positions in the tower (True: a table covering image_size;
-    # VisionConfig.position_table)
-    vision_positions: bool = False
     # the base's action head shape (the finetune recipe may change it)
     action_dim: int = 7
     chunk: int = 16
@@ -461,8 +458,6 @@ def build_base(
         vision = replace(vision, embed_dim=s.vision_width, num_heads=s.vision_width // 16)
     if s.vision_depth:
         vision = replace(vision, depth=s.vision_depth)
-    if s.vision_positions:
-        vision = replace(vision, position_table=s.image_size // vision.patch_size)
     cfg = replace(cfg, image_size=s.image_size, vision=vision)
     model = DreamVLA(cfg)
     model.train()

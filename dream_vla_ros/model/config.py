@@ -23,10 +23,6 @@ class ModelConfigError(ValueError):
     """A configuration that cannot describe a Dream-VLA model; the message says why."""
 
 
-# vision_config keys of ours: a config.json without them (the published one) has their defaults
-OPTIONAL_VISION_KEYS = ("position_table",)
-
-
 @dataclass(frozen=True)
 class VisionConfig:
     depth: int = 32
@@ -39,10 +35,6 @@ class VisionConfig:
     patch_size: int = 14
     spatial_merge_size: int = 2
     temporal_patch_size: int = 2
-    # ours: a learned absolute position for every patch row and column, added to the
-    # patch embeddings (as ViT and SigLIP towers do), for grids up to this many patches
-    # a side; 0 is the official tower, whose positions are rotary only
-    position_table: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,12 +119,6 @@ class DreamVLAConfig:
             problems.append("the attention head size must be even (rotary embedding)")
         if self.vision.embed_dim % self.vision.num_heads:
             problems.append("vision.embed_dim must be divisible by vision.num_heads")
-        patches = self.image_size // self.vision.patch_size
-        if self.vision.position_table < 0 or 0 < self.vision.position_table < patches:
-            problems.append(
-                f"vision.position_table ({self.vision.position_table}) must cover the "
-                f"{patches} patches a side of a {self.image_size}-pixel image (or be 0)"
-            )
         if self.action.head not in HEADS:
             problems.append(f"action.head must be one of {HEADS}, got '{self.action.head}'")
         if self.action.clock_input and self.action.proprio_dim < 1:
@@ -197,13 +183,8 @@ class DreamVLAConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> DreamVLAConfig:
         try:
-            given = data["vision_config"]
             vision = VisionConfig(
-                **{
-                    f.name: given[f.name]
-                    for f in fields(VisionConfig)
-                    if f.name in given or f.name not in OPTIONAL_VISION_KEYS
-                }
+                **{f.name: data["vision_config"][f.name] for f in fields(VisionConfig)}
             )
             action = ActionConfig(**data.get("action_config", {}))
             top = {

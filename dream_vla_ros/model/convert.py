@@ -288,11 +288,6 @@ def export(src: str | Path, dst: str | Path, unnorm_key: str = "robot") -> Path:
             f"its first {cfg.action.relative_dims} actions are offsets from the robot state, "
             "which the official code reads as absolute"
         )
-    if cfg.vision.position_table:
-        problems.append(
-            "its vision tower adds learned absolute patch positions, which the official "
-            "tower does not have"
-        )
     if cfg.image_size != 224:
         problems.append(f"it reads {cfg.image_size}-pixel images; the official code resizes to 224")
     if problems:

@@ -85,61 +85,6 @@ def vision_config(cfg: DreamVLAConfig, attn_implementation: str = "sdpa") -> Qwe
     return config
 
 
-class PatchPositions(nn.Module):
-    """Learned absolute patch positions for the vision tower (ours, opt-in with
-    `vision.position_table`): an embedding per patch row and per patch column, added
-    to each patch's embedding before the first block.
-
-    The official Qwen2-VL tower has rotary positions only: attention learns where a
-    patch's neighbours are, while where the patch itself lies in the image (which is
-    where an object stands on the table, for a fixed camera) has to be inferred from
-    the content around it. Installed as `visual.patch_positions` (saved with the
-    backbone's `visual.*` weights) with two hooks on the tower: one reads each call's
-    grid, the other adds the positions to the patch embeddings."""
-
-    def __init__(self, side: int, width: int, merge: int) -> None:
-        super().__init__()
-        self.rows = nn.Parameter(torch.randn(side, width) * 0.02)
-        self.cols = nn.Parameter(torch.randn(side, width) * 0.02)
-        self.merge = merge
-        self._cache: dict[tuple, torch.Tensor] = {}
-        self._positions: torch.Tensor | None = None
-
-    def install(self, visual: nn.Module) -> None:
-        visual.add_module("patch_positions", self)
-        visual.register_forward_pre_hook(self._read_grid, with_kwargs=True)
-        visual.patch_embed.register_forward_hook(self._add)
-
-    def _read_grid(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
-        key = tuple(tuple(int(v) for v in row) for row in grid.tolist())
-        side = self.rows.shape[0]
-        if max(max(h, w) for _, h, w in key) > side:
-            raise ValueError(
-                f"an image of {key} patches (t, h, w) has more than the {side} a side that "
-                "vision.position_table covers"
-            )
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = self._cache.get(key)
-            if positions is None:
-                positions = get_vision_position_ids(torch.tensor(key), self.merge)
-                positions = positions.to(self.rows.device)
-                self._cache[key] = positions
-        self._positions = positions
-
-    def _add(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        pos = self._positions
-        if pos is None or pos.shape[0] != out.shape[0]:
-            raise RuntimeError("the patch positions do not match the patches of this call")
-        return out + (self.rows[pos[:, 0]] + self.cols[pos[:, 1]]).to(out.dtype)
-
-    def _apply(self, fn, recurse: bool = True):  # a device move: positions follow
-        self._cache.clear()
-        self._positions = None
-        return super()._apply(fn, recurse)
-
-
 class DreamBackbone(nn.Module):
     """Dream: Qwen2 decoder layers run with full (bidirectional) attention."""
 
@@ -259,10 +204,6 @@ class DreamVLA(nn.Module):
         self.visual = Qwen2VisionTransformerPretrainedModel._from_config(
             vision_config(cfg, attn_implementation)
         )
-        if cfg.vision.position_table:
-            PatchPositions(
-                cfg.vision.position_table, cfg.vision.embed_dim, cfg.vision.spatial_merge_size
-            ).install(self.visual)
         self.model = DreamBackbone(cfg, attn_implementation)
         self.projector = MultiModalProjector(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
