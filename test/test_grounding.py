@@ -133,3 +133,43 @@ def test_place_scenes_label_the_cubes_and_the_bowls(limits):
     assert (front[:, :, :3] > 0.02).sum(1).max() <= 4
     assert task.instruction((0, 4)) == "put the red cube in the purple bowl"
     assert len(task.instructions()) == 6
+
+
+def test_a_token_showing_a_cube_and_a_bowl_is_scored_on_where_each_stands():
+    """The vision stage's position read-out is per object: a token that shows the red
+    cube and the rim of a bowl is right when it says where each of the two stands, and
+    wrong when it says one position between them (the coverage-weighted blend that
+    pulled a cube towards its neighbouring bowl)."""
+    from dream_vla_ros.finetune.grounding import SCENE_TASKS, Scenes, VisionStage
+    from dream_vla_ros.model import preset
+
+    task = SCENE_TASKS["place"]
+    n = len(task.objects)
+    red, bowl = task.objects.index("red"), n - 1
+    model = DreamVLA(preset("tiny", head="flow", proprio_dim=0)).eval()
+    pre = ImagePreprocessor(size=224, patch_size=14, merge_size=2, temporal_patch_size=2)
+    stage = VisionStage(model, pre, task)
+    tokens = 2 * 64  # two cameras of 8 x 8 merged tokens
+    coverage = torch.zeros(1, tokens, n)
+    coverage[0, 5, red], coverage[0, 5, bowl] = 0.1, 0.6  # the shared token
+    coverage[0, 70, red] = 0.3  # the cube alone in the other camera
+    xy = torch.zeros(1, n, 2)
+    xy[0, red], xy[0, bowl] = torch.tensor([0.2, 0.0]), torch.tensor([0.2, -0.8])
+    scenes = Scenes(torch.zeros(1, 2, 3, 224, 224, dtype=torch.uint8), coverage, xy, task)
+
+    def answer(xy_of_token):
+        out = torch.full((tokens, 3 * n), -20.0)
+        for t, objects in ((5, (red, bowl)), (70, (red,))):
+            for o in objects:
+                out[t, o] = 20.0  # shown
+                out[t, n + 2 * o : n + 2 * o + 2] = xy_of_token(t, o)
+        return lambda features: out
+
+    stage.readout = answer(lambda t, o: xy[0, o])
+    loss, metrics = stage.losses(scenes, torch.tensor([0]))
+    assert metrics["xy_error_m"] == pytest.approx(0.0, abs=1e-6) and loss < 1e-3
+    assert metrics["recall"] == 1.0 and metrics["precision"] == 1.0
+    blend = (0.1 * xy[0, red] + 0.6 * xy[0, bowl]) / 0.7
+    stage.readout = answer(lambda t, o: blend if t == 5 else xy[0, o])
+    _, blended = stage.losses(scenes, torch.tensor([0]))
+    assert blended["xy_error_m"] > 0.04  # the shared token puts the cube 14 cm off
