@@ -270,14 +270,14 @@ def _detection(logits: torch.Tensor, present: torch.Tensor) -> dict[str, float]:
 
 
 class VisionStage:
-    """Stage 1: per merged token, the objects shown and where each of them stands."""
+    """Stage 1: per merged token, the colours shown and where that cube stands."""
 
     def __init__(
         self, model: DreamVLA, pre: ImagePreprocessor, task: SceneTask = SCENE_TASKS["touch"]
     ) -> None:
         self.model, self.pre, self.task = model, pre, task
         n = len(task.objects)
-        self.readout = nn.Linear(model.cfg.hidden_size, 3 * n)
+        self.readout = nn.Linear(model.cfg.hidden_size, n + 2)
 
     def losses(self, scenes: Scenes, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         images = scenes.images[idx]
@@ -290,17 +290,19 @@ class VisionStage:
         detect = F.binary_cross_entropy_with_logits(
             out[:, :n], present, pos_weight=torch.tensor(20.0)
         )
-        # each object's table position, on the tokens that show it: a token that shows
-        # a cube and the rim of a bowl says where each of the two stands (one position
-        # blended by coverage put the cube beside its bowl)
+        # the cube's table position, on tokens that show one cube (coverage-weighted)
         tokens_per_scene = cov.shape[0] // len(idx)
-        target = scenes.cube_xy[idx].repeat_interleave(tokens_per_scene, 0)  # (tokens, n, 2)
-        err = out[:, n:].reshape(-1, n, 2) - target
-        shown = present.sum().clamp_min(1)
-        where = ((err**2).sum(-1) * present).sum() / shown
+        xy = scenes.cube_xy[idx].repeat_interleave(tokens_per_scene, 0)  # (tokens, n, 2)
+        weight = cov / cov.sum(-1, keepdim=True).clamp_min(1e-6)
+        target = (weight[..., None] * xy).sum(1)
+        shows = (cov.sum(-1) > PRESENT).float()
+        err = out[:, n:] - target
+        where = ((err**2).sum(-1) * shows).sum() / shows.sum().clamp_min(1)
         metrics = {
             **_detection(out[:, :n], present),
-            "xy_error_m": float((xy_metres(err.detach(), self.task) * present).sum() / shown),
+            "xy_error_m": float(
+                (xy_metres(err.detach(), self.task) * shows).sum() / shows.sum().clamp_min(1)
+            ),
         }
         return detect + where, metrics
 
