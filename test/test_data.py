@@ -23,7 +23,7 @@ from rosutil import ROOT, NodeProcess, collect_without_recorder, wait_for
 from std_srvs.srv import Trigger
 
 from dream_vla_ros.control import JOINT_NAMES
-from dream_vla_ros.data.bags import BagError, open_bag, read_joint_series
+from dream_vla_ros.data.bags import BagError, image_refs, open_bag, read_joint_series
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import EpisodeError, list_episodes, read_meta
 from dream_vla_ros.data.lerobot import DatasetError, LeRobotDataset
@@ -482,8 +482,10 @@ def test_eval_bag_report(episodes, tmp_path):
     # was slow on a loaded host)
     with open_bag(folder) as reader:
         measured = read_joint_series(reader, "/joint_states")
+        front = np.array([r.stamp_s for r in image_refs(reader, "/camera/front/image_raw")[0]])
     span = measured.times_s[-1] - measured.times_s[0]
-    assert span > 2.5 and abs(summary["predictions"] - span / 0.5) <= 1.5, span
+    frames = (front[0] - measured.times_s[0], front[-1] - measured.times_s[0], np.diff(front).max())
+    assert span > 2.5 and abs(summary["predictions"] - span / 0.5) <= 1.5, (span, frames)
     h = summary["horizon_steps"]
     assert len(summary["mae_by_step"]) == h and len(summary["mae_by_step"][0]) == 7
     first = np.array(summary["mae_by_step"][0], dtype=float)

@@ -23,6 +23,7 @@ from std_srvs.srv import Trigger
 
 from dream_vla_ros.data.episode import list_episodes, read_meta, recover_episode
 from dream_vla_ros.ros.client import GraphClient
+from dream_vla_ros.ros.recorder_node import WAIT_FOR_STREAMS
 
 pytestmark = pytest.mark.ros
 
@@ -67,13 +68,13 @@ def _call(client: GraphClient, service: str) -> Trigger.Response:
 
 
 def _start_episode(client: GraphClient, name: str) -> str:
-    """~/start, retried while the recorder has not yet seen every topic's publisher."""
+    """~/start, retried while the recorder has not yet seen every topic's stream."""
     deadline = time.monotonic() + 60
     while True:
         res = _call(client, f"/{name}/start")
         if res.success:
             return res.message
-        assert "no publisher seen" in res.message, res.message
+        assert any(reason in res.message for reason in WAIT_FOR_STREAMS), res.message
         assert time.monotonic() < deadline, res.message
         time.sleep(0.5)
 
@@ -244,6 +245,65 @@ def test_disk_space_guard_refuses_to_start_and_stops_a_running_episode(world, tm
         read = _read_independently(_only_episode(tmp_path) / "bag")
         assert len(read["/joint_states"]) == meta.message_counts["/joint_states"]
     finally:
+        assert rec.stop() == 0, rec.output()[-2000:]
+
+
+def test_an_episode_starts_only_once_every_stream_delivers(world, tmp_path):
+    """A topic in the graph whose publisher sends nothing refuses the start with the
+    reason; once it streams, the episode starts with that stream from its first
+    instant; a stream that stops refuses the next start again."""
+    from std_msgs.msg import String
+
+    silent = "/test_recording/silent"
+    rec = NodeProcess(
+        RECORDER,
+        {
+            "output_dir": str(tmp_path),
+            "topics": [silent, "/joint_states"],
+            "stream_topics": [silent, "/joint_states"],
+            "camera_topics": [silent],
+            "camera_roles": ["front"],
+            "min_free_disk_mb": 1.0,
+        },
+        "recorder_f",
+        node_name="recorder_f",
+    )
+    pub = world.node.create_publisher(String, silent, 10)
+    timer = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the recorder sees the publisher and the joint states
+            res = _call(world, "/recorder_f/start")
+            assert not res.success, res.message
+            if "no publisher seen" not in res.message and "/joint_states" not in res.message:
+                break
+            assert time.monotonic() < deadline, res.message
+            time.sleep(0.5)
+        assert res.message.startswith(f"no message on {silent} in the last 1 s"), res.message
+        time.sleep(1.0)
+        assert not _call(world, "/recorder_f/start").success  # still silent: still refused
+        assert list_episodes(tmp_path) == []
+
+        timer = world.node.create_timer(0.05, lambda: pub.publish(String(data="tick")))
+        _start_episode(world, "recorder_f")
+        time.sleep(1.0)
+        assert _call(world, "/recorder_f/stop").success
+        [folder] = list_episodes(tmp_path)
+        meta = read_meta(folder)
+        times = [t * 1e-9 for t, _ in _read_independently(folder / "bag")[silent]]
+        assert meta.message_counts[silent] == len(times) > 5
+        # the stream was live when the episode started (20 Hz: a message every 0.05 s)
+        assert times[0] - meta.start_time_s < 0.3, (times[0], meta.start_time_s)
+
+        world.node.destroy_timer(timer)
+        timer = None
+        time.sleep(1.5)
+        res = _call(world, "/recorder_f/start")
+        assert not res.success and res.message.startswith(f"no message on {silent}"), res.message
+    finally:
+        if timer is not None:
+            world.node.destroy_timer(timer)
+        world.node.destroy_publisher(pub)
         assert rec.stop() == 0, rec.output()[-2000:]
 
 

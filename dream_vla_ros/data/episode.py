@@ -295,11 +295,11 @@ def recover_episode(folder: str | Path, typestore: str = "ros2_kilted") -> Episo
         connections[channel.id] = conn
         counts[channel.topic] = 0
     for msg in result.messages:
-        conn = connections.get(msg.channel_id)
-        if conn is None:
+        target = connections.get(msg.channel_id)
+        if target is None:
             continue
-        writer.write(conn, msg.log_time_ns, msg.data)
-        counts[conn.topic] += 1
+        writer.write(target, msg.log_time_ns, msg.data)
+        counts[target.topic] += 1
         last_ns = max(last_ns, msg.log_time_ns)
     writer.close()
     partial = folder / (BAG_DIR + ".partial")

@@ -98,13 +98,17 @@ def track_objects(client: GraphDriver, layout: PlaceLayout) -> PlaceMonitor:
 
 def start_recording(client: GraphDriver, timeout_s: float = 60.0) -> None:
     """/recorder/start, retried while the recorder has not yet discovered a publisher
-    on each of its topics (the cameras come up last); any other refusal is an error."""
+    on each of its topics or a message from each stream (the cameras come up last);
+    any other refusal is an error."""
+    from dream_vla_ros.ros.recorder_node import WAIT_FOR_STREAMS
+
     deadline = time.monotonic() + timeout_s
     while True:
         ok, message = client.trigger("/recorder/start", check=False)
         if ok:
             return
-        if "no publisher seen" not in message or time.monotonic() > deadline:
+        waiting = any(reason in message for reason in WAIT_FOR_STREAMS)
+        if not waiting or time.monotonic() > deadline:
             raise GraphError(f"/recorder/start: {message}")
         time.sleep(0.5)
 

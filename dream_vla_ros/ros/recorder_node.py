@@ -6,6 +6,12 @@ Message types are discovered from the graph, and each subscription copies its
 publishers' reliability, as `ros2 bag record` does (a best-effort camera is
 recorded best effort, a reliable joint-state stream reliably).
 
+An episode starts only once every stream topic (`stream_topics`: cameras, joint
+states, teleop commands) has delivered a message within `stream_timeout_s`: a
+topic that is in the graph is not yet a stream that reaches the recorder (its
+subscription may not have matched, a camera may not have rendered its first
+frame), and an episode that starts before its streams has no images at its start.
+
 Services (std_srvs/Trigger): `~/start`, `~/stop` (success), `~/stop_failed`
 (the demonstration failed: kept, flagged), `~/discard` (deleted). The next
 episode's instruction comes from the `instruction` parameter or `~/instruction`.
@@ -14,7 +20,9 @@ On start-up, episodes left "recording" by a recorder that died are recovered.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -38,6 +46,9 @@ from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
+# /recorder/start's refusals that pass once the graph is up: a caller retries these
+WAIT_FOR_STREAMS = ("no publisher seen", "no message on")
+
 PARAMETERS = (
     Param("output_dir", "episodes", "Folder of the episodes (created if missing)"),
     Param(
@@ -49,6 +60,23 @@ PARAMETERS = (
             "/dream_vla/teleop/command",
         ],
         "Topics of an episode; every one needs a publisher when an episode starts",
+    ),
+    Param(
+        "stream_topics",
+        [
+            "/camera/front/image_raw",
+            "/camera/wrist/image_raw",
+            "/joint_states",
+            "/dream_vla/teleop/command",
+        ],
+        "Topics of `topics` that must have delivered a message within stream_timeout_s "
+        "when an episode starts",
+    ),
+    Param(
+        "stream_timeout_s",
+        1.0,
+        "A stream topic with no message for this long refuses the start [s]",
+        (0.01, 60.0),
     ),
     Param("camera_topics", ["/camera/front/image_raw", "/camera/wrist/image_raw"], "Cameras"),
     Param("camera_roles", ["front", "wrist"], "Role of each camera topic"),
@@ -79,9 +107,13 @@ class RecorderNode(Node):
         self.p = p
         if len(p["camera_topics"]) != len(p["camera_roles"]):
             raise ValueError("camera_topics and camera_roles must have the same length")
-        missing = [t for t in p["camera_topics"] if t not in p["topics"]]
-        if missing:
-            raise ValueError(f"camera topics {missing} are not in `topics`")
+        for name in ("camera_topics", "stream_topics"):
+            missing = [t for t in p[name] if t not in p["topics"]]
+            if missing:
+                raise ValueError(
+                    f"{name} {missing} are not in `topics`: add them to `topics` "
+                    f"or leave them out of `{name}`"
+                )
         self.root = Path(p["output_dir"]).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._recover_left_overs()
@@ -89,6 +121,7 @@ class RecorderNode(Node):
         self._lock = threading.Lock()
         self.writer: EpisodeWriter | None = None
         self.types: dict[str, str] = {}
+        self.last_message_s: dict[str, float] = {}  # monotonic time of each topic's latest
         self.episodes_done = 0
         self.last_error = ""
         self.instruction = p["instruction"]
@@ -145,11 +178,12 @@ class RecorderNode(Node):
             )
             policy = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
             qos = QoSProfile(depth=100, reliability=policy)
-            handler = self.guard.callback(topic, lambda data, t=topic: self._on_message(t, data))
+            handler = self.guard.callback(topic, functools.partial(self._on_message, topic))
             self.create_subscription(cls, topic, handler, qos, raw=True)
             self.types[topic] = types[0]
 
     def _on_message(self, topic: str, data: bytes) -> None:
+        self.last_message_s[topic] = time.monotonic()
         writer = self.writer
         if writer is not None:
             writer.write(topic, data, self.get_clock().now().nanoseconds)
@@ -176,6 +210,20 @@ class RecorderNode(Node):
             if missing:
                 res.success = False
                 res.message = f"no publisher seen on {', '.join(missing)}; not starting"
+                return res
+            now = time.monotonic()
+            timeout = self.p["stream_timeout_s"]
+            silent = [
+                t
+                for t in self.p["stream_topics"]
+                if now - self.last_message_s.get(t, float("-inf")) > timeout
+            ]
+            if silent:
+                res.success = False
+                res.message = (
+                    f"no message on {', '.join(silent)} in the last {timeout:g} s "
+                    "(stream_timeout_s); not starting"
+                )
                 return res
             free = free_disk_mb(self.root)
             floor = self._min_free_mb()
