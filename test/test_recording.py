@@ -21,9 +21,13 @@ from rcl_interfaces.srv import SetParameters
 from rosutil import NodeProcess, collect_without_recorder, wait_for
 from std_srvs.srv import Trigger
 
-from dream_vla_ros.data.episode import list_episodes, read_meta, recover_episode
+from dream_vla_ros.data.episode import (
+    WAIT_FOR_STREAMS,
+    list_episodes,
+    read_meta,
+    recover_episode,
+)
 from dream_vla_ros.ros.client import GraphClient
-from dream_vla_ros.ros.recorder_node import WAIT_FOR_STREAMS
 
 pytestmark = pytest.mark.ros
 

@@ -33,6 +33,9 @@ from dream_vla_ros.data.mcap_scan import McapScanError, scan
 EPISODE_FILE = "episode.json"
 BAG_DIR = "bag"
 FORMAT_VERSION = 1
+# The recorder's ~/start refusals that pass once the graph is up (a topic without a
+# publisher yet, a stream that has not delivered yet): a caller retries these.
+WAIT_FOR_STREAMS = ("no publisher seen", "no message on")
 
 
 class EpisodeError(RuntimeError):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dream_vla_ros.control.config import load_safety_config
+from dream_vla_ros.data.episode import WAIT_FOR_STREAMS
 from dream_vla_ros.evaluation.driver import (
     CONTROLLER_STATUS,
     POLICY_STATUS,
@@ -100,8 +101,6 @@ def start_recording(client: GraphDriver, timeout_s: float = 60.0) -> None:
     """/recorder/start, retried while the recorder has not yet discovered a publisher
     on each of its topics or a message from each stream (the cameras come up last);
     any other refusal is an error."""
-    from dream_vla_ros.ros.recorder_node import WAIT_FOR_STREAMS
-
     deadline = time.monotonic() + timeout_s
     while True:
         ok, message = client.trigger("/recorder/start", check=False)

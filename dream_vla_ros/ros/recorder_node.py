@@ -46,9 +46,6 @@ from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
-# /recorder/start's refusals that pass once the graph is up: a caller retries these
-WAIT_FOR_STREAMS = ("no publisher seen", "no message on")
-
 PARAMETERS = (
     Param("output_dir", "episodes", "Folder of the episodes (created if missing)"),
     Param(
