@@ -74,22 +74,28 @@ def test_a_grasp_off_along_the_base_line_is_radial_and_across_it_tangential(worl
     assert tangential["by_lead"]["0.5"]["within_2cm"] == 1.0
 
 
-def test_the_policy_is_queried_on_the_query_clock_and_its_draw():
+def test_the_policy_is_queried_on_the_query_clock_and_its_draw(tmp_path):
     """The policy predictor reads the query's stamp as its episode clock and samples
-    with the query's draw: the same query twice gives the same chunk, another draw
-    another one."""
+    with the query's draw: the same query twice gives the same chunk; another draw
+    another one from a sampling (flow) head, the same one from the shipped
+    regression (L1) head, which has no noise to draw."""
     from dream_vla_ros.policy import Policy, PolicySettings
+    from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
     from dream_vla_ros.sim.place import sample_place_layout
 
-    policy = Policy.from_checkpoint(CHECKPOINT, settings=PolicySettings())
-    predict = policy_predict(policy)
+    flow = write_random_checkpoint(tmp_path / "flow", head="flow", proprio_dim=1, clock_input=True)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
     query = GraspQuery(sample_place_layout(5000), images, HOME.copy(), 2.3, draw=0)
-    times, actions = predict(query)
-    assert policy.clock(2.3) == pytest.approx(2.3)
-    np.testing.assert_allclose(times[0], 2.3 + 0.1)
-    again = predict(query)[1]
-    other = predict(dataclasses.replace(query, draw=1))[1]
-    np.testing.assert_array_equal(actions, again)
-    assert np.abs(actions - other).max() > 1e-4
+    for checkpoint, head in ((CHECKPOINT, "l1"), (flow, "flow")):
+        policy = Policy.from_checkpoint(checkpoint, settings=PolicySettings())
+        assert policy.cfg.action.head == head
+        predict = policy_predict(policy)
+        times, actions = predict(query)
+        assert policy.clock(2.3) == pytest.approx(2.3)
+        np.testing.assert_allclose(times[0], 2.3 + policy.cfg.action.action_period_s)
+        again = predict(query)[1]
+        other = predict(dataclasses.replace(query, draw=1))[1]
+        np.testing.assert_array_equal(actions, again)
+        difference = np.abs(actions - other).max()
+        assert difference > 1e-4 if head == "flow" else difference == 0.0, (head, difference)
