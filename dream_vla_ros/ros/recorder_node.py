@@ -46,26 +46,24 @@ from dream_vla_ros.ros.guards import InputGuard
 from dream_vla_ros.ros.node_main import run_node
 from dream_vla_ros.ros.parameters import Param, declare_parameters
 
+# what a demonstration needs: both cameras, the measured joints and the teleop command
+EPISODE_TOPICS = (
+    "/camera/front/image_raw",
+    "/camera/wrist/image_raw",
+    "/joint_states",
+    "/dream_vla/teleop/command",
+)
+
 PARAMETERS = (
     Param("output_dir", "episodes", "Folder of the episodes (created if missing)"),
     Param(
         "topics",
-        [
-            "/camera/front/image_raw",
-            "/camera/wrist/image_raw",
-            "/joint_states",
-            "/dream_vla/teleop/command",
-        ],
+        list(EPISODE_TOPICS),
         "Topics of an episode; every one needs a publisher when an episode starts",
     ),
     Param(
         "stream_topics",
-        [
-            "/camera/front/image_raw",
-            "/camera/wrist/image_raw",
-            "/joint_states",
-            "/dream_vla/teleop/command",
-        ],
+        list(EPISODE_TOPICS),
         "Topics of `topics` that must have delivered a message within stream_timeout_s "
         "when an episode starts",
     ),
