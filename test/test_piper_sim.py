@@ -309,6 +309,49 @@ def test_a_stalled_process_is_not_a_lost_can_link():
     assert report["stalls"] >= 1, report
 
 
+def test_joint_reads_never_mix_two_feedback_cycles(arm):
+    """Joints 2 and 3 move by the same profile, so every pose the arm has keeps their
+    difference. The simulator thread is starved again and again (it then catches up
+    and streams the new pose in three frames) while the driver reads as fast as it can:
+    no read may combine joints of two cycles. The interpreter switches threads every
+    10 us here (5 ms by default) so that reads fall between the frames of a cycle
+    often: the SDK's own joint message is then off by 5-90 mrad in every run."""
+    import sys
+    import threading
+
+    sim, driver = arm
+    driver.enable()
+    stop = threading.Event()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+
+    def starve() -> None:
+        while not stop.is_set():
+            sim.starve(0.15)
+            time.sleep(0.05)
+
+    starver = threading.Thread(target=starve, daemon=True)
+    starver.start()
+    base = np.array(START)
+    worst, reads = 0.0, 0
+    try:
+        for k in range(4):
+            shift = 0.5 if k % 2 == 0 else 0.0
+            driver.command(base + np.r_[0.0, shift, shift, 0.0, 0.0, 0.0, 0.0])
+            end = time.monotonic() + 1.2
+            while time.monotonic() < end:
+                q = driver.read_state().positions
+                worst = max(worst, abs((q[1] - q[2]) - (base[1] - base[2])))
+                reads += 1
+            assert abs(q[1] - (base[1] + shift)) < 0.02, "the arm did not follow the command"
+    finally:
+        stop.set()
+        starver.join()
+        sys.setswitchinterval(switch)
+    assert reads > 1000
+    assert worst < 3e-5, f"a read mixed two cycles: joint2 - joint3 off by {worst:.4f} rad"
+
+
 def test_driver_enable_timeout_and_missing_arm():
     name = f"absent-{next(_names)}"
     driver = PiperArm(PiperSettings(can_name=name, bustype="virtual", connect_timeout_s=0.2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -87,6 +88,52 @@ def _share_virtual_bus(sdk: object) -> None:
         wrapper.send_bus = wrapper.recv_bus
 
 
+_INTERFACE: Any = None
+
+
+def open_sdk(can_name: str) -> Any:
+    """piper_sdk's `C_PiperInterface_V2` for `can_name`, keeping whole joint sets.
+
+    The SDK writes the six joints of one cycle in three steps, one per frame (feedback
+    0x2A5 joints 1-2, 0x2A6 3-4, 0x2A7 5-6; a leader arm's control frames 0x155-0x157
+    likewise), into the object `GetArmJointMsgs` / `GetArmJointCtrl` return. A read
+    between two frames mixes two cycles: after the arm (or the simulator catching up
+    from a stall) moved, joints 1-2 are new and 3-6 old, a pose the arm never had (the
+    tool point centimetres off). This interface also copies the six values in the SDK's
+    reader thread once the last frame of a cycle has been parsed: `joint_feedback` and
+    `joint_ctrl` hold (stamp, six values in 0.001 degree) of the newest whole cycle,
+    None until one arrived.
+    """
+    global _INTERFACE
+    if _INTERFACE is None:
+        from piper_sdk import C_PiperInterface_V2  # deferred: the SDK logs on import
+
+        class WholeJointsInterface(C_PiperInterface_V2):
+            # piper_sdk keeps one instance per CAN name; this class keeps its own
+            _instances: ClassVar[dict[str, Any]] = {}
+            joint_feedback: tuple[float, tuple[int, ...]] | None = None
+            joint_ctrl: tuple[float, tuple[int, ...]] | None = None
+
+            def ParseCANFrame(self, rx_message: Any) -> None:  # noqa: N802 (the SDK's)
+                super().ParseCANFrame(rx_message)
+                frame_id = getattr(rx_message, "arbitration_id", None)
+                if frame_id == proto.JOINT_FEEDBACK[-1]:
+                    msg = self.GetArmJointMsgs()
+                    self.joint_feedback = (msg.time_stamp, _six(msg.joint_state))
+                elif frame_id == proto.JOINT_CTRL[-1]:
+                    ctrl = self.GetArmJointCtrl()
+                    self.joint_ctrl = (ctrl.time_stamp, _six(ctrl.joint_ctrl))
+
+        _INTERFACE = WholeJointsInterface
+    sdk = _INTERFACE(can_name, judge_flag=False, can_auto_init=False)
+    sdk.joint_feedback = sdk.joint_ctrl = None  # nothing of an earlier connection
+    return sdk
+
+
+def _six(joints: Any) -> tuple[int, ...]:
+    return tuple(int(getattr(joints, f"joint_{j + 1}")) for j in range(6))
+
+
 class PiperArm:
     """The `robot.Arm` implementation for the AgileX PiPER."""
 
@@ -101,11 +148,9 @@ class PiperArm:
 
     # -- connection -------------------------------------------------------------------
     def connect(self) -> None:
-        from piper_sdk import C_PiperInterface_V2  # deferred: the SDK logs on import
-
         s = self.settings
         try:
-            sdk = C_PiperInterface_V2(s.can_name, judge_flag=False, can_auto_init=False)
+            sdk = open_sdk(s.can_name)
             sdk.CreateCanBus(s.can_name, bustype=s.bustype, judge_flag=False)
         except Exception as exc:  # the SDK raises bare ConnectionError with little context
             raise ArmError(
@@ -119,7 +164,7 @@ class PiperArm:
         self._sdk = sdk
         deadline = time.monotonic() + s.connect_timeout_s
         while time.monotonic() < deadline:
-            if sdk.GetArmJointMsgs().time_stamp > 0 and sdk.GetArmStatus().time_stamp > 0:
+            if sdk.joint_feedback is not None and sdk.GetArmStatus().time_stamp > 0:
                 return
             time.sleep(0.005)
         raise ArmError(
@@ -169,19 +214,12 @@ class PiperArm:
     # -- state and commands -----------------------------------------------------------
     def read_state(self) -> ArmState:
         sdk = self.sdk
-        joints = sdk.GetArmJointMsgs()
-        js = joints.joint_state
+        joints = sdk.GetArmJointMsgs()  # its stamp: the newest joint frame (liveness)
+        stamp, millideg = sdk.joint_feedback  # the newest whole cycle (see open_sdk)
         gripper = sdk.GetArmGripperMsgs()
         positions = np.array(
-            [
-                proto.millideg_to_rad(js.joint_1),
-                proto.millideg_to_rad(js.joint_2),
-                proto.millideg_to_rad(js.joint_3),
-                proto.millideg_to_rad(js.joint_4),
-                proto.millideg_to_rad(js.joint_5),
-                proto.millideg_to_rad(js.joint_6),
-                proto.micrometre_to_m(gripper.gripper_state.grippers_angle),
-            ]
+            [proto.millideg_to_rad(v) for v in millideg]
+            + [proto.micrometre_to_m(gripper.gripper_state.grippers_angle)]
         )
         high = sdk.GetArmHighSpdInfoMsgs()
         velocities = np.zeros(7)
@@ -221,7 +259,7 @@ class PiperArm:
         return ArmState(
             positions=positions,
             velocities=velocities,
-            stamp_s=joints.time_stamp,
+            stamp_s=stamp,
             enabled=enabled,
             faults=tuple(faults),
             gripper_effort_nm=gripper.gripper_state.grippers_effort / 1000.0,

@@ -166,6 +166,8 @@ class PiperFirmwareSim:
         # smoothly streamed trajectory is followed without a speed-dependent lag.
         self.target_velocity = np.zeros(6)
         self._target_time = np.full(6, -np.inf)
+        # joint targets of 0x155 / 0x156 until their cycle's 0x157 (0.001 degree)
+        self._staged: list[int | None] = [None] * 6
         opening = 0.0 if initial_positions is None else float(initial_positions[6])
         self.grip = SimGripper(
             params.gripper_max_m, params.gripper_speed_m_s, opening, opening, enabled=False
@@ -205,6 +207,12 @@ class PiperFirmwareSim:
     def gripper(self) -> float:
         """The gripper opening [m]."""
         return self.grip.position
+
+    def starve(self, seconds: float) -> None:
+        """Keep the firmware thread from running for `seconds`, as a loaded host does:
+        afterwards it catches up the motion it missed and streams the new feedback."""
+        with self._lock:
+            time.sleep(seconds)
 
     def set_gripper_obstacle(self, opening_m: float) -> None:
         """The opening at which an object between the fingers blocks them (0: none)."""
@@ -286,8 +294,15 @@ class PiperFirmwareSim:
                 self.ctrl_mode, self.move_mode = data[0], data[1]
                 self.speed_rate = min(max(int(data[2]), 0), 100)
             elif fid in proto.JOINT_CTRL:
+                # The six targets of a cycle apply together, on its last frame: the
+                # arm's firmware gets the three frames within half a millisecond, this
+                # thread (starved between two of them) could otherwise move joints 1-2
+                # for a whole catch-up before joints 3-6 learn of their targets.
                 first = 2 * proto.JOINT_CTRL.index(fid)
-                self._joint_targets(first, struct.unpack(">ii", data))
+                self._staged[first : first + 2] = struct.unpack(">ii", data)
+                if fid == proto.JOINT_CTRL[-1]:
+                    self._joint_targets(self._staged)
+                    self._staged = [None] * 6
             elif fid == proto.GRIPPER_CTRL:
                 angle, effort, code, _zero = struct.unpack(">iHBB", data)
                 if code in (proto.GRIPPER_ENABLE, proto.GRIPPER_ENABLE_CLEAR):
@@ -315,11 +330,12 @@ class PiperFirmwareSim:
         for arbitration_id, payload in replies:
             self._send(arbitration_id, payload)
 
-    def _joint_targets(self, first: int, values: tuple[int, int]) -> None:
+    def _joint_targets(self, staged: list[int | None]) -> None:
         if self.estop or self.ctrl_mode != proto.CTRL_MODE_CAN:
             return
-        for offset, millideg in enumerate(values):
-            j = first + offset
+        for j, millideg in enumerate(staged):
+            if millideg is None:
+                continue
             bit = 1 << (proto.ERR_LIMIT_SHIFT + j)
             if not self._lower_md[j] <= millideg <= self._upper_md[j]:
                 self.limit_bits |= bit

@@ -27,6 +27,7 @@ import numpy as np
 
 from dream_vla_ros.control.interpolation import minimum_jerk
 from dream_vla_ros.robot import piper_protocol as proto
+from dream_vla_ros.robot.piper import open_sdk
 
 
 class TeleopError(RuntimeError):
@@ -144,10 +145,8 @@ class PiperLeaderTeleop:
         self._streaming_since: float | None = None
 
     def start(self, now_s: float, current: np.ndarray) -> None:
-        from piper_sdk import C_PiperInterface_V2  # deferred: the SDK logs on import
-
         try:
-            sdk = C_PiperInterface_V2(self.can_name, judge_flag=False, can_auto_init=False)
+            sdk = open_sdk(self.can_name)
             sdk.CreateCanBus(self.can_name, bustype=self.bustype, judge_flag=False)
         except Exception as exc:
             raise TeleopError(f"cannot open the leader arm's CAN '{self.can_name}': {exc}") from exc
@@ -158,11 +157,11 @@ class PiperLeaderTeleop:
         """The leader's latest control frames in SI units, or None while they are silent."""
         if self._sdk is None:
             return None
-        joints = self._sdk.GetArmJointCtrl()
+        whole = self._sdk.joint_ctrl  # the newest whole cycle of 0x155-0x157 (open_sdk)
         gripper = self._sdk.GetArmGripperCtrl()
-        stamp = float(joints.time_stamp)
-        if stamp <= 0.0 or float(gripper.time_stamp) <= 0.0:
+        if whole is None or float(gripper.time_stamp) <= 0.0:
             return None  # the leader has not sent its control frames yet
+        stamp, raw = float(whole[0]), whole[1]
         now = time.monotonic()
         if stamp != self._last_stamp:
             if self._streaming_since is None or now - self._last_change > self.max_silence_s:
@@ -173,8 +172,6 @@ class PiperLeaderTeleop:
             return None  # leader stopped streaming: do not keep replaying an old target
         if self._streaming_since is None or now - self._streaming_since < self.settle_s:
             return None
-        jc = joints.joint_ctrl
-        raw = [jc.joint_1, jc.joint_2, jc.joint_3, jc.joint_4, jc.joint_5, jc.joint_6]
         q = np.array([proto.millideg_to_rad(int(v)) for v in raw] + [0.0])
         q[6] = proto.micrometre_to_m(max(0, int(gripper.gripper_ctrl.grippers_angle)))
         if not np.all(np.isfinite(q)):
