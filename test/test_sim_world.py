@@ -260,11 +260,13 @@ def test_sim_world_node_publishes_cameras_and_the_task():
         client.close()
 
 
-def _set(client, node: str, name: str, value: int | str, expect: bool = True) -> str:
+def _set(client, node: str, name: str, value: bool | int | str, expect: bool = True) -> str:
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
-    if isinstance(value, int):
+    if isinstance(value, bool):
+        pv = ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value)
+    elif isinstance(value, int):
         pv = ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=value)
     else:
         pv = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value)
@@ -279,7 +281,8 @@ def _set(client, node: str, name: str, value: int | str, expect: bool = True) ->
 @pytest.mark.ros
 def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(tmp_path):
     """teleop (touch_expert) -> controller -> piper_sdk -> virtual CAN -> firmware
-    simulator -> /joint_states: the measured arm touches the named cube."""
+    simulator -> /joint_states: the measured arm touches the named cube; a plan
+    built under task.hold waits for the release."""
     import threading
     import time
 
@@ -326,7 +329,14 @@ def test_the_expert_solves_layouts_through_the_controller_and_the_can_simulator(
             with lock:
                 monitor[:] = [SuccessMonitor(layout)]
             _set(client, "sim_world", "task.seed", seed)
-            _set(client, "teleop", "task.seed", seed)
+            if seed == 2:  # planned under task.hold: the arm waits for the release
+                _set(client, "teleop", "task.hold", True)
+                _set(client, "teleop", "task.seed", seed)
+                time.sleep(1.0)
+                assert at_home(), "the arm moved while its expert was held"
+                _set(client, "teleop", "task.hold", False)
+            else:
+                _set(client, "teleop", "task.seed", seed)
             time.sleep(3.7 + 2.0)  # the expert's move plus tracking lag
             with lock:
                 outcome = monitor[0].outcome

@@ -295,6 +295,15 @@ def collect(
         # moving arm, would fight it. Plan from the stopped arm before the reset.
         client.set_param("teleop", "task.seed", -1)
 
+    def begin_episode(seed: int) -> None:
+        # The expert plans (inverse kinematics) before the recording starts and
+        # moves once it runs: planning inside the recording left the teleop node
+        # silent there, a gap in its commands on a loaded host.
+        client.set_param("teleop", "task.hold", True)
+        client.set_param("teleop", "task.seed", seed)
+        start_recording(client)
+        client.set_param("teleop", "task.hold", False)
+
     def go_home() -> int:
         return home(client, log, expert_home, before_reset=stop_expert)
 
@@ -342,8 +351,7 @@ def collect(
                 client.set_param("teleop", "task.miss", miss.text() if miss else "")
                 measured = client.measured()
                 plan.start(0.0, HOME if measured is None else measured)
-                start_recording(client)
-                client.set_param("teleop", "task.seed", seed)
+                begin_episode(seed)
                 if during_episode is not None:
                     during_episode(client, i)
                 # the expert's plan, the arm's lag, the cube settling
@@ -362,8 +370,7 @@ def collect(
                 }
             else:
                 monitor, _ = track(client, layout)
-                start_recording(client)
-                client.set_param("teleop", "task.seed", seed)
+                begin_episode(seed)
                 if during_episode is not None:
                     during_episode(client, i)
                 # the expert's move and the arm's lag, then a short hold at the touch

@@ -97,6 +97,14 @@ PARAMETERS = (
         "next task.seed",
         dynamic=True,
     ),
+    Param(
+        "task.hold",
+        False,
+        "touch_expert, place_expert: true = a task.seed set meanwhile builds its plan "
+        "but the arm keeps streaming its current one until task.hold is set false (the "
+        "collector plans an episode before its recording starts, then releases it)",
+        dynamic=True,
+    ),
 )
 
 
@@ -108,6 +116,7 @@ class TeleopNode(Node):
         self.cfg = cfg = load_safety_config(p["limits_file"] or None)
         self.source: TeleopSource
         self._measured: np.ndarray | None = None
+        self._held: TeleopSource | None = None  # planned under task.hold, not started
         self.kind = p["source"]
         if p["source"] in EXPERTS:
             self.source = self._expert(
@@ -184,24 +193,32 @@ class TeleopNode(Node):
                 Miss.parse(str(new.get("task.miss", "")))
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-        for param in params:
-            if param.name == "task.seed":
-                target = new.get("task.target", self.get_parameter("task.target").value)
-                start = new.get("task.start_seed", self.get_parameter("task.start_seed").value)
-                bowl = new.get("task.bowl", self.get_parameter("task.bowl").value)
-                miss = new.get("task.miss", self.get_parameter("task.miss").value)
-                try:
-                    source = self._expert(
-                        int(param.value), str(target), int(start), str(bowl), str(miss)
-                    )
-                except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
-                    return SetParametersResult(successful=False, reason=str(exc))
-                self.source.close()
-                self.source = source
-                self.started = False
-                if self._measured is not None:  # restart from where the arm is now
-                    self._begin(self._measured)
+        hold = bool(new.get("task.hold", self.get_parameter("task.hold").value))
+        if "task.seed" in new:
+            target = new.get("task.target", self.get_parameter("task.target").value)
+            start = new.get("task.start_seed", self.get_parameter("task.start_seed").value)
+            bowl = new.get("task.bowl", self.get_parameter("task.bowl").value)
+            miss = new.get("task.miss", self.get_parameter("task.miss").value)
+            try:
+                source = self._expert(
+                    int(new["task.seed"]), str(target), int(start), str(bowl), str(miss)
+                )
+            except (RuntimeError, ValueError) as exc:  # IK failure, unknown colour
+                return SetParametersResult(successful=False, reason=str(exc))
+            if self._held is not None:
+                self._held.close()
+            self._held = source
+        if not hold and self._held is not None:
+            self._switch(self._held)
+            self._held = None
         return SetParametersResult(successful=True)
+
+    def _switch(self, source: TeleopSource) -> None:
+        self.source.close()
+        self.source = source
+        self.started = False
+        if self._measured is not None:  # restart from where the arm is now
+            self._begin(self._measured)
 
     def _on_state(self, msg: JointState) -> None:
         q = joint_positions(msg, JOINT_NAMES)  # MessageRefused: the guard reports it
