@@ -297,8 +297,8 @@ def collect(
 
     def begin_episode(seed: int) -> None:
         # The expert plans (inverse kinematics) before the recording starts and
-        # moves once it runs: planning inside the recording left the teleop node
-        # silent there, a gap in its commands on a loaded host.
+        # moves once it runs: planning inside a recording can keep the teleop node
+        # silent long enough on a loaded host to leave a gap in its commands.
         client.set_param("teleop", "task.hold", True)
         client.set_param("teleop", "task.seed", seed)
         start_recording(client)
