@@ -312,6 +312,11 @@ def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_pa
     for r in results["rollouts"]:  # where the closest approach was, beside its distance
         assert np.linalg.norm(r["closest_offset_m"]) == pytest.approx(r["distance_m"], abs=2e-4)
     assert 0.0 <= results["limited_ticks"]["share"] <= 1.0 and results["limited_ticks"]["ticks"]
+    furthest = [r["stage"] or "none" for r in results["rollouts"]]
+    assert results["stages"] == {s: furthest.count(s) for s in ("none", *PLACE_STAGES_FLOOR)}
+    by_bowl = results["placed_by_naming"]["bowl"]
+    assert sum(t for _, t in by_bowl.values()) == PLACE_PIPELINE_SEEDS, by_bowl
+    assert sum(n for n, _ in by_bowl.values()) == sum(r["success"] for r in results["rollouts"])
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
 
 

@@ -131,6 +131,9 @@ def test_the_place_proxy_scores_a_checkpoint_with_stages_and_limited_ticks(tmp_p
     assert [r["seed"] for r in written["rollouts"]] == [5000, 5001]
     assert [r["camera_offset"] for r in written["rollouts"]] == [o.as_list() for o in shifted]
     assert sum(summary["stages"].values()) == 2
+    named = summary["placed_by_naming"]
+    for kind in ("cube", "bowl"):
+        assert sum(t for _, t in named[kind].values()) == 2, named
     limits = summary["controller_limits"]
     assert limits["ticks"] == 2 * 600  # 3 s at 200 Hz each, no fault
     assert limits["limited_share"] == round(limits["limited"] / limits["ticks"], 3)

@@ -22,6 +22,8 @@ from dream_vla_ros.sim.place import (
     PlaceMonitor,
     Snapshot,
     expert_with_miss,
+    naming_line,
+    placed_by_naming,
     sample_place_layout,
 )
 from dream_vla_ros.sim.task import COLOURS, CUBE_SIZE
@@ -126,6 +128,21 @@ def test_stages_say_where_an_episode_got_to():
     outcome = monitor.outcome
     assert outcome.stage == "lifted" and not outcome.success
     assert monitor.stages == {"reached": 1.0, "grasped": 2.0, "lifted": 3.0}
+
+
+def test_placed_counts_by_the_named_cube_and_bowl():
+    rollouts = [
+        {"instruction": sample_place_layout(0, "red", "purple").instruction, "success": True},
+        {"instruction": "put the red cube in the purple bowl", "success": False},
+        {"instruction": "put the blue cube in the yellow bowl", "success": True},
+        {"instruction": "touch the red cube", "success": True},  # not a place instruction
+    ]
+    counts = placed_by_naming(rollouts)
+    assert counts["cube"] == {"red": [1, 2], "green": [0, 0], "blue": [1, 1]}
+    assert counts["bowl"] == {"yellow": [1, 1], "purple": [1, 2]}
+    assert naming_line(counts) == (
+        "by named cube: red 1 / 2, blue 1 / 1; by named bowl: yellow 1 / 1, purple 1 / 2"
+    )
 
 
 def test_the_expert_lifts_the_cube_in_its_fingers_and_places_it(expert_run):

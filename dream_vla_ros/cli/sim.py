@@ -177,6 +177,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"evaluate: success {summary['success_rate']:.0%} over {len(seeds)} seeds; the "
         f"controller limited {limited['share']:.0%} of its {limited['ticks']} ticks"
     )
+    if args.task == "place":
+        from dream_vla_ros.sim.place import naming_line
+
+        stages = ", ".join(f"{k} {v}" for k, v in summary["stages"].items())
+        print(f"evaluate: furthest stage: {stages}")
+        print(f"evaluate: placed {naming_line(summary['placed_by_naming'])}")
     return 0
 
 
@@ -298,6 +304,7 @@ def _grasp_error(args: argparse.Namespace, settings, policy_settings) -> int:
 
 def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
     from dream_vla_ros.evaluation.place_proxy import run_place_proxy
+    from dream_vla_ros.sim.place import naming_line
     from dream_vla_ros.sim.world import SHIFTED_POSES, CameraOffset
 
     if args.camera_offset:
@@ -314,6 +321,7 @@ def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
         f"proxy: placed {summary['successes']} / {len(summary['rollouts'])} "
         f"(furthest stage: {stages}; controller faults {summary['controller_faults']})"
     )
+    print(f"proxy: placed {naming_line(summary['placed_by_naming'])}")
     print(
         f"proxy: the controller limited {limits.get('limited', 0)} of {limits.get('ticks', 0)} "
         f"ticks ({limits['limited_share']:.0%}): targets outside the soft range "

@@ -48,12 +48,14 @@ from dream_vla_ros.sim.place import (
     BOWL_COLOURS,
     MISS_MAX_M,
     SETTLE_S,
+    STAGES,
     Miss,
     PlaceLayout,
     PlaceMonitor,
     Snapshot,
     expert_with_miss,
     place_naming,
+    placed_by_naming,
     placed_for,
     sample_place_layout,
 )
@@ -564,7 +566,8 @@ def evaluate(
         launcher.shutdown()
         graph_log.close()
     rate = float(np.mean([r.success for r in rollouts])) if rollouts else 0.0
-    summary = {
+    listed = [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts]
+    summary: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "task": task,
         "camera_offsets": list(offsets),
@@ -575,8 +578,13 @@ def evaluate(
         "limited_ticks": limited_ticks(totals),
         "controller_resets": faults,
         "diagnostics": diagnostics,  # the nodes' last /diagnostics values
-        "rollouts": [{k: v for k, v in r.__dict__.items() if k != "tip_path"} for r in rollouts],
+        "rollouts": listed,
     }
+    if task == "place":
+        # each rollout's furthest stage, and the placed share by what was named
+        reached = [r.stage or "none" for r in rollouts]
+        summary["stages"] = {s: reached.count(s) for s in ("none", *STAGES)}
+        summary["placed_by_naming"] = placed_by_naming(listed)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_trajectories(rollouts, out / "trajectories.png", task)
     if gif_frames:

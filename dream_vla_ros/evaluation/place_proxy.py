@@ -154,7 +154,7 @@ def run_place_proxy(
     Returns (and with `out`, writes results.json) the successes, the furthest stages
     and the controller's limited ticks."""
     from dream_vla_ros.policy import Policy
-    from dream_vla_ros.sim.place import BOWL_COLOURS, sample_place_layout
+    from dream_vla_ros.sim.place import BOWL_COLOURS, placed_by_naming, sample_place_layout
     from dream_vla_ros.sim.world import PiperWorld
 
     policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
@@ -207,6 +207,7 @@ def run_place_proxy(
         "settings": settings.__dict__,
         "successes": sum(r["success"] for r in rollouts),
         "stages": {s: stages.get(s, 0) for s in ("none", *STAGES)},
+        "placed_by_naming": placed_by_naming(rollouts),
         "controller_faults": sum(bool(r["controller_fault"]) for r in rollouts),
         "seconds": round(time.monotonic() - start, 1),
         "controller_limits": limits,

@@ -201,6 +201,35 @@ def place_naming(seed: int, j: int) -> PlaceLayout:
     return sample_place_layout(seed, cube, bowl)
 
 
+def placed_by_naming(rollouts: list[dict]) -> dict[str, dict[str, list[int]]]:
+    """Placed and run counts by the named cube's colour and by the named bowl's,
+    {"cube": {colour: [placed, rollouts]}, "bowl": {...}}, from rollouts with an
+    "instruction" (a layout's) and a "success"; an instruction of another form counts
+    in neither."""
+    counts: dict[str, dict[str, list[int]]] = {
+        "cube": {c: [0, 0] for c in COLOURS},
+        "bowl": {b: [0, 0] for b in BOWL_COLOURS},
+    }
+    for r in rollouts:
+        words = str(r.get("instruction", "")).split()
+        if len(words) != 8 or words[2] not in COLOURS or words[6] not in BOWL_COLOURS:
+            continue
+        for kind, colour in (("cube", words[2]), ("bowl", words[6])):
+            counts[kind][colour][0] += bool(r.get("success"))
+            counts[kind][colour][1] += 1
+    return counts
+
+
+def naming_line(counts: dict[str, dict[str, list[int]]]) -> str:
+    """`placed_by_naming` in one line: "by named cube: red 8 / 13, ...; by named bowl:
+    ..." (colours never named left out)."""
+    parts = []
+    for kind in ("cube", "bowl"):
+        named = [f"{c} {n} / {t}" for c, (n, t) in counts[kind].items() if t]
+        parts.append(f"by named {kind}: " + ", ".join(named or ["none"]))
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What the success check needs of the world at one instant."""
