@@ -96,6 +96,11 @@ CASES = [
     ("sim pipeline", ["sim", "pipeline", "{out}", "--recipe", "{bad}/recipe.yaml"]),
     ("sim proxy missing", ["sim", "proxy", "{bad}/no_config"]),
     ("sim proxy bad option", ["sim", "proxy", "models/touch_tiny", "--execute", "0"]),
+    ("sim proxy bowl touch", ["sim", "proxy", "models/touch_tiny", "--bowl", "purple"]),
+    (
+        "sim proxy unknown bowl",
+        ["sim", "proxy", "models/place_tiny", "--task", "place", "--bowl", "pink"],
+    ),
     ("sim ground", ["sim", "ground", "{out}", "--layouts", "0"]),
     ("sim ground image size", ["sim", "ground", "{out}", "--image-size", "300"]),
     ("sim ground vision width", ["sim", "ground", "{out}", "--vision-width", "40"]),

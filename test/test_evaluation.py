@@ -115,6 +115,7 @@ def test_the_place_proxy_runs_the_expert_through_the_controller_and_the_physics(
 def test_the_place_proxy_scores_a_checkpoint_with_stages_and_limited_ticks(tmp_path):
     from dream_vla_ros.evaluation.place_proxy import run_place_proxy
     from dream_vla_ros.policy import PolicySettings
+    from dream_vla_ros.sim.place import sample_place_layout
     from dream_vla_ros.sim.world import SHIFTED_POSES, CameraOffset
 
     shifted = [CameraOffset.parse(p) for p in SHIFTED_POSES[:2]]
@@ -126,8 +127,15 @@ def test_the_place_proxy_scores_a_checkpoint_with_stages_and_limited_ticks(tmp_p
         out=tmp_path,
         camera_offsets=shifted,
         log=lambda _: None,
+        bowl="purple",
     )
     written = json.loads((tmp_path / "results.json").read_text())
+    # the named bowl forced, each layout's own cube kept
+    own = [sample_place_layout(s) for s in (5000, 5001)]
+    assert [r["instruction"] for r in written["rollouts"]] == [
+        f"put the {lay.cube} cube in the purple bowl" for lay in own
+    ]
+    assert summary["placed_by_naming"]["bowl"]["purple"][1] == 2
     assert [r["seed"] for r in written["rollouts"]] == [5000, 5001]
     assert [r["camera_offset"] for r in written["rollouts"]] == [o.as_list() for o in shifted]
     assert sum(summary["stages"].values()) == 2

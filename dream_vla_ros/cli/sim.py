@@ -252,6 +252,8 @@ def _proxy(args: argparse.Namespace) -> int:
         return _place_proxy(args, settings, policy)
     if args.camera_offset or args.camera_set != "nominal":
         raise ValueError("--camera-offset and --camera-set are for --task place in the proxy")
+    if args.bowl:
+        raise ValueError("--bowl names a bowl of the place task: add --task place or drop it")
     summary = run_proxy(args.checkpoint, _seeds(args), settings, policy, out=args.out or None)
     print(
         f"proxy: success {summary['successes']} / {len(summary['rollouts'])} "
@@ -286,7 +288,7 @@ def _grasp_error(args: argparse.Namespace, settings, policy_settings) -> int:
     try:
         if args.camera_offset:
             world.set_front_offset(CameraOffset.parse(args.camera_offset))
-        result = grasp_errors(policy_predict(policy), _seeds(args), world)
+        result = grasp_errors(policy_predict(policy), _seeds(args), world, bowl=args.bowl)
     finally:
         world.close()
     for lead, s in result["by_lead"].items():
@@ -313,7 +315,7 @@ def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
         shifted = args.camera_set == "shifted"
         offsets = [CameraOffset.parse(p) for p in SHIFTED_POSES] if shifted else [CameraOffset()]
     summary = run_place_proxy(
-        args.checkpoint, _seeds(args), settings, policy, args.out or None, offsets
+        args.checkpoint, _seeds(args), settings, policy, args.out or None, offsets, bowl=args.bowl
     )
     stages = ", ".join(f"{k} {v}" for k, v in summary["stages"].items())
     limits = summary["controller_limits"]

@@ -198,6 +198,12 @@ def add_parsers(sub, run) -> None:
         help="place: instead of rollouts, query the policy on the expert's own states and "
         "report how far from the expert's grasp it would close (grasp_error.json)",
     )
+    p_proxy.add_argument(
+        "--bowl",
+        default="",
+        help="place: name this bowl (yellow, purple) on every layout, with the layout's own "
+        "cube; empty: the layout's own bowl",
+    )
     policy = p_proxy.add_argument_group("policy settings (the policy node's parameters)")
     policy.add_argument("--flow-steps", type=int, default=0, help="0: the checkpoint's")
     policy.add_argument("--noise-seed", type=int, default=0, help="reset per layout")

@@ -148,13 +148,22 @@ def run_place_proxy(
     out: str | Path | None = None,
     camera_offsets: list[CameraOffset] | None = None,
     log=print,
+    bowl: str = "",
 ) -> dict[str, Any]:
-    """The policy on the place task over `seeds` (each layout's own cube and bowl);
-    rollout k sees the front camera at `camera_offsets[k % len]` (default nominal).
-    Returns (and with `out`, writes results.json) the successes, the furthest stages
-    and the controller's limited ticks."""
+    """The policy on the place task over `seeds` (each layout's own cube, and its own
+    bowl unless `bowl` names one for every layout); rollout k sees the front camera at
+    `camera_offsets[k % len]` (default nominal). Returns (and with `out`, writes
+    results.json) the successes, the furthest stages and the controller's limited
+    ticks."""
     from dream_vla_ros.policy import Policy
-    from dream_vla_ros.sim.place import BOWL_COLOURS, placed_by_naming, sample_place_layout
+    from dream_vla_ros.sim.place import (
+        BOWL_COLOURS,
+        check_choice,
+        placed_by_naming,
+        sample_place_layout,
+    )
+
+    check_choice(bowl, BOWL_COLOURS, "bowl")
     from dream_vla_ros.sim.world import PiperWorld
 
     policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
@@ -165,7 +174,7 @@ def run_place_proxy(
     limits: dict[str, Any] = {}
     try:
         for k, seed in enumerate(seeds):
-            layout = sample_place_layout(seed)
+            layout = sample_place_layout(seed, bowl=bowl)
             offset = offsets[k % len(offsets)]
             world.set_front_offset(offset)
             monitor, fault = place_servo_rollout(
