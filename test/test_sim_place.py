@@ -136,6 +136,7 @@ def test_placed_counts_by_the_named_cube_and_bowl():
         {"instruction": "put the red cube in the purple bowl", "success": False},
         {"instruction": "put the blue cube in the yellow bowl", "success": True},
         {"instruction": "touch the red cube", "success": True},  # not a place instruction
+        {"instruction": "put the red cube into the purple bowl", "success": True},  # nor this
     ]
     counts = placed_by_naming(rollouts)
     assert counts["cube"] == {"red": [1, 2], "green": [0, 0], "blue": [1, 1]}

@@ -162,9 +162,9 @@ def run_place_proxy(
         placed_by_naming,
         sample_place_layout,
     )
+    from dream_vla_ros.sim.world import PiperWorld
 
     check_choice(bowl, BOWL_COLOURS, "bowl")
-    from dream_vla_ros.sim.world import PiperWorld
 
     policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
     world = PiperWorld(width=settings.width, height=settings.height, bowls=BOWL_COLOURS)

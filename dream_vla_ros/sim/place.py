@@ -212,9 +212,14 @@ def placed_by_naming(rollouts: list[dict]) -> dict[str, dict[str, list[int]]]:
     }
     for r in rollouts:
         words = str(r.get("instruction", "")).split()
-        if len(words) != 8 or words[2] not in COLOURS or words[6] not in BOWL_COLOURS:
+        if len(words) != 8:
             continue
-        for kind, colour in (("cube", words[2]), ("bowl", words[6])):
+        cube, bowl = words[2], words[6]
+        if cube not in COLOURS or bowl not in BOWL_COLOURS:
+            continue
+        if " ".join(words) != PlaceLayout(0, {}, {}, cube, bowl).instruction:
+            continue
+        for kind, colour in (("cube", cube), ("bowl", bowl)):
             counts[kind][colour][0] += bool(r.get("success"))
             counts[kind][colour][1] += 1
     return counts
