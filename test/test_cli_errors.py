@@ -98,6 +98,10 @@ CASES = [
     ("sim proxy bad option", ["sim", "proxy", "models/touch_tiny", "--execute", "0"]),
     ("sim proxy bowl touch", ["sim", "proxy", "models/touch_tiny", "--bowl", "purple"]),
     (
+        "sim proxy unknown cube",
+        ["sim", "proxy", "models/place_tiny", "--task", "place", "--cube", "pink"],
+    ),
+    (
         "sim proxy unknown bowl",
         ["sim", "proxy", "models/place_tiny", "--task", "place", "--bowl", "pink"],
     ),

@@ -127,15 +127,19 @@ def test_the_place_proxy_scores_a_checkpoint_with_stages_and_limited_ticks(tmp_p
         out=tmp_path,
         camera_offsets=shifted,
         log=lambda _: None,
+        cube="green",
         bowl="purple",
     )
     written = json.loads((tmp_path / "results.json").read_text())
-    # the named bowl forced, each layout's own cube kept
-    own = [sample_place_layout(s) for s in (5000, 5001)]
-    assert [r["instruction"] for r in written["rollouts"]] == [
-        f"put the {lay.cube} cube in the purple bowl" for lay in own
+    # the named cube and bowl forced on both layouts; the named cube where the layout has it
+    instructions = {r["instruction"] for r in written["rollouts"]}
+    assert instructions == {"put the green cube in the purple bowl"}
+    cubes = [sample_place_layout(s).cubes["green"][:2] for s in (5000, 5001)]
+    assert [r["cube_xy_m"] for r in written["rollouts"]] == [
+        [round(float(v), 4) for v in xy] for xy in cubes
     ]
     assert summary["placed_by_naming"]["bowl"]["purple"][1] == 2
+    assert summary["placed_by_naming"]["cube"]["green"][1] == 2
     assert [r["seed"] for r in written["rollouts"]] == [5000, 5001]
     assert [r["camera_offset"] for r in written["rollouts"]] == [o.as_list() for o in shifted]
     assert sum(summary["stages"].values()) == 2

@@ -252,8 +252,8 @@ def _proxy(args: argparse.Namespace) -> int:
         return _place_proxy(args, settings, policy)
     if args.camera_offset or args.camera_set != "nominal":
         raise ValueError("--camera-offset and --camera-set are for --task place in the proxy")
-    if args.bowl:
-        raise ValueError("--bowl names a bowl of the place task: add --task place or drop it")
+    if args.cube or args.bowl:
+        raise ValueError("--cube and --bowl name the place task's objects: add --task place")
     summary = run_proxy(args.checkpoint, _seeds(args), settings, policy, out=args.out or None)
     print(
         f"proxy: success {summary['successes']} / {len(summary['rollouts'])} "
@@ -288,7 +288,9 @@ def _grasp_error(args: argparse.Namespace, settings, policy_settings) -> int:
     try:
         if args.camera_offset:
             world.set_front_offset(CameraOffset.parse(args.camera_offset))
-        result = grasp_errors(policy_predict(policy), _seeds(args), world, bowl=args.bowl)
+        result = grasp_errors(
+            policy_predict(policy), _seeds(args), world, cube=args.cube, bowl=args.bowl
+        )
     finally:
         world.close()
     for lead, s in result["by_lead"].items():
@@ -315,7 +317,14 @@ def _place_proxy(args: argparse.Namespace, settings, policy) -> int:
         shifted = args.camera_set == "shifted"
         offsets = [CameraOffset.parse(p) for p in SHIFTED_POSES] if shifted else [CameraOffset()]
     summary = run_place_proxy(
-        args.checkpoint, _seeds(args), settings, policy, args.out or None, offsets, bowl=args.bowl
+        args.checkpoint,
+        _seeds(args),
+        settings,
+        policy,
+        args.out or None,
+        offsets,
+        cube=args.cube,
+        bowl=args.bowl,
     )
     stages = ", ".join(f"{k} {v}" for k, v in summary["stages"].items())
     limits = summary["controller_limits"]

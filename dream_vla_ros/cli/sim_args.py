@@ -199,10 +199,14 @@ def add_parsers(sub, run) -> None:
         "report how far from the expert's grasp it would close (grasp_error.json)",
     )
     p_proxy.add_argument(
+        "--cube",
+        default="",
+        help="place: name this cube (red, green, blue) on every layout; empty: the layout's own",
+    )
+    p_proxy.add_argument(
         "--bowl",
         default="",
-        help="place: name this bowl (yellow, purple) on every layout, with the layout's own "
-        "cube; empty: the layout's own bowl",
+        help="place: name this bowl (yellow, purple) on every layout; empty: the layout's own",
     )
     policy = p_proxy.add_argument_group("policy settings (the policy node's parameters)")
     policy.add_argument("--flow-steps", type=int, default=0, help="0: the checkpoint's")

@@ -78,17 +78,18 @@ def grasp_errors(
     world,
     leads_s: tuple[float, ...] = LEADS_S,
     draws: int = 4,
+    cube: str = "",
     bowl: str = "",
 ) -> dict:
-    """The errors (see the module docstring) on layouts `seeds` (each layout's own cube,
-    and its own bowl unless `bowl` names one for every layout); each query's error is
-    the mean over `draws` predictions."""
+    """The errors (see the module docstring) on layouts `seeds` (each layout's own cube
+    and bowl, unless `cube` or `bowl` names one for every layout); each query's error
+    is the mean over `draws` predictions."""
     cfg = load_safety_config()
     lower, upper = np.array(cfg.position_lower), np.array(cfg.position_upper)
     chain = DHChain.load()
     rows = []
     for seed in seeds:
-        layout = sample_place_layout(seed, bowl=bowl)
+        layout = sample_place_layout(seed, cube, bowl)
         expert = PlaceExpert(layout, lower, upper)
         expert.start(0.0, HOME)  # as the rollout starts it: from HOME at 0 s
         close_s = expert.segment_start("close")

@@ -148,10 +148,11 @@ def run_place_proxy(
     out: str | Path | None = None,
     camera_offsets: list[CameraOffset] | None = None,
     log=print,
+    cube: str = "",
     bowl: str = "",
 ) -> dict[str, Any]:
-    """The policy on the place task over `seeds` (each layout's own cube, and its own
-    bowl unless `bowl` names one for every layout); rollout k sees the front camera at
+    """The policy on the place task over `seeds` (each layout's own cube and bowl,
+    unless `cube` or `bowl` names one for every layout); rollout k sees the front camera at
     `camera_offsets[k % len]` (default nominal). Returns (and with `out`, writes
     results.json) the successes, the furthest stages and the controller's limited
     ticks."""
@@ -162,8 +163,10 @@ def run_place_proxy(
         placed_by_naming,
         sample_place_layout,
     )
+    from dream_vla_ros.sim.task import COLOURS
     from dream_vla_ros.sim.world import PiperWorld
 
+    check_choice(cube, COLOURS, "cube")
     check_choice(bowl, BOWL_COLOURS, "bowl")
 
     policy = Policy.from_checkpoint(checkpoint, settings=policy_settings or PolicySettings())
@@ -174,7 +177,7 @@ def run_place_proxy(
     limits: dict[str, Any] = {}
     try:
         for k, seed in enumerate(seeds):
-            layout = sample_place_layout(seed, bowl=bowl)
+            layout = sample_place_layout(seed, cube, bowl)
             offset = offsets[k % len(offsets)]
             world.set_front_offset(offset)
             monitor, fault = place_servo_rollout(
