@@ -152,10 +152,10 @@ def run_place_proxy(
     bowl: str = "",
 ) -> dict[str, Any]:
     """The policy on the place task over `seeds` (each layout's own cube and bowl,
-    unless `cube` or `bowl` names one for every layout); rollout k sees the front camera at
-    `camera_offsets[k % len]` (default nominal). Returns (and with `out`, writes
-    results.json) the successes, the furthest stages and the controller's limited
-    ticks."""
+    unless `cube` or `bowl` names one for every layout); rollout k sees the front
+    camera at `camera_offsets[k % len]` (default nominal). Returns (and with `out`,
+    writes results.json) the successes, the furthest stages and the controller's
+    limited ticks."""
     from dream_vla_ros.policy import Policy
     from dream_vla_ros.sim.place import (
         BOWL_COLOURS,

@@ -210,16 +210,14 @@ def placed_by_naming(rollouts: list[dict]) -> dict[str, dict[str, list[int]]]:
         "cube": {c: [0, 0] for c in COLOURS},
         "bowl": {b: [0, 0] for b in BOWL_COLOURS},
     }
+    namings = {
+        PlaceLayout(0, {}, {}, c, b).instruction: (c, b) for c in COLOURS for b in BOWL_COLOURS
+    }
     for r in rollouts:
-        words = str(r.get("instruction", "")).split()
-        if len(words) != 8:
+        named = namings.get(str(r.get("instruction", "")))
+        if named is None:
             continue
-        cube, bowl = words[2], words[6]
-        if cube not in COLOURS or bowl not in BOWL_COLOURS:
-            continue
-        if " ".join(words) != PlaceLayout(0, {}, {}, cube, bowl).instruction:
-            continue
-        for kind, colour in (("cube", cube), ("bowl", bowl)):
+        for kind, colour in zip(("cube", "bowl"), named):
             counts[kind][colour][0] += bool(r.get("success"))
             counts[kind][colour][1] += 1
     return counts
