@@ -159,3 +159,27 @@ def test_declared_ranges_and_read_only_parameters_are_enforced_by_rclpy():
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_the_offline_loops_run_the_policy_as_the_simulated_graphs_policy_node_does():
+    """The proxy's re-plan period and the DAgger collector's policy settings are the
+    sim policy node's (config/policy_sim.yaml over the node's defaults): a change to
+    one that the others miss would make the proxy screen another policy."""
+    from dream_vla_ros.evaluation.dagger import POLICY_TIMING, SIM_POLICY
+    from dream_vla_ros.evaluation.kinematic import ProxySettings
+
+    node = {name: p.default for name, p in _table("policy").items()}
+    with open(config_path("policy_sim.yaml")) as f:
+        node.update(yaml.safe_load(f)["policy"]["ros__parameters"])
+    assert SIM_POLICY == {
+        "noise_scale": node["flow_noise_scale"],
+        "smooth_degree": node["chunk_smooth_degree"],
+        "ensemble_chunks": node["chunk_ensemble"],
+    }
+    # the node re-plans on each new camera frame, up to its rate cap
+    world = {name: p.default for name, p in _table("sim_world").items()}
+    with open(config_path("sim_world.yaml")) as f:
+        world.update(yaml.safe_load(f)["sim_world"]["ros__parameters"])
+    replan_s = 1.0 / min(node["max_inference_rate_hz"], world["rate_hz"])
+    assert POLICY_TIMING["replan_s"] == pytest.approx(replan_s)
+    assert ProxySettings().replan_s == pytest.approx(replan_s)

@@ -187,7 +187,7 @@ def add_parsers(sub, run) -> None:
         help="through the chunk controller on a virtual clock (re-plan, latency below); "
         "the place task always is, with physics",
     )
-    p_proxy.add_argument("--replan-s", type=float, default=0.2, help="--servo: re-plan period")
+    p_proxy.add_argument("--replan-s", type=float, default=0.1, help="--servo: re-plan period")
     p_proxy.add_argument("--latency-s", type=float, default=0.06, help="--servo: stamp to chunk")
     p_proxy.add_argument("--lag-s", type=float, default=0.0, help="--servo: arm behind command")
     p_proxy.add_argument("--threads", type=int, default=1, help="torch threads")

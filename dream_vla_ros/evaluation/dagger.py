@@ -58,7 +58,9 @@ from dream_vla_ros.sim.task import CUBE_SIZE
 
 HANDOVER_S = (0.5, 5.0)  # the handover time is drawn uniformly from here, 0.1 s steps
 RESTING_M = 0.005  # a cube's centre this close to half its size above the table rests on it
-POLICY_TIMING = {"replan_s": 0.2, "latency_s": 0.06}  # the policy node's (the proxy's)
+POLICY_TIMING = {"replan_s": 0.1, "latency_s": 0.06}  # the policy node's (the proxy's)
+# the sim policy node's sampling (config/policy_sim.yaml; a test keeps the two equal)
+SIM_POLICY = {"noise_scale": 0.5, "smooth_degree": 4, "ensemble_chunks": 16}
 
 
 def check_handover(span: tuple[float, float]) -> tuple[float, float]:
@@ -175,16 +177,13 @@ def collect_dagger(
     until a handover time drawn from `handover`, then the expert (module docstring).
     The placed continuations are written as a LeRobot dataset in `out_dir`; returns
     the summary kept in `meta/collect.json`. `policy_settings`: default the sim
-    policy node's (config/policy_sim.yaml: start noise 0.5, plans fitted with degree
-    4 and ensembled over 8)."""
+    policy node's (`SIM_POLICY`)."""
     from dream_vla_ros.policy import Policy, PolicySettings
 
     span = check_handover(handover)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    settings = policy_settings or PolicySettings(
-        noise_scale=0.5, smooth_degree=4, ensemble_chunks=8
-    )
+    settings = policy_settings or PolicySettings(**SIM_POLICY)
     policy = Policy.from_checkpoint(checkpoint, settings=settings)
 
     def run(world, seed: int, _j: int) -> EpisodeRun:

@@ -36,7 +36,7 @@ class ProxySettings:
     execute: int = 5  # actions applied per chunk (kinematic mode)
     timeout_s: float = 8.0  # seconds of actions per layout
     servo: bool = False  # through the chunk controller on a virtual clock
-    replan_s: float = 0.2  # servo: re-plan period (the graph: 5 Hz)
+    replan_s: float = 0.1  # servo: re-plan period (the graph: each 10 Hz frame)
     latency_s: float = 0.06  # servo: observation stamp to chunk at the controller
     lag_s: float = 0.0  # servo: the arm behind its command
     width: int = 320
