@@ -875,3 +875,53 @@ def test_temporal_ensembling_averages_the_draws_for_the_same_instant(tmp_path):
     assert np.allclose(again.normalised, draws[0])
     with pytest.raises(ValueError, match="ensemble_chunks must be >= 0"):
         PolicySettings(ensemble_chunks=-1)
+
+
+def _corner_views(policy: Policy, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+    """The frames resized, then cropped at the top-left and bottom-right corners to 95 %
+    of their area and resized back: the first three views, made by hand."""
+    from dream_vla_ros.policy.policy import VIEW_CROP_AREA
+
+    resized = policy.images.resized(frames)
+    s = resized.shape[-1]
+    side = round(s * VIEW_CROP_AREA**0.5)
+
+    def crop(top: int, left: int) -> list[np.ndarray]:
+        return [
+            policy.images.resize(f[:, top : top + side, left : left + side]).permute(1, 2, 0).numpy()
+            for f in resized
+        ]
+
+    return [[f.permute(1, 2, 0).numpy() for f in resized], crop(0, 0), crop(s - side, s - side)]
+
+
+@pytest.mark.parametrize("head", ["l1", "flow"])
+def test_views_average_the_chunks_of_the_frames_and_their_corner_crops(tmp_path, head):
+    """Each view is one batch row with its own images (not another row's), the flow
+    head's rows start from the same noise, and the chunk is their mean."""
+    path = write_random_checkpoint(tmp_path / head, head=head)
+    text, state = "Pick up the apple.", np.zeros(7)
+    noise = {"noise_scale": 0.5} if head == "flow" else {}
+    three = Policy.from_checkpoint(path, settings=PolicySettings(views=3, **noise))
+    out = three.infer(Observation(_frames(), text, state, 1.0))
+    single = []
+    for view in _corner_views(three, _frames()):
+        # a fresh policy per view: the same seed, so the same start noise
+        plain = Policy.from_checkpoint(path, settings=PolicySettings(**noise))
+        single.append(plain.infer(Observation(view, text, state, 1.0)).normalised)
+    assert not np.allclose(single[0], single[1], atol=1e-4)  # a crop changes the chunk
+    inside = np.all(np.abs(np.stack(single)) < 1.0, axis=0)  # each view's chunk is clipped
+    assert inside.mean() > 0.5
+    assert np.allclose(out.normalised[inside], np.mean(single, 0)[inside], atol=1e-5)
+    assert out.actions.shape == single[0].shape
+
+
+def test_views_are_refused_where_an_average_of_rows_means_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"views must be in 1\.\.5"):
+        PolicySettings(views=0)
+    discrete = write_random_checkpoint(tmp_path / "discrete", head="discrete")
+    with pytest.raises(ValueError, match="views > 1 averages the continuous heads"):
+        Policy.from_checkpoint(discrete, settings=PolicySettings(views=2))
+    flow = write_random_checkpoint(tmp_path / "flow", head="flow")
+    with pytest.raises(ValueError, match="views > 1 averages the continuous heads"):
+        Policy.from_checkpoint(flow, settings=PolicySettings(views=2, prefix_actions=2))

@@ -163,8 +163,10 @@ def test_declared_ranges_and_read_only_parameters_are_enforced_by_rclpy():
 
 def test_the_offline_loops_run_the_policy_as_the_simulated_graphs_policy_node_does():
     """The proxy's re-plan period and the DAgger collector's policy settings are the
-    sim policy node's (config/policy_sim.yaml over the node's defaults): a change to
-    one that the others miss would make the proxy screen another policy."""
+    sim policy node's (config/policy_sim.yaml over the node's defaults, the place
+    task's views): a change to one that the others miss would make the proxy screen
+    or the collector label another policy than the graph runs."""
+    from dream_vla_ros.evaluation.closed_loop import TASK_VIEWS
     from dream_vla_ros.evaluation.dagger import POLICY_TIMING, SIM_POLICY
     from dream_vla_ros.evaluation.kinematic import ProxySettings
 
@@ -175,6 +177,7 @@ def test_the_offline_loops_run_the_policy_as_the_simulated_graphs_policy_node_do
         "noise_scale": node["flow_noise_scale"],
         "smooth_degree": node["chunk_smooth_degree"],
         "ensemble_chunks": node["chunk_ensemble"],
+        "views": TASK_VIEWS["place"],  # the DAgger collector runs the place task
     }
     # the node re-plans on each new camera frame, up to its rate cap
     world = {name: p.default for name, p in _table("sim_world").items()}

@@ -244,6 +244,7 @@ def _proxy(args: argparse.Namespace) -> int:
         guidance_until=args.guidance_until,
         smooth_degree=args.smooth_degree,
         ensemble_chunks=args.ensemble,
+        views=args.views,
     )
     torch.set_num_threads(args.threads)
     if args.grasp_error:

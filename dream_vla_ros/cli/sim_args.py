@@ -219,6 +219,7 @@ def add_parsers(sub, run) -> None:
     policy.add_argument("--guidance-until", type=float, default=1.0)
     policy.add_argument("--smooth-degree", type=int, default=0, help="chunk_smooth_degree (0: off)")
     policy.add_argument("--ensemble", type=int, default=0, help="chunk_ensemble (0: off)")
+    policy.add_argument("--views", type=int, default=1, help="chunk_views (1: off)")
     policy.add_argument("--decode-steps", type=int, default=1, help="discrete head")
     policy.add_argument("--decode-algorithm", default="maskgit_plus", help="discrete head")
     policy.add_argument("--decode-temperature", type=float, default=0.0, help="discrete head")

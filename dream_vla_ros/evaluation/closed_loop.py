@@ -78,6 +78,11 @@ from dream_vla_ros.sim.world import CameraOffset, random_offset
 __all__ = ["GraphError", "Rollout", "collect", "evaluate"]
 
 TASKS = ("touch", "place")
+# The policy's views (PolicySettings.views, the node's chunk_views) in each task's
+# evaluations and demo: the place task's grasp needs the centimetre the averaged
+# views gain (docs/place.md, "What was tried"); the touch task's figure was measured
+# with one.
+TASK_VIEWS = {"touch": 1, "place": 5}
 
 
 def check_task(task: str) -> str:
@@ -468,6 +473,7 @@ def evaluate(
         "policy_enabled:=false",
         f"task:={task}",
         f"camera_offset:={offsets[0]}",
+        f"chunk_views:={TASK_VIEWS[task]}",
     ]
     launcher, graph_log = _launch(SIM_WORLD, argv, out / "graph.log")
     client = connect("closed_loop_eval")
@@ -571,6 +577,7 @@ def evaluate(
         "checkpoint": str(checkpoint),
         "task": task,
         "camera_offsets": list(offsets),
+        "policy_views": TASK_VIEWS[task],
         "seeds": seeds,
         "success_rate": rate,
         # the controller's ticks while the policy drove (each rollout's counters from

@@ -59,8 +59,9 @@ from dream_vla_ros.sim.task import CUBE_SIZE
 HANDOVER_S = (0.5, 5.0)  # the handover time is drawn uniformly from here, 0.1 s steps
 RESTING_M = 0.005  # a cube's centre this close to half its size above the table rests on it
 POLICY_TIMING = {"replan_s": 0.1, "latency_s": 0.06}  # the policy node's (the proxy's)
-# the sim policy node's sampling (config/policy_sim.yaml; a test keeps the two equal)
-SIM_POLICY = {"noise_scale": 0.5, "smooth_degree": 4, "ensemble_chunks": 16}
+# the place task's sim policy node's settings (config/policy_sim.yaml and the place
+# task's views, evaluation/closed_loop.py TASK_VIEWS; a test keeps them equal)
+SIM_POLICY = {"noise_scale": 0.5, "smooth_degree": 4, "ensemble_chunks": 16, "views": 5}
 
 
 def check_handover(span: tuple[float, float]) -> tuple[float, float]:

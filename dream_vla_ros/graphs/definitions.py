@@ -305,6 +305,7 @@ SIM_WORLD = Graph(
         *_simulated_policy_args("flow"),
         Argument("task_seed", "0", "Layout seed (sim_world)"),
         Argument("policy_enabled", "true", "Policy publishes chunks at start", ("true", "false")),
+        Argument("chunk_views", "", f"The policy's views (test-time augmentation) {_KEEP}"),
         *_world_args(),
         *_camera_args(),
     ),
@@ -319,6 +320,7 @@ SIM_WORLD = Graph(
                 Override("model.preset", "{preset}"),
                 Override("model.head", "{head}"),
                 Override("enabled", "{policy_enabled}", "bool"),
+                Override("chunk_views", "{chunk_views}", "int", if_given=True),
             ),
             nice=10,
             restart=True,  # simulation: a restarted policy moves a simulated arm

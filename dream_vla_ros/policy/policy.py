@@ -19,6 +19,10 @@ from dream_vla_ros.model.quantize import WEIGHTS, quantize_backbone
 from dream_vla_ros.policy.preprocess import ImageError, ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder
 
+# the views' crops (PolicySettings.views): the smallest area of the training crop
+# (config/finetune/*_cpu.yaml data.augment.crop_scale)
+VIEW_CROP_AREA = 0.95
+
 
 class ObservationError(ValueError):
     """An observation the policy refuses; the message names the field and the problem."""
@@ -84,6 +88,12 @@ class PolicySettings:
     # on their stamps; 0: off). Successive re-plans are independent draws: averaged,
     # their noise shrinks and the plan changes less from one chunk to the next.
     ensemble_chunks: int = 0
+    # Average each chunk over this many views of the frames (test-time augmentation):
+    # the frames as they are and `views - 1` crops of 95 % of their area (the training
+    # crop's smallest scale) at the corners, resized back; one batch row each, the flow
+    # head's rows from the same start noise. 1: off. Not with the discrete head,
+    # guidance or prefix inpainting.
+    views: int = 1
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
@@ -92,6 +102,8 @@ class PolicySettings:
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.guidance_until <= 1.0:
             raise ValueError(f"guidance_until must be in [0, 1], got {self.guidance_until}")
+        if not 1 <= self.views <= 5:
+            raise ValueError(f"views must be in 1..5, got {self.views}")
         if self.ensemble_chunks < 0:
             raise ValueError(f"ensemble_chunks must be >= 0, got {self.ensemble_chunks}")
         if self.smooth_degree < 0:
@@ -133,6 +145,13 @@ class Policy:
         self._guided = self.settings.guidance_scale != 1.0
         if self._guided:
             _check_guidance(ckpt)
+        if self.settings.views > 1 and (
+            self.cfg.action.head == "discrete" or self._guided or self.settings.prefix_actions
+        ):
+            raise ValueError(
+                "views > 1 averages the continuous heads' chunks without guidance or prefix "
+                "inpainting: set views to 1 or turn those off"
+            )
         self._previous: ActionChunk | None = None
         # (action instants (K,), drawn targets SI (K, D)) of the episode's last chunks
         self._draws: list[tuple[np.ndarray, np.ndarray]] = []
@@ -219,6 +238,24 @@ class Policy:
             actions[:, :r] += np.asarray(state, dtype=np.float64)[:r]
         return actions
 
+    def _pixels(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's pixel values and grid for `images`: with `views` > 1 every frame
+        as it is, then cropped to 95 % of its area at the top-left, bottom-right,
+        top-right and bottom-left corners and resized back (the training crop's
+        smallest scale), one prompt row's images after the other."""
+        views = self.settings.views
+        if views == 1:
+            return self.images(images)
+        frames = self.images.resized(images)  # (N, 3, S, S) uint8
+        s = frames.shape[-1]
+        side = round(s * VIEW_CROP_AREA**0.5)
+        corners = ((0, 0), (s - side, s - side), (0, s - side), (s - side, 0))
+        rows = [frames]
+        for top, left in corners[: views - 1]:
+            crops = frames[:, :, top : top + side, left : left + side]
+            rows.append(torch.stack([self.images.resize(c) for c in crops]))
+        return self.images.patchify(torch.cat(rows))
+
     def _ensemble(self, stamp_s: float, draw: np.ndarray, episode: int) -> np.ndarray:
         """`draw` (K, D) targets SI averaged, per instant, with the episode's earlier
         draws that cover it; this draw joins them (at most `ensemble_chunks` are kept)."""
@@ -236,18 +273,21 @@ class Policy:
         return total / count
 
     def _start_noise(self) -> torch.Tensor | None:
-        """Start noise whose rows share `noise_correlation` of their variance (None:
-        the decoder draws independent rows)."""
+        """Start noise whose rows share `noise_correlation` of their variance, the same
+        for every view (None: the decoder draws independent rows)."""
         rho, scale = self.settings.noise_correlation, self.settings.noise_scale
-        if rho == 0.0 and scale == 1.0:
+        views = self.settings.views
+        if rho == 0.0 and scale == 1.0 and views == 1:
             return None
         shape = (1, self.cfg.action.chunk, self.cfg.action.action_dim)
         kw = {"generator": self.generator, "device": self.device, "dtype": torch.float32}
         if rho == 0.0:
-            return scale * torch.randn(shape, **kw)
-        shared = torch.randn((1, 1, shape[2]), **kw)
-        own = torch.randn(shape, **kw)
-        return scale * (rho**0.5 * shared + (1.0 - rho) ** 0.5 * own)
+            noise = scale * torch.randn(shape, **kw)
+        else:
+            shared = torch.randn((1, 1, shape[2]), **kw)
+            own = torch.randn(shape, **kw)
+            noise = scale * (rho**0.5 * shared + (1.0 - rho) ** 0.5 * own)
+        return noise.expand(views, -1, -1)  # every view starts from the same draw
 
     def _check(self, obs: Observation) -> None:
         if not isinstance(obs.instruction, str) or not obs.instruction.strip():
@@ -282,16 +322,18 @@ class Policy:
         episode = self._episode
         self._check(obs)
         try:
-            pixel_values, grid = self.images(obs.images)
+            pixel_values, grid = self._pixels(obs.images)
         except ImageError as exc:
             raise ObservationError(f"images: {exc}") from exc
         t_model = time.perf_counter()
         n, per_image = len(obs.images), self.images.tokens_per_image
-        rows = [self.prompts.ids(obs.instruction, n, per_image)]
+        rows = [self.prompts.ids(obs.instruction, n, per_image)] * self.settings.views
         if self._guided:
             rows.append(self.prompts.ids(obs.instruction, n, per_image, drop_instruction=True))
         input_ids = torch.tensor(rows, device=self.device)
-        prompt = self.model.embed_prompt(input_ids, pixel_values, grid, shared_images=True)
+        prompt = self.model.embed_prompt(
+            input_ids, pixel_values, grid, shared_images=self.settings.views == 1
+        )
         proprio, clock = None, None
         if self.cfg.action.proprio_dim > 0 and self.ckpt.proprio_stats is not None:
             values = []
@@ -304,6 +346,7 @@ class Policy:
                 values.append(np.array([clock]))
             state = self.ckpt.proprio_stats.normalise(np.concatenate(values))
             proprio = torch.tensor(state[None], dtype=prompt.dtype, device=self.device)
+            proprio = proprio.expand(self.settings.views, -1)
         head = self.cfg.action.head
         if head == "discrete":
             normed = self.decoder.discrete(
@@ -329,7 +372,7 @@ class Policy:
         # Continuous heads can leave [-1, 1]; the training data's q01..q99 range is
         # where the policy is trusted, so clip there (the controller still applies
         # the arm's limits). Discrete bins are inside by construction.
-        normalised = normed[0].float().cpu().numpy().astype(np.float64)
+        normalised = normed.float().mean(0).cpu().numpy().astype(np.float64)
         if self.settings.smooth_degree > 0:
             normalised = smooth_chunk(normalised, self.settings.smooth_degree)
         normalised = np.clip(normalised, -1.0, 1.0)

@@ -131,6 +131,13 @@ PARAMETERS = (
         "(temporal ensembling; 0: off; reset on enable and instruction)",
         (0, 64),
     ),
+    Param(
+        "chunk_views",
+        1,
+        "Average each chunk over the frames and views - 1 corner crops of 95 % of their "
+        "area (test-time augmentation; 1: off; continuous heads); docs/policy_node.md",
+        (1, 5),
+    ),
     Param("center_crop", False, "Centre-crop images to a square before resizing"),
     Param(
         "cuda_graphs",
@@ -231,6 +238,7 @@ class PolicyNode(Node):
                 guidance_until=p["flow_guidance_until"],
                 smooth_degree=p["chunk_smooth_degree"],
                 ensemble_chunks=p["chunk_ensemble"],
+                views=p["chunk_views"],
                 center_crop=p["center_crop"],
                 cuda_graphs=p["cuda_graphs"],
                 weights=p["weights"],
