@@ -15,7 +15,7 @@ from dream_vla_ros.data.bags import _messages, connections, iter_images, open_ba
 from dream_vla_ros.data.build import BuildSettings, build_dataset
 from dream_vla_ros.data.episode import list_episodes, read_meta
 from dream_vla_ros.data.lerobot import LeRobotDataset
-from dream_vla_ros.evaluation.closed_loop import collect, evaluate
+from dream_vla_ros.evaluation.closed_loop import TASK_VIEWS, collect, evaluate
 from dream_vla_ros.evaluation.driver import GraphError, faulted
 from dream_vla_ros.evaluation.physics import reset
 from dream_vla_ros.policy.random_checkpoint import write_random_checkpoint
@@ -318,6 +318,9 @@ def test_the_place_pipeline_rebuilt_small_still_learns_to_reach_and_grasp(tmp_pa
     assert sum(t for _, t in by_bowl.values()) == PLACE_PIPELINE_SEEDS, by_bowl
     assert sum(n for n, _ in by_bowl.values()) == sum(r["success"] for r in results["rollouts"])
     assert (out / "eval/trajectories.png").is_file() and (out / "eval/rollout.gif").is_file()
+    # the place task's policy averages its views, and the node was told so
+    assert results["policy_views"] == TASK_VIEWS["place"] > 1
+    assert results["diagnostics"]["policy"]["views"] == str(TASK_VIEWS["place"])
 
 
 def test_the_demo_runs_the_shipped_checkpoint_in_the_world(tmp_path):

@@ -445,6 +445,7 @@ class PolicyNode(Node):
             level=level, name="dream_vla/policy", hardware_id=self.p["device"], message=message
         )
         values = {**runner.summary(), **self.guard.summary()}
+        values["views"] = str(self.policy.settings.views)
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
