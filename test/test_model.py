@@ -887,10 +887,8 @@ def _corner_views(policy: Policy, frames: list[np.ndarray]) -> list[list[np.ndar
     side = round(s * VIEW_CROP_AREA**0.5)
 
     def crop(top: int, left: int) -> list[np.ndarray]:
-        return [
-            policy.images.resize(f[:, top : top + side, left : left + side]).permute(1, 2, 0).numpy()
-            for f in resized
-        ]
+        crops = [f[:, top : top + side, left : left + side] for f in resized]
+        return [policy.images.resize(c).permute(1, 2, 0).numpy() for c in crops]
 
     return [[f.permute(1, 2, 0).numpy() for f in resized], crop(0, 0), crop(s - side, s - side)]
 

@@ -173,12 +173,13 @@ def test_the_offline_loops_run_the_policy_as_the_simulated_graphs_policy_node_do
     node = {name: p.default for name, p in _table("policy").items()}
     with open(config_path("policy_sim.yaml")) as f:
         node.update(yaml.safe_load(f)["policy"]["ros__parameters"])
-    assert SIM_POLICY == {
+    graph = {
         "noise_scale": node["flow_noise_scale"],
         "smooth_degree": node["chunk_smooth_degree"],
         "ensemble_chunks": node["chunk_ensemble"],
         "views": TASK_VIEWS["place"],  # the DAgger collector runs the place task
     }
+    assert graph == SIM_POLICY
     # the node re-plans on each new camera frame, up to its rate cap
     world = {name: p.default for name, p in _table("sim_world").items()}
     with open(config_path("sim_world.yaml")) as f:
