@@ -1,6 +1,10 @@
 """`Policy.infer(observation) -> ActionChunk`: images + state + instruction to an
 un-normalised action chunk in SI units (rad, gripper opening in m), stamped with
-the observation's time. No ROS here; the policy node (ros/policy_node.py) wraps it."""
+the observation's time. No ROS here; the policy node (ros/policy_node.py) wraps it.
+
+Everything one inference does to a chunk (views, start noise, prefix inpainting,
+the fit, the temporal ensemble) is in this one module (longer than most), in the
+order it happens, so the settings' interplay can be read in one place."""
 
 from __future__ import annotations
 
