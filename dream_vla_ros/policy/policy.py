@@ -23,8 +23,8 @@ from dream_vla_ros.model.quantize import WEIGHTS, quantize_backbone
 from dream_vla_ros.policy.preprocess import ImageError, ImagePreprocessor
 from dream_vla_ros.policy.prompt import PromptBuilder
 
-# the views' crops (PolicySettings.views): the smallest area of the training crop
-# (config/finetune/*_cpu.yaml data.augment.crop_scale)
+# the views' crops (PolicySettings.views): the smallest area of the simulated tasks'
+# training crop (config/finetune/{touch,place}_tiny_cpu.yaml data.augment.crop_scale)
 VIEW_CROP_AREA = 0.95
 
 
